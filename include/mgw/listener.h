@@ -1,0 +1,54 @@
+/*
+ * listener.h - milter listening sockets.
+ *
+ * Specs, as Postfix and Sendmail write them:
+ *   inet:HOST:PORT      inet:PORT@HOST (Sendmail)      inet:PORT (all IPv4 addresses)
+ *   inet6:[ADDR]:PORT   inet6:PORT@ADDR                inet6:PORT (all IPv6 addresses)
+ *   unix:PATH           local:PATH (Sendmail)
+ * PORT 0 binds an ephemeral port; the "listening" log line names the real one.
+ *
+ * Unix sockets are created with a configurable mode (Postfix's daemons run as user
+ * `postfix` and must be able to connect). A stale socket file left by a dead process is
+ * replaced; a live one (something answers connect()) or a non-socket file is an error.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef MGW_LISTENER_H
+#define MGW_LISTENER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum mgw_listen_kind {
+    MGW_LISTEN_INET = 1,
+    MGW_LISTEN_INET6,
+    MGW_LISTEN_UNIX,
+};
+
+struct mgw_listen_spec {
+    enum mgw_listen_kind kind;
+    char host[256]; /* inet/inet6; "" = any address */
+    uint16_t port;
+    char path[108]; /* unix; fits sockaddr_un.sun_path */
+};
+
+/* Pure. Returns 0, or MGW_EINVAL with a reason in err. */
+int mgw_listen_spec_parse(const char *spec, struct mgw_listen_spec *out, char *err,
+                          size_t errlen);
+
+struct event_base;
+struct mgw_server;
+struct mgw_listener;
+
+#define MGW_DEFAULT_UNIX_MODE 0660
+
+/* Bind, listen, and hand every accepted connection to `srv`. Returns NULL with a reason
+ * in err on failure. */
+struct mgw_listener *mgw_listener_new(struct event_base *base, const char *spec,
+                                      unsigned unix_mode, struct mgw_server *srv, char *err,
+                                      size_t errlen);
+
+/* Stop accepting and close; removes the unix socket file we created. NULL-safe. */
+struct mgw_listener *mgw_listener_free(struct mgw_listener *l);
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * main.c - miltergw: command line, event loop, listeners, signals, teardown.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mgw/backend.h"
+#include "mgw/listener.h"
+#include "mgw/log.h"
+#include "mgw/session.h"
+#include "mgw/xmalloc.h"
+
+#define MAX_LISTENERS 16
+
+struct options {
+    const char *listen[MAX_LISTENERS];
+    int nlisten;
+    unsigned unix_mode;
+    struct mgw_server_config server;
+};
+
+struct runtime {
+    struct event_base *base;
+    struct mgw_server *srv;
+    struct mgw_listener *listeners[MAX_LISTENERS];
+    int nlisteners;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: miltergw [options]\n"
+            "  -l, --listen SPEC         milter socket (repeatable): inet:HOST:PORT,\n"
+            "                            inet:PORT@HOST, inet6:[ADDR]:PORT, unix:PATH\n"
+            "      --unix-mode MODE      permissions of unix sockets, octal (default 0660)\n"
+            "      --max-connections N   concurrent MTA connections (default %u, 0 = no limit)\n"
+            "      --max-frame BYTES     largest milter frame accepted (default %u)\n"
+            "      --idle-timeout SECS   close an MTA connection silent this long (default %u)\n"
+            "      --log-level LEVEL     error, warn, info (default) or debug\n"
+            "  -V, --version             print the version and exit\n"
+            "  -h, --help                print this help and exit\n"
+            "With no filter configured miltergw is a null milter: it continues every event\n"
+            "and accepts every message.\n",
+            MGW_DEFAULT_MAX_CONNECTIONS, MGW_MILTER_DEFAULT_MAX_FRAME,
+            MGW_DEFAULT_IDLE_TIMEOUT_MS / 1000);
+}
+
+/* Parse an unsigned number within [min, max] in `base`; exits 2 on error. */
+static unsigned long number(const char *opt, const char *s, int base, unsigned long min,
+                            unsigned long max)
+{
+    char *end;
+    unsigned long v;
+
+    errno = 0;
+    v = strtoul(s, &end, base);
+    if (errno != 0 || *s == '\0' || *end != '\0' || *s == '-' || v < min || v > max) {
+        fprintf(stderr, "miltergw: %s: \"%s\" is not a number in [%lu, %lu]\n", opt, s, min,
+                max);
+        exit(2);
+    }
+    return v;
+}
+
+static void parse_args(int argc, char **argv, struct options *o)
+{
+    enum { OPT_UNIX_MODE = 256, OPT_MAX_CONN, OPT_MAX_FRAME, OPT_IDLE, OPT_LOG_LEVEL };
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"unix-mode", required_argument, NULL, OPT_UNIX_MODE},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONN},
+        {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
+        {"idle-timeout", required_argument, NULL, OPT_IDLE},
+        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    enum mgw_log_level level;
+    int c;
+
+    while ((c = getopt_long(argc, argv, "l:Vh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            if (o->nlisten == MAX_LISTENERS) {
+                fprintf(stderr, "miltergw: at most %d --listen\n", MAX_LISTENERS);
+                exit(2);
+            }
+            o->listen[o->nlisten++] = optarg;
+            break;
+        case OPT_UNIX_MODE: o->unix_mode = (unsigned)number("--unix-mode", optarg, 8, 0, 0777); break;
+        case OPT_MAX_CONN:
+            o->server.max_connections = (unsigned)number("--max-connections", optarg, 10, 0, 1000000);
+            break;
+        case OPT_MAX_FRAME:
+            /* Below 64 KiB + 1 the MTA's ordinary body chunks would not fit. */
+            o->server.max_frame = (uint32_t)number("--max-frame", optarg, 10, 65536, 0x7fffffff);
+            break;
+        case OPT_IDLE:
+            o->server.idle_timeout_ms = (unsigned)number("--idle-timeout", optarg, 10, 0, 86400) * 1000;
+            break;
+        case OPT_LOG_LEVEL:
+            if (mgw_log_parse_level(optarg, &level) < 0) {
+                fprintf(stderr, "miltergw: --log-level: unknown level \"%s\"\n", optarg);
+                exit(2);
+            }
+            mgw_log_set_level(level);
+            break;
+        case 'V': printf("miltergw %s\n", MGW_VERSION); exit(0);
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); exit(2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "miltergw: unexpected argument \"%s\"\n", argv[optind]);
+        exit(2);
+    }
+    if (o->nlisten == 0) {
+        fprintf(stderr, "miltergw: at least one --listen is required\n");
+        usage(stderr);
+        exit(2);
+    }
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct runtime *rt = arg;
+
+    log_info(0, "stopping", "signal=%s sessions=%u", sig == SIGTERM ? "TERM" : "INT",
+             mgw_server_session_count(rt->srv));
+    /* Stop accepting first so no session starts while the others end. */
+    for (int i = 0; i < rt->nlisteners; i++)
+        rt->listeners[i] = mgw_listener_free(rt->listeners[i]);
+    rt->nlisteners = 0;
+    mgw_server_close_all(rt->srv, "shutdown");
+    event_base_loopexit(rt->base, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = {.unix_mode = MGW_DEFAULT_UNIX_MODE,
+                        .server = {.max_connections = MGW_DEFAULT_MAX_CONNECTIONS,
+                                   .max_frame = MGW_MILTER_DEFAULT_MAX_FRAME,
+                                   .idle_timeout_ms = MGW_DEFAULT_IDLE_TIMEOUT_MS}};
+    struct runtime rt = {0};
+    struct mgw_backend *backend;
+    struct event *sigterm, *sigint;
+    char err[512];
+    int status = 1;
+
+    parse_args(argc, argv, &o);
+    /* An MTA that hangs up mid-write must cost one session, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    rt.base = event_base_new();
+    if (rt.base == NULL)
+        mgw_panic("event_base_new failed");
+    backend = mgw_backend_null_new();
+    rt.srv = mgw_server_new(rt.base, &o.server, backend);
+    sigterm = evsignal_new(rt.base, SIGTERM, on_stop_signal, &rt);
+    sigint = evsignal_new(rt.base, SIGINT, on_stop_signal, &rt);
+    event_add(sigterm, NULL);
+    event_add(sigint, NULL);
+
+    for (int i = 0; i < o.nlisten; i++) {
+        rt.listeners[i] = mgw_listener_new(rt.base, o.listen[i], o.unix_mode, rt.srv, err,
+                                           sizeof err);
+        if (rt.listeners[i] == NULL) {
+            log_error(0, "cannot listen", "listen=%s error=\"%s\"", o.listen[i], err);
+            goto out;
+        }
+        rt.nlisteners++;
+    }
+    log_info(0, "started", "version=%s backend=%s", MGW_VERSION, backend->ops->name);
+    if (event_base_dispatch(rt.base) < 0) {
+        log_error(0, "event loop failed", "");
+        goto out;
+    }
+    status = 0;
+    log_info(0, "stopped", "");
+out:
+    for (int i = 0; i < rt.nlisteners; i++)
+        mgw_listener_free(rt.listeners[i]);
+    rt.srv = mgw_server_free(rt.srv);
+    mgw_backend_free(backend);
+    event_free(sigterm);
+    event_free(sigint);
+    event_base_free(rt.base);
+    return status;
+}

@@ -1,0 +1,814 @@
+/*
+ * session.c - the MTA side: one milter protocol state machine per connection.
+ *
+ * Bytes arrive in a bufferevent; session_drain() takes whole frames out of it through
+ * the codec, at most DRAIN_BATCH per wakeup so one busy MTA connection cannot starve the
+ * others (libuv, memcached). Each command is checked against the state machine, macros are
+ * stored, and events go to the backend. While an event that the MTA expects an answer to
+ * is at the backend, reading stops: the MTA may not send anything before that answer, and
+ * stopping bounds memory against one that does.
+ *
+ * Everything answering one event - modifications and final reply - is encoded into one
+ * buffer and handed to libevent with one bufferevent_write(), which becomes one write(2):
+ * libmilter's separate small writes cost ~40 ms per modified message through Nagle.
+ *
+ * It does not: accept connections (listener.c), talk gRPC (the backend), or decide
+ * verdicts (the backend and its merge policy). It only keeps what it sends legal for the
+ * negotiated protocol (see sanitize_verdict()).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "mgw/session.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mgw/error.h"
+#include "mgw/log.h"
+#include "mgw/negotiate.h"
+#include "mgw/xmalloc.h"
+
+#define DRAIN_BATCH 64
+/* Room for one whole maximal frame plus slack, so reading never stalls mid-frame. */
+#define READ_SLACK 65536
+/* How long a closing session may take to flush its last answer to the MTA. */
+#define LINGER_MS 5000
+
+struct stage_macros {
+    char *data; /* owned copy of the D packet's name/value pairs */
+    struct mgw_strlist list;
+};
+
+struct mgw_session {
+    struct mgw_server *srv;
+    uint64_t sid;
+    char peer[64];
+    struct bufferevent *bev;
+    struct event *resume_ev; /* re-enters session_drain() after a batch or async answer */
+    struct mgw_milter_decoder dec;
+    enum mgw_session_state state;
+
+    struct mgw_backend_needs needs;  /* as asked of the backend at negotiation */
+    struct mgw_milter_optneg offered;
+    struct mgw_milter_optneg negotiated;
+    void *bsession; /* backend's per-connection state, open between CONNECT and close */
+
+    struct stage_macros macros[MGW_STAGE_COUNT];
+    struct mgw_macros macro_views;
+
+    uint8_t awaiting;     /* command whose answer is at the backend, or 0 */
+    int in_drain;         /* frame guard: session_drain() is on the stack */
+    int dead;             /* closed while a callback was on the stack: free on unwind */
+    uint64_t messages;    /* completed messages on this connection */
+
+    uint8_t *wbuf; /* scratch for encoding one answer; reused */
+    size_t wcap;
+
+    TAILQ_ENTRY(mgw_session) link;
+};
+
+struct mgw_server {
+    struct event_base *base;
+    struct mgw_server_config cfg;
+    struct mgw_backend *backend;
+    TAILQ_HEAD(, mgw_session) sessions;
+    unsigned nsessions;
+    uint64_t next_sid;
+    void (*empty_cb)(void *);
+    void *empty_arg;
+};
+
+static void session_drain(struct mgw_session *s);
+static void session_free(struct mgw_session *s);
+
+static const char *const state_names[] = {
+    "negotiate", "connect", "idle", "mail", "rcpt", "data",
+    "headers", "eoh", "body", "eom", "closing",
+};
+
+const char *mgw_session_state_name(enum mgw_session_state st)
+{
+    if ((unsigned)st < sizeof state_names / sizeof state_names[0])
+        return state_names[st];
+    return "?";
+}
+
+static void session_enter_state(struct mgw_session *s, enum mgw_session_state to)
+{
+    if (s->state == to)
+        return;
+    log_debug(s->sid, "state", "from=%s to=%s", mgw_session_state_name(s->state),
+              mgw_session_state_name(to));
+    s->state = to;
+}
+
+/* ---- closing ---- */
+
+/* End the session. Safe from inside any callback: if session_drain() is on the stack,
+ * the free happens when it unwinds (OpenSMTPD's frame guard). Answers already queued
+ * still go out first: they answer commands that were fine (a bad frame may follow good
+ * ones in one read), and the linger timeout bounds the wait. */
+static void session_close(struct mgw_session *s, enum mgw_log_level level, const char *reason,
+                          const char *detail)
+{
+    struct evbuffer *out;
+
+    if (s->state == MGW_SESSION_CLOSING)
+        return;
+    if (detail != NULL) {
+        char q[300];
+
+        mgw_log(level, s->sid, "session closed", "reason=%s state=%s messages=%" PRIu64 " detail=%s",
+                reason, mgw_session_state_name(s->state), s->messages,
+                mgw_log_quote(q, sizeof q, detail, strlen(detail)));
+    } else {
+        mgw_log(level, s->sid, "session closed", "reason=%s state=%s messages=%" PRIu64, reason,
+                mgw_session_state_name(s->state), s->messages);
+    }
+    session_enter_state(s, MGW_SESSION_CLOSING);
+    if (s->bsession != NULL) {
+        s->srv->backend->ops->session_close(s->bsession);
+        s->bsession = NULL;
+    }
+    s->awaiting = 0;
+    bufferevent_disable(s->bev, EV_READ);
+    out = bufferevent_get_output(s->bev);
+    if (evbuffer_get_length(out) > 0) {
+        /* session_on_write() frees once the output is drained; the timeout bounds it. */
+        struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+
+        bufferevent_set_timeouts(s->bev, NULL, &tv);
+        bufferevent_enable(s->bev, EV_WRITE);
+        return;
+    }
+    if (s->in_drain)
+        s->dead = 1;
+    else
+        session_free(s);
+}
+
+static void session_fail(struct mgw_session *s, int code, const char *detail)
+{
+    session_close(s, MGW_LOG_WARN, mgw_strerror(code), detail);
+}
+
+/* ---- macros ---- */
+
+static void macros_clear(struct mgw_session *s, int from_stage, int to_stage)
+{
+    for (int i = from_stage; i <= to_stage; i++) {
+        free(s->macros[i].data);
+        memset(&s->macros[i], 0, sizeof s->macros[i]);
+        memset(&s->macro_views.stage[i], 0, sizeof s->macro_views.stage[i]);
+    }
+}
+
+static void macros_store(struct mgw_session *s, int stage, const struct mgw_strlist *pairs)
+{
+    struct stage_macros *m = &s->macros[stage];
+
+    free(m->data);
+    m->data = pairs->len ? mgw_xmemdup(pairs->data, pairs->len) : NULL;
+    m->list.data = m->data;
+    m->list.len = pairs->len;
+    m->list.count = pairs->count;
+    s->macro_views.stage[stage] = m->list;
+}
+
+/* A message ended (EOM answered, ABORT, or a new transaction began without ABORT).
+ * `keep_envfrom` is set when the MAIL that starts the next message is already here: its
+ * D M arrived just before it. */
+static void message_reset(struct mgw_session *s, int keep_envfrom)
+{
+    macros_clear(s, keep_envfrom ? MGW_STAGE_ENVRCPT : MGW_STAGE_ENVFROM, MGW_STAGE_EOH);
+    session_enter_state(s, MGW_SESSION_IDLE);
+}
+
+/* ---- writing answers ---- */
+
+static uint8_t *wbuf_reserve(struct mgw_session *s, size_t n)
+{
+    if (n > s->wcap) {
+        s->wcap = n < 256 ? 256 : n;
+        s->wbuf = mgw_xrealloc(s->wbuf, s->wcap);
+    }
+    return s->wbuf;
+}
+
+/* Encode msgs[0..n) into one buffer and queue it with one write. */
+static void session_send(struct mgw_session *s, const struct mgw_milter_msg *msgs, size_t n)
+{
+    size_t total = 0, off = 0;
+    uint8_t *buf;
+
+    for (size_t i = 0; i < n; i++) {
+        ssize_t l = mgw_milter_encoded_len(&msgs[i]);
+
+        if (l < 0)
+            mgw_panic("session: cannot encode reply '%c'", msgs[i].cmd);
+        total += (size_t)l;
+    }
+    buf = wbuf_reserve(s, total);
+    for (size_t i = 0; i < n; i++) {
+        ssize_t l = mgw_milter_encode(&msgs[i], buf + off, total - off);
+
+        if (l < 0)
+            mgw_panic("session: encoder disagrees with encoded_len for '%c'", msgs[i].cmd);
+        off += (size_t)l;
+    }
+    if (bufferevent_write(s->bev, buf, total) != 0)
+        session_fail(s, MGW_EIO, "cannot queue reply");
+}
+
+static void send_simple(struct mgw_session *s, uint8_t cmd)
+{
+    struct mgw_milter_msg m = {.cmd = cmd};
+
+    session_send(s, &m, 1);
+}
+
+/* The action bit a modification needs; 0 for frames that are not modifications. */
+static uint32_t mod_action(uint8_t cmd)
+{
+    switch (cmd) {
+    case MGW_SMFIR_ADDHEADER:
+    case MGW_SMFIR_INSHEADER: return MGW_SMFIF_ADDHDRS;
+    case MGW_SMFIR_CHGHEADER: return MGW_SMFIF_CHGHDRS;
+    case MGW_SMFIR_REPLBODY: return MGW_SMFIF_CHGBODY;
+    case MGW_SMFIR_ADDRCPT: return MGW_SMFIF_ADDRCPT;
+    case MGW_SMFIR_ADDRCPT_PAR: return MGW_SMFIF_ADDRCPT_PAR;
+    case MGW_SMFIR_DELRCPT: return MGW_SMFIF_DELRCPT;
+    case MGW_SMFIR_CHGFROM: return MGW_SMFIF_CHGFROM;
+    case MGW_SMFIR_QUARANTINE: return MGW_SMFIF_QUARANTINE;
+    default: return 0;
+    }
+}
+
+/* Whether `reply` is a usable SMTP reply for verdict `kind`: three digits whose class
+ * matches (4xx for tempfail, 5xx for reject), then a space, a dash or the end. The MTA
+ * ignores a mismatched code or turns the reply into a protocol error. */
+static int reply_fits(enum mgw_verdict_kind kind, const char *reply)
+{
+    char want = kind == MGW_VERDICT_REJECT ? '5' : kind == MGW_VERDICT_TEMPFAIL ? '4' : 0;
+
+    if (want == 0 || reply[0] != want)
+        return 0;
+    if (reply[1] < '0' || reply[1] > '9' || reply[2] < '0' || reply[2] > '9')
+        return 0;
+    return reply[3] == ' ' || reply[3] == '-' || reply[3] == '\0';
+}
+
+/* Keep what we send legal for the negotiated protocol and the stage: an illegal reply
+ * would make the MTA apply its default action to every message on this connection. */
+static enum mgw_verdict_kind sanitize_kind(struct mgw_session *s, uint8_t cmd,
+                                           enum mgw_verdict_kind kind)
+{
+    if (kind == MGW_VERDICT_SKIP &&
+        (cmd != MGW_SMFIC_BODY || !(s->negotiated.protocol & MGW_SMFIP_SKIP))) {
+        log_debug(s->sid, "skip not allowed here, sending continue", "event=%s",
+                  mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA));
+        return MGW_VERDICT_CONTINUE;
+    }
+    if (kind == MGW_VERDICT_DISCARD && s->state < MGW_SESSION_MAIL) {
+        /* Postfix and Sendmail refuse DISCARD before MAIL; fail closed, not open. */
+        log_warn(s->sid, "discard not allowed before MAIL, sending tempfail", "event=%s",
+                 mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA));
+        return MGW_VERDICT_TEMPFAIL;
+    }
+    return kind;
+}
+
+static void session_on_done(void *arg, const struct mgw_verdict *v)
+{
+    static const uint8_t verdict_cmd[] = {
+        [MGW_VERDICT_CONTINUE] = MGW_SMFIR_CONTINUE, [MGW_VERDICT_ACCEPT] = MGW_SMFIR_ACCEPT,
+        [MGW_VERDICT_REJECT] = MGW_SMFIR_REJECT,     [MGW_VERDICT_TEMPFAIL] = MGW_SMFIR_TEMPFAIL,
+        [MGW_VERDICT_DISCARD] = MGW_SMFIR_DISCARD,   [MGW_VERDICT_SKIP] = MGW_SMFIR_SKIP,
+    };
+    struct mgw_session *s = arg;
+    uint8_t cmd = s->awaiting;
+    enum mgw_verdict_kind kind;
+    struct mgw_milter_msg stackbuf[16];
+    struct mgw_milter_msg *out = stackbuf;
+    size_t n = 0;
+
+    if (cmd == 0)
+        mgw_panic("session %016" PRIx64 ": backend answered an event it was not asked",
+                  s->sid);
+    if ((unsigned)v->kind > MGW_VERDICT_SKIP)
+        mgw_panic("session: backend gave verdict %d", (int)v->kind);
+    s->awaiting = 0;
+    kind = sanitize_kind(s, cmd, v->kind);
+
+    if (v->nmods + 1 > sizeof stackbuf / sizeof stackbuf[0])
+        out = mgw_xcalloc(v->nmods + 1, sizeof *out);
+    for (size_t i = 0; i < v->nmods; i++) {
+        uint32_t need = mod_action(v->mods[i].cmd);
+
+        if (cmd != MGW_SMFIC_BODYEOB || need == 0 || !(s->negotiated.actions & need)) {
+            log_warn(s->sid, "modification dropped", "mod=%s event=%s reason=%s",
+                     mgw_milter_cmd_name(v->mods[i].cmd, MGW_MILTER_FROM_MILTER),
+                     mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA),
+                     cmd != MGW_SMFIC_BODYEOB ? "not_end_of_message" : "action_not_negotiated");
+            continue;
+        }
+        out[n++] = v->mods[i];
+    }
+    if (v->reply != NULL && kind == v->kind && reply_fits(kind, v->reply)) {
+        out[n].cmd = MGW_SMFIR_REPLYCODE;
+        out[n].u.text.ptr = v->reply;
+        out[n].u.text.len = strlen(v->reply);
+    } else {
+        if (v->reply != NULL) {
+            char q[200];
+
+            log_warn(s->sid, "reply text dropped", "verdict=%s reply=%s", mgw_verdict_name(kind),
+                     mgw_log_quote(q, sizeof q, v->reply, strlen(v->reply)));
+        }
+        out[n].cmd = verdict_cmd[kind];
+    }
+    n++;
+    log_debug(s->sid, "answer", "event=%s verdict=%s mods=%zu",
+              mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA), mgw_verdict_name(kind), n - 1);
+    session_send(s, out, n);
+    if (out != stackbuf)
+        free(out);
+
+    if (cmd == MGW_SMFIC_BODYEOB && s->state == MGW_SESSION_EOM) {
+        s->messages++;
+        message_reset(s, 0);
+    }
+    if (s->state == MGW_SESSION_CLOSING)
+        return;
+    bufferevent_enable(s->bev, EV_READ);
+    /* Frames may already wait in the input buffer; the socket will not signal them. */
+    if (!s->in_drain)
+        event_active(s->resume_ev, EV_TIMEOUT, 0);
+}
+
+static void session_on_progress(void *arg)
+{
+    struct mgw_session *s = arg;
+
+    if (s->awaiting != 0 && s->state != MGW_SESSION_CLOSING)
+        send_simple(s, MGW_SMFIR_PROGRESS);
+}
+
+/* ---- forwarding events ---- */
+
+static const struct mgw_strlist *stage_macros_of(struct mgw_session *s, uint8_t cmd)
+{
+    int stage = mgw_milter_stage_of_cmd(cmd);
+
+    return stage < 0 ? NULL : &s->macro_views.stage[stage];
+}
+
+static int backend_open(struct mgw_session *s)
+{
+    struct mgw_session_info info = {
+        .sid = s->sid, .offered = &s->offered, .negotiated = &s->negotiated};
+
+    s->bsession = s->srv->backend->ops->session_open(s->srv->backend->impl, &info,
+                                                     session_on_progress, s);
+    if (s->bsession == NULL) {
+        session_fail(s, MGW_EUNAVAIL, "backend refused the session");
+        return -1;
+    }
+    return 0;
+}
+
+/* Give one event to the backend. If the MTA expects an answer, reading pauses until
+ * session_on_done(). Events the backend asked not to get (a NO* bit the MTA did not
+ * honour) are answered here. */
+static void forward(struct mgw_session *s, const struct mgw_milter_msg *m)
+{
+    uint32_t no_bit = mgw_negotiate_no_bit(m->cmd);
+    int want_reply = mgw_negotiate_replies(s->negotiated.protocol, m->cmd);
+    struct mgw_event ev = {
+        .msg = m, .macros = stage_macros_of(s, m->cmd), .all_macros = &s->macro_views};
+    int r;
+
+    if (no_bit != 0 && (s->needs.protocol & no_bit)) {
+        if (want_reply)
+            send_simple(s, MGW_SMFIR_CONTINUE);
+        return;
+    }
+    if (want_reply) {
+        s->awaiting = m->cmd;
+        bufferevent_disable(s->bev, EV_READ);
+    }
+    r = s->srv->backend->ops->event(s->bsession, &ev, want_reply, session_on_done, s);
+    if (r < 0 && want_reply) {
+        /* No callback will come; fail closed for this event rather than hang the MTA. */
+        struct mgw_verdict v = {.kind = MGW_VERDICT_TEMPFAIL};
+
+        log_warn(s->sid, "backend refused event", "event=%s error=%s",
+                 mgw_milter_cmd_name(m->cmd, MGW_MILTER_FROM_MTA), mgw_strerror(r));
+        session_on_done(s, &v);
+    }
+}
+
+/* Tell the backend a message is over without an end of message. */
+static void forward_abort(struct mgw_session *s)
+{
+    struct mgw_milter_msg a = {.cmd = MGW_SMFIC_ABORT};
+
+    if (s->bsession != NULL)
+        forward(s, &a);
+}
+
+/* ---- the state machine ---- */
+
+/* The state a message command moves to, and whether it may repeat in that state. */
+static enum mgw_session_state message_state(uint8_t cmd, int *repeatable)
+{
+    *repeatable = cmd == MGW_SMFIC_RCPT || cmd == MGW_SMFIC_HEADER || cmd == MGW_SMFIC_BODY;
+    switch (cmd) {
+    case MGW_SMFIC_RCPT: return MGW_SESSION_RCPT;
+    case MGW_SMFIC_DATA: return MGW_SESSION_DATA;
+    case MGW_SMFIC_HEADER: return MGW_SESSION_HEADERS;
+    case MGW_SMFIC_EOH: return MGW_SESSION_EOH;
+    case MGW_SMFIC_BODY: return MGW_SESSION_BODY;
+    case MGW_SMFIC_BODYEOB: return MGW_SESSION_EOM;
+    default: return MGW_SESSION_CLOSING;
+    }
+}
+
+static int in_message(const struct mgw_session *s)
+{
+    return s->state >= MGW_SESSION_MAIL && s->state <= MGW_SESSION_EOM;
+}
+
+static void out_of_order(struct mgw_session *s, uint8_t cmd)
+{
+    char detail[96];
+
+    snprintf(detail, sizeof detail, "%s not allowed in state %s",
+             mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA), mgw_session_state_name(s->state));
+    session_fail(s, MGW_EORDER, detail);
+}
+
+static void handle_optneg(struct mgw_session *s, const struct mgw_milter_msg *m)
+{
+    struct mgw_milter_msg reply = {.cmd = MGW_SMFIR_OPTNEG};
+    char detail[64];
+
+    s->offered = m->u.optneg;
+    memset(s->offered.symlist, 0, sizeof s->offered.symlist);
+    memset(&s->needs, 0, sizeof s->needs);
+    s->srv->backend->ops->needs(s->srv->backend->impl, &s->needs);
+    if (mgw_negotiate(&s->offered, &s->needs, s->dec.max_frame, &s->negotiated) < 0) {
+        snprintf(detail, sizeof detail, "MTA offered protocol version %" PRIu32,
+                 s->offered.version);
+        session_close(s, MGW_LOG_WARN, "unsupported_version", detail);
+        return;
+    }
+    reply.u.optneg = s->negotiated;
+    log_debug(s->sid, "negotiated",
+              "mta_version=%" PRIu32 " mta_actions=0x%" PRIx32 " mta_protocol=0x%" PRIx32
+              " version=%" PRIu32 " actions=0x%" PRIx32 " protocol=0x%" PRIx32,
+              s->offered.version, s->offered.actions, s->offered.protocol,
+              s->negotiated.version, s->negotiated.actions, s->negotiated.protocol);
+    session_send(s, &reply, 1);
+    session_enter_state(s, MGW_SESSION_CONNECT);
+}
+
+static void handle_macro(struct mgw_session *s, const struct mgw_milter_msg *m)
+{
+    int stage = mgw_milter_stage_of_cmd(m->u.macro.stage_cmd);
+
+    /* libmilter ignores a D for a command letter without a macro stage; so do we. */
+    if (stage < 0) {
+        log_debug(s->sid, "macros for unknown stage ignored", "stage_cmd=0x%02x",
+                  m->u.macro.stage_cmd);
+        return;
+    }
+    macros_store(s, stage, &m->u.macro.pairs);
+}
+
+static void handle_message_cmd(struct mgw_session *s, const struct mgw_milter_msg *m)
+{
+    int repeatable;
+    enum mgw_session_state to = message_state(m->cmd, &repeatable);
+
+    /* Stages may be skipped (NO* flags) but never revisited; RCPT, header and body
+     * chunks may repeat. EOM always closes the message. */
+    if (!in_message(s) || s->state == MGW_SESSION_EOM || to < s->state ||
+        (to == s->state && !repeatable)) {
+        out_of_order(s, m->cmd);
+        return;
+    }
+    session_enter_state(s, to);
+    forward(s, m);
+}
+
+static void handle_command(struct mgw_session *s, const struct mgw_milter_msg *m)
+{
+    if (s->state == MGW_SESSION_NEGOTIATE && m->cmd != MGW_SMFIC_OPTNEG) {
+        out_of_order(s, m->cmd);
+        return;
+    }
+    switch (m->cmd) {
+    case MGW_SMFIC_OPTNEG:
+        if (s->state != MGW_SESSION_NEGOTIATE)
+            out_of_order(s, m->cmd);
+        else
+            handle_optneg(s, m);
+        break;
+    case MGW_SMFIC_MACRO:
+        handle_macro(s, m);
+        break;
+    case MGW_SMFIC_CONNECT:
+        if (s->state != MGW_SESSION_CONNECT) {
+            out_of_order(s, m->cmd);
+            break;
+        }
+        if (backend_open(s) < 0)
+            break;
+        session_enter_state(s, MGW_SESSION_IDLE);
+        forward(s, m);
+        break;
+    case MGW_SMFIC_HELO:
+    case MGW_SMFIC_MAIL:
+        if (s->state < MGW_SESSION_IDLE) {
+            out_of_order(s, m->cmd);
+            break;
+        }
+        /* A new HELO or MAIL inside a message resets it (SMTP RSET semantics); Postfix
+         * sends ABORT first, other MTAs may not. */
+        if (in_message(s)) {
+            log_debug(s->sid, "implicit abort", "event=%s",
+                      mgw_milter_cmd_name(m->cmd, MGW_MILTER_FROM_MTA));
+            forward_abort(s);
+            message_reset(s, m->cmd == MGW_SMFIC_MAIL);
+        }
+        if (m->cmd == MGW_SMFIC_MAIL)
+            session_enter_state(s, MGW_SESSION_MAIL);
+        forward(s, m);
+        break;
+    case MGW_SMFIC_RCPT:
+    case MGW_SMFIC_DATA:
+    case MGW_SMFIC_HEADER:
+    case MGW_SMFIC_EOH:
+    case MGW_SMFIC_BODY:
+    case MGW_SMFIC_BODYEOB:
+        handle_message_cmd(s, m);
+        break;
+    case MGW_SMFIC_UNKNOWN:
+        if (s->state < MGW_SESSION_IDLE)
+            out_of_order(s, m->cmd);
+        else
+            forward(s, m);
+        break;
+    case MGW_SMFIC_ABORT:
+        /* Postfix sends ABORT after every message and twice more at the end: an abort
+         * outside a message is harmless and not forwarded. */
+        if (in_message(s)) {
+            forward_abort(s);
+            message_reset(s, 0);
+        }
+        break;
+    case MGW_SMFIC_QUIT_NC:
+        /* A new SMTP connection follows on this socket: new backend session, no macros. */
+        if (s->bsession != NULL) {
+            s->srv->backend->ops->session_close(s->bsession);
+            s->bsession = NULL;
+        }
+        macros_clear(s, 0, MGW_STAGE_COUNT - 1);
+        session_enter_state(s, MGW_SESSION_CONNECT);
+        break;
+    case MGW_SMFIC_QUIT:
+        session_close(s, MGW_LOG_DEBUG, "quit", NULL);
+        break;
+    default:
+        mgw_panic("session: decoder returned command 0x%02x", m->cmd);
+    }
+}
+
+/* ---- reading ---- */
+
+static void session_drain(struct mgw_session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    int frames = 0;
+
+    s->in_drain++;
+    while (!s->awaiting && s->state != MGW_SESSION_CLOSING) {
+        size_t avail = evbuffer_get_length(in);
+        uint8_t hdr[MGW_MILTER_HDR_LEN];
+        struct mgw_milter_msg m;
+        size_t want;
+        ssize_t r;
+        uint8_t *buf;
+
+        if (avail < MGW_MILTER_HDR_LEN)
+            break;
+        if (++frames > DRAIN_BATCH) {
+            /* Yield to other connections; continue on the next loop turn. */
+            event_active(s->resume_ev, EV_TIMEOUT, 0);
+            break;
+        }
+        evbuffer_copyout(in, hdr, sizeof hdr);
+        want = MGW_MILTER_HDR_LEN + ((size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 |
+                                     (size_t)hdr[2] << 8 | hdr[3]);
+        /* Let the codec judge the length before waiting for (or pulling up) the body. */
+        r = mgw_milter_decode(&s->dec, hdr, sizeof hdr, &m);
+        if (r < 0 && r != MGW_PARTIAL) {
+            session_fail(s, (int)r, "bad frame length");
+            break;
+        }
+        if (avail < want)
+            break;
+        buf = evbuffer_pullup(in, (ssize_t)want);
+        r = mgw_milter_decode(&s->dec, buf, want, &m);
+        if (r < 0) {
+            char detail[64];
+
+            snprintf(detail, sizeof detail, "command 0x%02x, frame length %zu", buf[4],
+                     want - MGW_MILTER_HDR_LEN);
+            session_fail(s, r == MGW_PARTIAL ? MGW_EMALFORMED : (int)r, detail);
+            break;
+        }
+        handle_command(s, &m);
+        /* Views into `buf` die here; the backend copied what it keeps. */
+        if (s->state != MGW_SESSION_CLOSING || !s->dead)
+            evbuffer_drain(in, (size_t)r);
+    }
+    s->in_drain--;
+    if (s->dead && s->in_drain == 0)
+        session_free(s);
+}
+
+static void session_on_read(struct bufferevent *bev, void *arg)
+{
+    session_drain(arg);
+}
+
+static void session_on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct mgw_session *s = arg;
+
+    if (s->state != MGW_SESSION_CLOSING)
+        session_drain(s);
+}
+
+static void session_on_write(struct bufferevent *bev, void *arg)
+{
+    struct mgw_session *s = arg;
+
+    /* Only a lingering, closing session waits for its output to drain. */
+    if (s->state == MGW_SESSION_CLOSING && !s->in_drain)
+        session_free(s);
+}
+
+static void session_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct mgw_session *s = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    if (s->state == MGW_SESSION_CLOSING) {
+        /* The peer went away or the linger timed out while flushing: just free. */
+        session_free(s);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        if (evbuffer_get_length(in) > 0)
+            session_close(s, MGW_LOG_WARN, "truncated", "EOF in the middle of a frame");
+        else
+            session_close(s, MGW_LOG_INFO, "eof", "MTA closed the connection without QUIT");
+    } else if (what & BEV_EVENT_TIMEOUT) {
+        session_close(s, MGW_LOG_WARN, "idle_timeout", NULL);
+    } else if (what & BEV_EVENT_ERROR) {
+        session_close(s, MGW_LOG_WARN, "io_error", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    }
+}
+
+/* ---- lifetime ---- */
+
+static void session_free(struct mgw_session *s)
+{
+    struct mgw_server *srv = s->srv;
+
+    if (s->bsession != NULL)
+        srv->backend->ops->session_close(s->bsession);
+    macros_clear(s, 0, MGW_STAGE_COUNT - 1);
+    bufferevent_free(s->bev);
+    event_free(s->resume_ev);
+    free(s->wbuf);
+    TAILQ_REMOVE(&srv->sessions, s, link);
+    srv->nsessions--;
+    free(s);
+    if (srv->nsessions == 0 && srv->empty_cb != NULL)
+        srv->empty_cb(srv->empty_arg);
+}
+
+int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *peer)
+{
+    struct mgw_session *s;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int one = 1;
+
+    if (srv->cfg.max_connections && srv->nsessions >= srv->cfg.max_connections) {
+        log_warn(0, "connection refused", "reason=max_connections limit=%u peer=%s",
+                 srv->cfg.max_connections, peer ? peer : "-");
+        evutil_closesocket(fd);
+        return MGW_EUNAVAIL;
+    }
+    s = mgw_xcalloc(1, sizeof *s);
+    s->srv = srv;
+    s->sid = srv->next_sid++;
+    snprintf(s->peer, sizeof s->peer, "%s", peer ? peer : "-");
+    s->dec.dir = MGW_MILTER_FROM_MTA;
+    s->dec.max_frame = srv->cfg.max_frame ? srv->cfg.max_frame : MGW_MILTER_DEFAULT_MAX_FRAME;
+
+    /* Replies are small and latency-bound; see the Nagle note at the top. */
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    evutil_make_socket_nonblocking(fd);
+    evutil_make_socket_closeonexec(fd);
+
+    s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    s->resume_ev = event_new(srv->base, -1, 0, session_on_resume, s);
+    if (s->bev == NULL || s->resume_ev == NULL)
+        mgw_panic("session: libevent allocation failed");
+    bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, s->dec.max_frame + MGW_MILTER_HDR_LEN + READ_SLACK);
+    if (srv->cfg.idle_timeout_ms) {
+        struct timeval tv = {srv->cfg.idle_timeout_ms / 1000,
+                             (srv->cfg.idle_timeout_ms % 1000) * 1000};
+
+        bufferevent_set_timeouts(s->bev, &tv, NULL);
+    }
+    TAILQ_INSERT_TAIL(&srv->sessions, s, link);
+    srv->nsessions++;
+    log_debug(s->sid, "session opened", "peer=%s", s->peer);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+struct mgw_server *mgw_server_new(struct event_base *base, const struct mgw_server_config *cfg,
+                                  struct mgw_backend *backend)
+{
+    struct mgw_server *srv = mgw_xcalloc(1, sizeof *srv);
+    uint64_t seed = 0;
+
+    srv->base = base;
+    srv->cfg = *cfg;
+    srv->backend = backend;
+    TAILQ_INIT(&srv->sessions);
+    /* Random high bits keep ids unique across restarts when logs are merged; the
+     * counter keeps them ordered within one process. Never 0 (0 means "no session"). */
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
+        seed = (uint64_t)time(NULL) * 2654435761u;
+    srv->next_sid = (seed & 0xffffff0000000000ull) | 1;
+    return srv;
+}
+
+unsigned mgw_server_session_count(const struct mgw_server *srv)
+{
+    return srv->nsessions;
+}
+
+void mgw_server_set_empty_cb(struct mgw_server *srv, void (*cb)(void *arg), void *arg)
+{
+    srv->empty_cb = cb;
+    srv->empty_arg = arg;
+}
+
+void mgw_server_close_all(struct mgw_server *srv, const char *reason)
+{
+    struct mgw_session *s, *next;
+
+    for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
+        next = TAILQ_NEXT(s, link);
+        if (s->state == MGW_SESSION_CLOSING)
+            session_free(s);
+        else
+            session_close(s, MGW_LOG_INFO, reason, NULL);
+    }
+}
+
+struct mgw_server *mgw_server_free(struct mgw_server *srv)
+{
+    if (srv == NULL)
+        return NULL;
+    srv->empty_cb = NULL;
+    mgw_server_close_all(srv, "shutdown");
+    free(srv);
+    return NULL;
+}
