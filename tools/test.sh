@@ -1,0 +1,28 @@
+#!/bin/sh
+# Build miltergw and run the whole test suite: a normal build, an AddressSanitizer +
+# UBSan build (unit, session and integration tests again, leaks fatal), and, when clang
+# is present, the libFuzzer targets for a bounded time.
+# Usage: tools/test.sh            (from anywhere; build trees go under ./build*)
+set -eu
+cd "$(dirname "$0")/.."
+jobs=$(nproc 2>/dev/null || echo 2)
+
+echo "== normal build"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure
+
+echo "== AddressSanitizer + UBSan build"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMGW_SANITIZE=ON
+cmake --build build-asan -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan --output-on-failure
+
+if command -v clang >/dev/null 2>&1; then
+    echo "== libFuzzer targets"
+    CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMGW_FUZZ=ON -DMGW_SANITIZE=ON
+    cmake --build build-fuzz -j "$jobs" --target fuzz_milter_decode
+    ctest --test-dir build-fuzz -L fuzz --output-on-failure
+else
+    echo "== clang not found: fuzz targets skipped"
+fi
