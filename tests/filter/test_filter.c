@@ -1,0 +1,958 @@
+/*
+ * test_filter.c - a fast, flag-driven miltergw.v1.Filter service on the gRPC core server API.
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Stands in for real filter services in the integration tests and the benchmarks; its
+ * behaviour comes from flags (test_filter_opts.c, `--help`). It is not an example of how to
+ * write a filter: see examples/ for that.
+ *
+ * Threads. The main thread owns every call and all state: it loops in
+ * grpc_completion_queue_next() on one NEXT completion queue, so no state needs a lock. A
+ * signal thread only waits in sigwait() and turns SIGTERM/SIGINT into
+ * grpc_server_shutdown_and_notify() + grpc_server_cancel_all_calls(), which are
+ * thread-safe. Signals are blocked before grpc_init() so gRPC's threads inherit the mask.
+ *
+ * Calls. Session streams, Describe and a generic catch-all are requested 16, 16 and 2 at a
+ * time and re-requested as they arrive; the catch-all answers UNIMPLEMENTED, because the core
+ * API would otherwise leave unknown methods hanging. Each session keeps one RECV_MESSAGE
+ * armed and at most one SEND_MESSAGE in flight (our own flags, never TOO_MANY_OPERATIONS);
+ * when a reply is ready as the next receive is armed, both go in one
+ * {SEND_MESSAGE, RECV_MESSAGE} batch (one completion per round trip).
+ *
+ * Delays. The C core has no alarm (grpc_alarm is C++ only), and a sleeping thread would stall
+ * every session. Instead replies wait in their session's FIFO with a due time, sessions whose
+ * head is not due yet sit in a min-heap, and the CQ wait uses the earliest due time as its
+ * deadline: GRPC_QUEUE_TIMEOUT means "some reply is due".
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/time.h>
+
+#include "test_filter.h"
+
+#define N_REQ_SESSION   16
+#define N_REQ_DESCRIBE  16
+#define N_REQ_GENERIC   2
+#define N_REQ           (N_REQ_SESSION + N_REQ_DESCRIBE + N_REQ_GENERIC)
+#define BOGUS_ID_OFFSET 1000000u
+#define CRASH_EXIT      70
+#define NO_HEAP         SIZE_MAX
+
+enum tag_kind {
+    TAG_NEW_SESSION,  /* request_registered_call(Session) */
+    TAG_NEW_DESCRIBE, /* request_registered_call(Describe) */
+    TAG_NEW_GENERIC,  /* request_call: any other method */
+    TAG_UNARY_DONE,   /* the single batch answering Describe or UNIMPLEMENTED */
+    TAG_RECV,         /* session: {RECV_MESSAGE} (the first also sends initial metadata) */
+    TAG_SEND,         /* session: {SEND_MESSAGE} */
+    TAG_SENDRECV,     /* session: {SEND_MESSAGE, RECV_MESSAGE} */
+    TAG_CLOSE,        /* session: {RECV_CLOSE_ON_SERVER} */
+    TAG_STATUS,       /* session: {SEND_STATUS_FROM_SERVER} */
+    TAG_SHUTDOWN,     /* grpc_server_shutdown_and_notify */
+};
+
+struct tag {
+    enum tag_kind kind;
+    void *owner;
+};
+
+/* One pre-posted request for a new call. */
+struct request {
+    struct tag tag;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload; /* Describe only */
+    grpc_call_details details; /* generic only */
+};
+
+/* A unary answer in flight. */
+struct unary {
+    struct tag tag;
+    grpc_call *call;
+    grpc_byte_buffer *bb;
+    int cancelled;
+};
+
+/* A reply waiting to be sent. */
+struct out {
+    struct out *next;
+    int64_t due; /* ns, gpr monotonic clock */
+    grpc_byte_buffer *bb;
+};
+
+struct session {
+    struct tag t_recv, t_send, t_sendrecv, t_close, t_status;
+    grpc_call *call;
+    grpc_byte_buffer *recv_bb; /* RECV_MESSAGE target */
+    grpc_byte_buffer *send_bb; /* the SEND_MESSAGE in flight */
+    int cancelled;             /* RECV_CLOSE_ON_SERVER target */
+    int outstanding;           /* batches started and not completed */
+    bool recv_armed, send_busy, recv_done, dead, status_started, silent, first_recv;
+    struct out *head, *tail;
+    size_t heap_idx;
+    int64_t due;
+    unsigned events, observe; /* the declaration in force for this stream */
+    char *sid;                /* owned; NULL until SessionStart */
+};
+
+static struct {
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    void *m_session, *m_describe;
+    struct request reqs[N_REQ];
+    int pending_requests; /* request tags not yet completed */
+    int live;             /* sessions and unary answers not yet freed */
+    bool shutdown_seen, cq_shutdown, cq_drained;
+    int record_fd;
+    struct session **heap;
+    size_t heap_len, heap_cap;
+    struct tag shutdown_tag;
+} g = {.record_fd = -1};
+
+static atomic_int g_stop;
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n, size);
+    if (p == NULL) {
+        fputs("mgw_test_filter: out of memory\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+static int64_t now_ns(void)
+{
+    gpr_timespec t = gpr_now(GPR_CLOCK_MONOTONIC);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static gpr_timespec ns_to_timespec(int64_t ns)
+{
+    gpr_timespec t = {.tv_sec = ns / 1000000000,
+                      .tv_nsec = (int32_t)(ns % 1000000000),
+                      .clock_type = GPR_CLOCK_MONOTONIC};
+    return t;
+}
+
+/* ---- protobuf-c <-> grpc_byte_buffer ---------------------------------------------------- */
+
+static grpc_byte_buffer *pack_bb(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    grpc_slice s = grpc_slice_malloc(n);
+    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+static ProtobufCMessage *unpack_bb(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb)
+{
+    if (bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE &&
+        bb->data.raw.slice_buffer.count == 1) {
+        grpc_slice s = bb->data.raw.slice_buffer.slices[0];
+        return protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    }
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, bb))
+        return NULL;
+    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+    ProtobufCMessage *m =
+        protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    grpc_slice_unref(s);
+    grpc_byte_buffer_reader_destroy(&r);
+    return m;
+}
+
+/* ---- the --record file ------------------------------------------------------------------ */
+
+static struct {
+    char *p;
+    size_t len, cap;
+} line;
+
+static void line_put(const void *data, size_t n)
+{
+    if (line.len + n + 1 > line.cap) {
+        size_t cap = line.cap ? line.cap : 256;
+        while (cap < line.len + n + 1)
+            cap *= 2;
+        char *p = realloc(line.p, cap);
+        if (p == NULL)
+            abort();
+        line.p = p;
+        line.cap = cap;
+    }
+    memcpy(line.p + line.len, data, n);
+    line.len += n;
+}
+
+__attribute__((format(printf, 1, 2))) static void line_printf(const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        line_put(buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+/* Bytes outside 0x21..0x7e, and backslash, become \xHH: a value never holds a space. */
+static void line_esc(const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] > 0x20 && p[i] < 0x7f && p[i] != '\\')
+            line_put(&p[i], 1);
+        else
+            line_printf("\\x%02x", p[i]);
+    }
+}
+
+static void line_kv(const char *key, const char *value)
+{
+    line_printf(" %s=", key);
+    line_esc(value ? value : "", value ? strlen(value) : 0);
+}
+
+static void line_start(uint64_t id, bool has_id, const char *kind, const struct session *s)
+{
+    line.len = 0;
+    if (has_id)
+        line_printf("%" PRIu64 " %s", id, kind);
+    else
+        line_printf("- %s", kind);
+    line_kv("session", s && s->sid ? s->sid : "-");
+}
+
+static void line_write(void)
+{
+    line_put("\n", 1);
+    size_t off = 0;
+    while (off < line.len) {
+        ssize_t n = write(g.record_fd, line.p + off, line.len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            perror("mgw_test_filter: --record");
+            return;
+        }
+        off += (size_t)n;
+    }
+}
+
+static const char *family_name(Miltergw__V1__Family f)
+{
+    switch (f) {
+    case MILTERGW__V1__FAMILY__FAMILY_UNKNOWN: return "unknown";
+    case MILTERGW__V1__FAMILY__FAMILY_UNIX: return "unix";
+    case MILTERGW__V1__FAMILY__FAMILY_INET: return "inet";
+    case MILTERGW__V1__FAMILY__FAMILY_INET6: return "inet6";
+    default: return "unspecified";
+    }
+}
+
+static void record_args(char **args, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        line_kv("arg", args[i]);
+}
+
+static void record_event(const struct session *s, const Miltergw__V1__Event *ev, const char *kind)
+{
+    if (g.record_fd < 0)
+        return;
+    line_start(ev->event_id, true, kind, s);
+    switch (ev->event_case) {
+    case MILTERGW__V1__EVENT__EVENT_START: {
+        const Miltergw__V1__SessionStart *st = ev->start;
+        const Miltergw__V1__MilterOptions *o = st->mta_offered, *n = st->negotiated;
+        line_kv("filter", st->filter_name);
+        line_kv("gateway", st->gateway_version);
+        line_printf(" mta_version=%u mta_actions=0x%x mta_protocol=0x%x", o ? o->version : 0,
+                    o ? o->actions : 0, o ? o->protocol : 0);
+        line_printf(" version=%u actions=0x%x protocol=0x%x", n ? n->version : 0,
+                    n ? n->actions : 0, n ? n->protocol : 0);
+        line_printf(" leadspc=%d", st->header_leading_space ? 1 : 0);
+        break;
+    }
+    case MILTERGW__V1__EVENT__EVENT_CONNECT:
+        line_kv("host", ev->connect->hostname);
+        line_kv("family", family_name(ev->connect->family));
+        line_kv("addr", ev->connect->address);
+        line_printf(" port=%u", ev->connect->port);
+        break;
+    case MILTERGW__V1__EVENT__EVENT_HELO: line_kv("name", ev->helo->name); break;
+    case MILTERGW__V1__EVENT__EVENT_MAIL:
+        line_kv("addr", ev->mail->address);
+        record_args(ev->mail->args, ev->mail->n_args);
+        break;
+    case MILTERGW__V1__EVENT__EVENT_RCPT:
+        line_kv("addr", ev->rcpt->address);
+        line_printf(" rejected=%d", ev->rcpt->rejected ? 1 : 0);
+        record_args(ev->rcpt->args, ev->rcpt->n_args);
+        break;
+    case MILTERGW__V1__EVENT__EVENT_HEADER:
+        line_kv("name", ev->header->name);
+        line_put(" value=", 7);
+        line_esc(ev->header->value.data, ev->header->value.len);
+        break;
+    case MILTERGW__V1__EVENT__EVENT_BODY:
+        line_printf(" len=%zu data=", ev->body->data.len);
+        line_esc(ev->body->data.data, ev->body->data.len);
+        break;
+    case MILTERGW__V1__EVENT__EVENT_UNKNOWN: line_kv("cmd", ev->unknown->command); break;
+    default: break;
+    }
+    for (size_t i = 0; i < ev->n_macros; i++) {
+        line_put(" m.", 3);
+        line_esc(ev->macros[i]->key, strlen(ev->macros[i]->key));
+        line_put("=", 1);
+        line_esc(ev->macros[i]->value, strlen(ev->macros[i]->value));
+    }
+    line_write();
+}
+
+/* ---- timer heap of sessions, keyed by the due time of their first queued reply ----------- */
+
+static void heap_swap(size_t a, size_t b)
+{
+    struct session *t = g.heap[a];
+    g.heap[a] = g.heap[b];
+    g.heap[b] = t;
+    g.heap[a]->heap_idx = a;
+    g.heap[b]->heap_idx = b;
+}
+
+static void heap_fix(size_t i)
+{
+    while (i > 0 && g.heap[i]->due < g.heap[(i - 1) / 2]->due) {
+        heap_swap(i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < g.heap_len && g.heap[l]->due < g.heap[m]->due)
+            m = l;
+        if (r < g.heap_len && g.heap[r]->due < g.heap[m]->due)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(i, m);
+        i = m;
+    }
+}
+
+static void heap_remove(struct session *s)
+{
+    size_t i = s->heap_idx;
+    if (i == NO_HEAP)
+        return;
+    s->heap_idx = NO_HEAP;
+    if (i != --g.heap_len) {
+        g.heap[i] = g.heap[g.heap_len];
+        g.heap[i]->heap_idx = i;
+        heap_fix(i);
+    }
+}
+
+static void heap_set(struct session *s, int64_t due)
+{
+    s->due = due;
+    if (s->heap_idx == NO_HEAP) {
+        if (g.heap_len == g.heap_cap) {
+            g.heap_cap = g.heap_cap ? 2 * g.heap_cap : 64;
+            g.heap = realloc(g.heap, g.heap_cap * sizeof *g.heap);
+            if (g.heap == NULL)
+                abort();
+        }
+        s->heap_idx = g.heap_len;
+        g.heap[g.heap_len++] = s;
+    }
+    heap_fix(s->heap_idx);
+}
+
+/* ---- sessions ---------------------------------------------------------------------------- */
+
+static void pump(struct session *s);
+
+static bool session_batch(struct session *s, const grpc_op *ops, size_t n, struct tag *t)
+{
+    grpc_call_error e = grpc_call_start_batch(s->call, ops, n, t, NULL);
+    if (e != GRPC_CALL_OK) {
+        /* A refused batch can leave the call unusable (GRPC_CORE.md 4.4): end it. */
+        fprintf(stderr, "mgw_test_filter: start_batch(kind=%d) failed: %d\n", t->kind, e);
+        grpc_call_cancel(s->call, NULL);
+        s->dead = true;
+        return false;
+    }
+    s->outstanding++;
+    return true;
+}
+
+static void drop_queue(struct session *s)
+{
+    while (s->head) {
+        struct out *o = s->head;
+        s->head = o->next;
+        grpc_byte_buffer_destroy(o->bb);
+        free(o);
+    }
+    s->tail = NULL;
+}
+
+static void session_free(struct session *s)
+{
+    heap_remove(s);
+    drop_queue(s);
+    if (s->recv_bb)
+        grpc_byte_buffer_destroy(s->recv_bb);
+    grpc_call_unref(s->call);
+    free(s->sid);
+    free(s);
+    g.live--;
+}
+
+static void session_new(grpc_call *call)
+{
+    struct session *s = xcalloc(1, sizeof *s);
+    struct tag *tags[] = {&s->t_recv, &s->t_send, &s->t_sendrecv, &s->t_close, &s->t_status};
+    enum tag_kind kinds[] = {TAG_RECV, TAG_SEND, TAG_SENDRECV, TAG_CLOSE, TAG_STATUS};
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
+        *tags[i] = (struct tag){.kind = kinds[i], .owner = s};
+    s->call = call;
+    s->heap_idx = NO_HEAP;
+    s->events = tf.events;
+    s->observe = tf.observe;
+    s->first_recv = true;
+    g.live++;
+
+    grpc_op close_op = {.op = GRPC_OP_RECV_CLOSE_ON_SERVER};
+    close_op.data.recv_close_on_server.cancelled = &s->cancelled;
+    session_batch(s, &close_op, 1, &s->t_close);
+    pump(s);
+}
+
+static void enqueue(struct session *s, const Miltergw__V1__Reply *r, int64_t due)
+{
+    struct out *o = xcalloc(1, sizeof *o);
+    o->due = due;
+    o->bb = pack_bb(&r->base);
+    if (s->tail)
+        s->tail->next = o;
+    else
+        s->head = o;
+    s->tail = o;
+}
+
+/* Starts {SEND_MESSAGE(queue head)}, {RECV_MESSAGE} or both in one batch. */
+static void start_io(struct session *s, bool send, bool recv)
+{
+    grpc_op ops[3];
+    size_t n = 0;
+    memset(ops, 0, sizeof ops);
+    if (recv && s->first_recv) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        s->first_recv = false;
+    }
+    if (send) {
+        struct out *o = s->head;
+        s->head = o->next;
+        if (s->head == NULL)
+            s->tail = NULL;
+        s->send_bb = o->bb;
+        free(o);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = s->send_bb;
+    }
+    if (recv) {
+        ops[n].op = GRPC_OP_RECV_MESSAGE;
+        ops[n++].data.recv_message.recv_message = &s->recv_bb;
+    }
+    struct tag *t = send && recv ? &s->t_sendrecv : send ? &s->t_send : &s->t_recv;
+    if (session_batch(s, ops, n, t)) {
+        s->send_busy = send;
+        s->recv_armed = s->recv_armed || recv;
+    } else if (send) {
+        grpc_byte_buffer_destroy(s->send_bb);
+        s->send_bb = NULL;
+    }
+}
+
+/*
+ * Starts whatever the session can do now: arm the receive, send the next due reply (both in
+ * one batch when possible), keep the timer in step with the queue head, send the status once
+ * the client half-closed and the queue is empty, and free the session when all is done.
+ */
+static void pump(struct session *s)
+{
+    bool want_recv = !s->recv_armed && !s->recv_done && !s->dead;
+    bool can_send = !s->send_busy && !s->dead && s->head && s->head->due <= now_ns();
+
+    /* A combined batch completes only when the next event arrives, so it may carry only the
+     * last queued reply: one behind it (e.g. the final answer after a PROGRESS) would wait
+     * for an event the gateway sends only after getting that answer. */
+    if (can_send && want_recv && s->head->next == NULL) {
+        start_io(s, true, true);
+    } else {
+        if (want_recv)
+            start_io(s, false, true);
+        if (can_send && !s->dead)
+            start_io(s, true, false);
+    }
+    if (s->dead)
+        drop_queue(s);
+
+    if (s->head && !s->send_busy)
+        heap_set(s, s->head->due);
+    else
+        heap_remove(s);
+
+    if ((s->recv_done || s->dead) && !s->head && !s->send_busy && !s->status_started) {
+        grpc_op op = {.op = GRPC_OP_SEND_STATUS_FROM_SERVER};
+        op.data.send_status_from_server.status = GRPC_STATUS_OK;
+        s->status_started = true;
+        session_batch(s, &op, 1, &s->t_status);
+    }
+    if (s->status_started && s->outstanding == 0)
+        session_free(s);
+}
+
+static Miltergw__V1__Verdict decide(unsigned st, const Miltergw__V1__Event *ev)
+{
+    unsigned bit = TF_BIT(st);
+    if (st == TF_RCPT) {
+        for (size_t i = 0; i < tf.n_reject_rcpt; i++)
+            if (tf_addr_match(ev->rcpt->address, tf.reject_rcpt[i]))
+                return MILTERGW__V1__VERDICT__VERDICT_REJECT;
+        for (size_t i = 0; i < tf.n_tempfail_rcpt; i++)
+            if (tf_addr_match(ev->rcpt->address, tf.tempfail_rcpt[i]))
+                return MILTERGW__V1__VERDICT__VERDICT_TEMPFAIL;
+    }
+    if (tf.discard_at & bit)
+        return MILTERGW__V1__VERDICT__VERDICT_DISCARD;
+    if (tf.reject_at & bit)
+        return MILTERGW__V1__VERDICT__VERDICT_REJECT;
+    if (tf.tempfail_at & bit)
+        return MILTERGW__V1__VERDICT__VERDICT_TEMPFAIL;
+    if (tf.accept_at & bit)
+        return MILTERGW__V1__VERDICT__VERDICT_ACCEPT;
+    if (st == TF_BODY && tf.skip_body)
+        return MILTERGW__V1__VERDICT__VERDICT_SKIP;
+    return MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
+}
+
+/* Stage of an event, or -1 for SessionStart, Abort and unknown kinds. */
+static int event_stage(const Miltergw__V1__Event *ev, const char **kind)
+{
+    static const struct {
+        Miltergw__V1__Event__EventCase c;
+        int stage;
+        const char *kind;
+    } map[] = {
+        {MILTERGW__V1__EVENT__EVENT_START, -1, "start"},
+        {MILTERGW__V1__EVENT__EVENT_CONNECT, TF_CONNECT, "connect"},
+        {MILTERGW__V1__EVENT__EVENT_HELO, TF_HELO, "helo"},
+        {MILTERGW__V1__EVENT__EVENT_MAIL, TF_MAIL, "mail"},
+        {MILTERGW__V1__EVENT__EVENT_RCPT, TF_RCPT, "rcpt"},
+        {MILTERGW__V1__EVENT__EVENT_DATA, TF_DATA, "data"},
+        {MILTERGW__V1__EVENT__EVENT_HEADER, TF_HEADER, "header"},
+        {MILTERGW__V1__EVENT__EVENT_EOH, TF_EOH, "eoh"},
+        {MILTERGW__V1__EVENT__EVENT_BODY, TF_BODY, "body"},
+        {MILTERGW__V1__EVENT__EVENT_EOM, TF_EOM, "eom"},
+        {MILTERGW__V1__EVENT__EVENT_ABORT, -1, "abort"},
+        {MILTERGW__V1__EVENT__EVENT_UNKNOWN, TF_UNKNOWN, "unknown"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (map[i].c == ev->event_case) {
+            *kind = map[i].kind;
+            return map[i].stage;
+        }
+    *kind = "invalid";
+    return -1;
+}
+
+static void on_event(struct session *s, const Miltergw__V1__Event *ev)
+{
+    const char *kind;
+    int st = event_stage(ev, &kind);
+
+    if (ev->event_case == MILTERGW__V1__EVENT__EVENT_START) {
+        const Miltergw__V1__Description *eff = ev->start->effective;
+        free(s->sid);
+        s->sid = strdup(ev->start->session_id);
+        if (eff) {
+            s->events = tf_stage_mask(eff->events, eff->n_events, true);
+            s->observe = tf_stage_mask(eff->observe_only, eff->n_observe_only, false) & s->events;
+        }
+    }
+    record_event(s, ev, kind);
+    if (st < 0)
+        return; /* SessionStart, Abort: never answered */
+
+    unsigned bit = TF_BIT((unsigned)st);
+    if (tf.crash_at & bit)
+        _exit(CRASH_EXIT);
+    if (tf.never_at & bit)
+        s->silent = true;
+    if (s->silent || !(s->events & bit) || (s->observe & bit))
+        return;
+
+    int64_t now = now_ns();
+    Miltergw__V1__Reply r = MILTERGW__V1__REPLY__INIT;
+    if (tf.progress && st == TF_EOM) {
+        r.event_id = ev->event_id;
+        r.verdict = MILTERGW__V1__VERDICT__VERDICT_PROGRESS;
+        enqueue(s, &r, now);
+    }
+    r.event_id = ev->event_id + ((tf.bogus_at & bit) ? BOGUS_ID_OFFSET : 0);
+    r.verdict = decide((unsigned)st, ev);
+    if (tf.has_response && (r.verdict == MILTERGW__V1__VERDICT__VERDICT_REJECT ||
+                            r.verdict == MILTERGW__V1__VERDICT__VERDICT_TEMPFAIL))
+        r.response = &tf.response;
+    if (st == TF_EOM) {
+        r.n_modifications = tf.n_mods;
+        r.modifications = tf.mod_ptrs;
+    }
+    enqueue(s, &r, now + ((tf.delay_at & bit) ? (int64_t)tf.delay_ms * 1000000 : 0));
+}
+
+static void on_recv(struct session *s, int ok)
+{
+    s->recv_armed = false;
+    if (!ok || s->recv_bb == NULL) {
+        /* A NULL message with ok=1 is also how an error (e.g. the client's cancel) ends. */
+        bool failed = !ok || grpc_call_failed_before_recv_message(s->call);
+        if (!s->recv_done && g.record_fd >= 0) {
+            line_start(0, false, "close", s);
+            line_kv("how", failed ? "cancelled" : "halfclose");
+            line_write();
+        }
+        s->recv_done = true;
+        if (failed)
+            s->dead = true;
+        return;
+    }
+    Miltergw__V1__Event *ev =
+        (Miltergw__V1__Event *)unpack_bb(&miltergw__v1__event__descriptor, s->recv_bb);
+    grpc_byte_buffer_destroy(s->recv_bb);
+    s->recv_bb = NULL;
+    if (ev == NULL) {
+        fputs("mgw_test_filter: undecodable Event; ending the stream\n", stderr);
+        grpc_call_cancel_with_status(s->call, GRPC_STATUS_INVALID_ARGUMENT, "bad Event", NULL);
+        s->dead = true;
+        s->recv_done = true;
+        return;
+    }
+    on_event(s, ev);
+    protobuf_c_message_free_unpacked(&ev->base, NULL);
+}
+
+static void on_session_tag(struct tag *t, int ok)
+{
+    struct session *s = t->owner;
+    s->outstanding--;
+    switch (t->kind) {
+    case TAG_RECV: on_recv(s, ok); break;
+    case TAG_SENDRECV:
+    case TAG_SEND:
+        s->send_busy = false;
+        grpc_byte_buffer_destroy(s->send_bb);
+        s->send_bb = NULL;
+        if (t->kind == TAG_SENDRECV)
+            on_recv(s, ok);
+        else if (!ok)
+            s->dead = true;
+        break;
+    default: /* TAG_CLOSE, TAG_STATUS: nothing to do but count */
+        if (t->kind == TAG_CLOSE && s->cancelled)
+            s->dead = true;
+        break;
+    }
+    pump(s);
+}
+
+/* ---- unary answers ----------------------------------------------------------------------- */
+
+static void unary_answer(grpc_call *call, grpc_byte_buffer *bb, grpc_status_code status,
+                         const char *details)
+{
+    struct unary *u = xcalloc(1, sizeof *u);
+    grpc_slice det = grpc_slice_from_static_string(details);
+    grpc_op ops[4];
+    size_t n = 0;
+    memset(ops, 0, sizeof ops);
+    u->tag = (struct tag){.kind = TAG_UNARY_DONE, .owner = u};
+    u->call = call;
+    u->bb = bb;
+    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (bb) {
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = bb;
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = status;
+    ops[n++].data.send_status_from_server.status_details = &det;
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
+    g.live++;
+    grpc_call_error e = grpc_call_start_batch(call, ops, n, &u->tag, NULL);
+    if (e != GRPC_CALL_OK) {
+        fprintf(stderr, "mgw_test_filter: unary start_batch failed: %d\n", e);
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+        grpc_call_unref(call);
+        free(u);
+        g.live--;
+    }
+}
+
+static void unary_done(struct unary *u)
+{
+    if (u->bb)
+        grpc_byte_buffer_destroy(u->bb);
+    grpc_call_unref(u->call);
+    free(u);
+    g.live--;
+}
+
+static void describe(grpc_call *call, grpc_byte_buffer *payload)
+{
+    Miltergw__V1__DescribeRequest *req = NULL;
+    if (payload) {
+        req = (Miltergw__V1__DescribeRequest *)unpack_bb(
+            &miltergw__v1__describe_request__descriptor, payload);
+        grpc_byte_buffer_destroy(payload);
+    }
+    if (g.record_fd >= 0) {
+        line_start(0, false, "describe", NULL);
+        line_kv("gateway", req ? req->gateway_version : NULL);
+        line_kv("filter", req ? req->filter_name : NULL);
+        line_write();
+    }
+    if (req)
+        protobuf_c_message_free_unpacked(&req->base, NULL);
+
+    Miltergw__V1__Description d;
+    Miltergw__V1__EventType events[TF_NSTAGES], observe[TF_NSTAGES];
+    Miltergw__V1__Action actions[32];
+    tf_describe(&d, events, observe, actions);
+    unary_answer(call, pack_bb(&d.base), GRPC_STATUS_OK, "");
+}
+
+/* ---- new calls --------------------------------------------------------------------------- */
+
+static void post_request(struct request *r)
+{
+    grpc_call_error e;
+    r->call = NULL;
+    r->payload = NULL;
+    grpc_metadata_array_init(&r->md);
+    switch (r->tag.kind) {
+    case TAG_NEW_SESSION:
+        e = grpc_server_request_registered_call(g.server, g.m_session, &r->call, &r->deadline,
+                                                &r->md, NULL, g.cq, g.cq, &r->tag);
+        break;
+    case TAG_NEW_DESCRIBE:
+        e = grpc_server_request_registered_call(g.server, g.m_describe, &r->call, &r->deadline,
+                                                &r->md, &r->payload, g.cq, g.cq, &r->tag);
+        break;
+    default:
+        grpc_call_details_init(&r->details);
+        e = grpc_server_request_call(g.server, &r->call, &r->details, &r->md, g.cq, g.cq, &r->tag);
+        break;
+    }
+    if (e != GRPC_CALL_OK) {
+        fprintf(stderr, "mgw_test_filter: request_call failed: %d\n", e);
+        grpc_metadata_array_destroy(&r->md);
+        if (r->tag.kind == TAG_NEW_GENERIC)
+            grpc_call_details_destroy(&r->details);
+        return;
+    }
+    g.pending_requests++;
+}
+
+static void on_new_call(struct request *r, int ok)
+{
+    g.pending_requests--;
+    grpc_metadata_array_destroy(&r->md); /* we read no metadata */
+    if (ok) {
+        switch (r->tag.kind) {
+        case TAG_NEW_SESSION: session_new(r->call); break;
+        case TAG_NEW_DESCRIBE: describe(r->call, r->payload); break;
+        default: unary_answer(r->call, NULL, GRPC_STATUS_UNIMPLEMENTED, "unknown method"); break;
+        }
+    } else if (r->payload) {
+        grpc_byte_buffer_destroy(r->payload);
+    }
+    if (r->tag.kind == TAG_NEW_GENERIC)
+        grpc_call_details_destroy(&r->details);
+    /* After shutdown began, requests complete with ok=0; do not post them again. */
+    if (ok && !atomic_load(&g_stop))
+        post_request(r);
+}
+
+/* ---- main loop, signals, setup ----------------------------------------------------------- */
+
+static void fire_timers(void)
+{
+    int64_t now = now_ns();
+    while (g.heap_len > 0 && g.heap[0]->due <= now) {
+        struct session *s = g.heap[0];
+        heap_remove(s);
+        pump(s);
+    }
+}
+
+static void run(void)
+{
+    for (;;) {
+        if (g.shutdown_seen && !g.cq_shutdown && g.live == 0 && g.pending_requests == 0) {
+            grpc_completion_queue_shutdown(g.cq);
+            g.cq_shutdown = true;
+        }
+        gpr_timespec deadline =
+            g.heap_len ? ns_to_timespec(g.heap[0]->due) : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+        grpc_event ev = grpc_completion_queue_next(g.cq, deadline, NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+            g.cq_drained = true;
+            return;
+        }
+        if (ev.type == GRPC_OP_COMPLETE) {
+            struct tag *t = ev.tag;
+            switch (t->kind) {
+            case TAG_NEW_SESSION:
+            case TAG_NEW_DESCRIBE:
+            case TAG_NEW_GENERIC: on_new_call(t->owner, ev.success); break;
+            case TAG_UNARY_DONE: unary_done(t->owner); break;
+            case TAG_SHUTDOWN: g.shutdown_seen = true; break;
+            default: on_session_tag(t, ev.success); break;
+            }
+        }
+        fire_timers();
+    }
+}
+
+static void *signal_main(void *arg)
+{
+    int sig;
+    while (sigwait(arg, &sig) != 0)
+        ;
+    atomic_store(&g_stop, 1);
+    grpc_server_shutdown_and_notify(g.server, g.cq, &g.shutdown_tag);
+    grpc_server_cancel_all_calls(g.server);
+    return NULL;
+}
+
+static void teardown(void)
+{
+    if (g.server)
+        grpc_server_destroy(g.server);
+    if (!g.cq_shutdown)
+        grpc_completion_queue_shutdown(g.cq);
+    while (!g.cq_drained)
+        g.cq_drained =
+            grpc_completion_queue_next(g.cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type ==
+            GRPC_QUEUE_SHUTDOWN;
+    grpc_completion_queue_destroy(g.cq);
+    grpc_shutdown_blocking();
+    free(g.heap);
+    free(line.p);
+    if (g.record_fd >= 0)
+        close(g.record_fd);
+    tf_opts_free();
+}
+
+int main(int argc, char **argv)
+{
+    static sigset_t sigs;
+    pthread_t sig_thread;
+
+    tf_opts_parse(argc, argv);
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before grpc_init: its threads inherit it */
+
+    if (tf.record) {
+        g.record_fd = open(tf.record, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (g.record_fd < 0) {
+            fprintf(stderr, "mgw_test_filter: %s: %s\n", tf.record, strerror(errno));
+            return 1;
+        }
+    }
+
+    grpc_init();
+    grpc_arg args[] = {
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+         .value.integer = 64 << 20},
+        /* Let the gateway's keepalive pings through (default minimum: 5 minutes). */
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+         .value.integer = 1000},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_MAX_PING_STRIKES, .value.integer = 0},
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+         .value.integer = 1},
+    };
+    grpc_channel_args chargs = {.num_args = sizeof args / sizeof args[0], .args = args};
+    g.server = grpc_server_create(&chargs, NULL);
+    g.m_session = grpc_server_register_method(g.server, "/miltergw.v1.Filter/Session", NULL,
+                                              GRPC_SRM_PAYLOAD_NONE, 0);
+    g.m_describe = grpc_server_register_method(g.server, "/miltergw.v1.Filter/Describe", NULL,
+                                               GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    g.cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(g.server, g.cq, NULL);
+
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int port = grpc_server_add_http2_port(g.server, tf.listen, creds);
+    grpc_server_credentials_release(creds);
+    if (port == 0) {
+        fprintf(stderr, "mgw_test_filter: cannot listen on %s\n", tf.listen);
+        teardown();
+        return 1;
+    }
+    grpc_server_start(g.server);
+
+    for (size_t i = 0; i < N_REQ; i++) {
+        struct request *r = &g.reqs[i];
+        r->tag.owner = r;
+        r->tag.kind = i < N_REQ_SESSION                    ? TAG_NEW_SESSION
+                      : i < N_REQ_SESSION + N_REQ_DESCRIBE ? TAG_NEW_DESCRIBE
+                                                           : TAG_NEW_GENERIC;
+        post_request(r);
+    }
+    g.shutdown_tag.kind = TAG_SHUTDOWN;
+
+    printf("port=%d\n", strncmp(tf.listen, "unix:", 5) == 0 ? 0 : port);
+    fflush(stdout);
+
+    if (pthread_create(&sig_thread, NULL, signal_main, &sigs) != 0) {
+        fputs("mgw_test_filter: cannot start the signal thread\n", stderr);
+        abort();
+    }
+    run();
+    pthread_join(sig_thread, NULL);
+    teardown();
+    return 0;
+}
