@@ -6,31 +6,40 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
+#include <grpc/grpc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mgw/backend.h"
+#include "mgw/backend_grpc.h"
+#include "mgw/filter_conf.h"
 #include "mgw/listener.h"
 #include "mgw/log.h"
 #include "mgw/session.h"
 #include "mgw/xmalloc.h"
 
 #define MAX_LISTENERS 16
+#define MAX_FILTERS 32
 
 struct options {
     const char *listen[MAX_LISTENERS];
     int nlisten;
     unsigned unix_mode;
     struct mgw_server_config server;
+    struct mgw_filter_conf filters[MAX_FILTERS];
+    size_t nfilters;
 };
 
 struct runtime {
+    const struct options *o;
     struct event_base *base;
     struct mgw_server *srv;
     struct mgw_listener *listeners[MAX_LISTENERS];
     int nlisteners;
+    int status;
 };
 
 static void usage(FILE *f)
@@ -39,6 +48,11 @@ static void usage(FILE *f)
             "usage: miltergw [options]\n"
             "  -l, --listen SPEC         milter socket (repeatable): inet:HOST:PORT,\n"
             "                            inet:PORT@HOST, inet6:[ADDR]:PORT, unix:PATH\n"
+            "  -f, --filter NAME=TARGET[,on_error=tempfail|accept|reject][,timeout=DUR]\n"
+            "               [,eom_timeout=DUR][,mode=shadow]\n"
+            "                            gRPC filter service (repeatable; order = merge order);\n"
+            "                            TARGET: HOST:PORT, dns:///HOST:PORT, ipv4:..., unix:PATH;\n"
+            "                            DUR: 500ms, 10s, 1m (defaults: timeout 10s, eom 60s)\n"
             "      --unix-mode MODE      permissions of unix sockets, octal (default 0660)\n"
             "      --max-connections N   concurrent MTA connections (default %u, 0 = no limit)\n"
             "      --max-frame BYTES     largest milter frame accepted (default %u)\n"
@@ -46,8 +60,8 @@ static void usage(FILE *f)
             "      --log-level LEVEL     error, warn, info (default) or debug\n"
             "  -V, --version             print the version and exit\n"
             "  -h, --help                print this help and exit\n"
-            "With no filter configured miltergw is a null milter: it continues every event\n"
-            "and accepts every message.\n",
+            "With no --filter, miltergw is a null milter: it continues every event and\n"
+            "accepts every message.\n",
             MGW_DEFAULT_MAX_CONNECTIONS, MGW_MILTER_DEFAULT_MAX_FRAME,
             MGW_DEFAULT_IDLE_TIMEOUT_MS / 1000);
 }
@@ -74,6 +88,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     enum { OPT_UNIX_MODE = 256, OPT_MAX_CONN, OPT_MAX_FRAME, OPT_IDLE, OPT_LOG_LEVEL };
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
+        {"filter", required_argument, NULL, 'f'},
         {"unix-mode", required_argument, NULL, OPT_UNIX_MODE},
         {"max-connections", required_argument, NULL, OPT_MAX_CONN},
         {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
@@ -84,9 +99,10 @@ static void parse_args(int argc, char **argv, struct options *o)
         {NULL, 0, NULL, 0},
     };
     enum mgw_log_level level;
+    char err[512];
     int c;
 
-    while ((c = getopt_long(argc, argv, "l:Vh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:f:Vh", longopts, NULL)) != -1) {
         switch (c) {
         case 'l':
             if (o->nlisten == MAX_LISTENERS) {
@@ -94,6 +110,24 @@ static void parse_args(int argc, char **argv, struct options *o)
                 exit(2);
             }
             o->listen[o->nlisten++] = optarg;
+            break;
+        case 'f':
+            if (o->nfilters == MAX_FILTERS) {
+                fprintf(stderr, "miltergw: at most %d --filter\n", MAX_FILTERS);
+                exit(2);
+            }
+            if (mgw_filter_conf_parse(optarg, &o->filters[o->nfilters], err, sizeof err) < 0) {
+                fprintf(stderr, "miltergw: %s\n", err);
+                exit(2);
+            }
+            for (size_t i = 0; i < o->nfilters; i++) {
+                if (strcmp(o->filters[i].name, o->filters[o->nfilters].name) == 0) {
+                    fprintf(stderr, "miltergw: --filter: duplicate name \"%s\"\n",
+                            o->filters[i].name);
+                    exit(2);
+                }
+            }
+            o->nfilters++;
             break;
         case OPT_UNIX_MODE: o->unix_mode = (unsigned)number("--unix-mode", optarg, 8, 0, 0777); break;
         case OPT_MAX_CONN:
@@ -129,6 +163,34 @@ static void parse_args(int argc, char **argv, struct options *o)
     }
 }
 
+static int open_listeners(struct runtime *rt)
+{
+    char err[512];
+
+    for (int i = 0; i < rt->o->nlisten; i++) {
+        rt->listeners[i] = mgw_listener_new(rt->base, rt->o->listen[i], rt->o->unix_mode,
+                                            rt->srv, err, sizeof err);
+        if (rt->listeners[i] == NULL) {
+            log_error(0, "cannot listen", "listen=%s error=\"%s\"", rt->o->listen[i], err);
+            return -1;
+        }
+        rt->nlisteners++;
+    }
+    log_info(0, "started", "version=%s filters=%zu", MGW_VERSION, rt->o->nfilters);
+    return 0;
+}
+
+/* Every filter has answered Describe (or failed to): negotiation can be answered. */
+static void on_filters_ready(void *arg)
+{
+    struct runtime *rt = arg;
+
+    if (open_listeners(rt) < 0) {
+        rt->status = 1;
+        event_base_loopexit(rt->base, NULL);
+    }
+}
+
 static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct runtime *rt = arg;
@@ -145,53 +207,63 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
-    struct options o = {.unix_mode = MGW_DEFAULT_UNIX_MODE,
-                        .server = {.max_connections = MGW_DEFAULT_MAX_CONNECTIONS,
-                                   .max_frame = MGW_MILTER_DEFAULT_MAX_FRAME,
-                                   .idle_timeout_ms = MGW_DEFAULT_IDLE_TIMEOUT_MS}};
-    struct runtime rt = {0};
-    struct mgw_backend *backend;
+    static struct options o = {.unix_mode = MGW_DEFAULT_UNIX_MODE,
+                               .server = {.max_connections = MGW_DEFAULT_MAX_CONNECTIONS,
+                                          .max_frame = MGW_MILTER_DEFAULT_MAX_FRAME,
+                                          .idle_timeout_ms = MGW_DEFAULT_IDLE_TIMEOUT_MS}};
+    struct runtime rt = {.o = &o, .status = 0};
+    struct mgw_backend *null_backend = NULL, *backend;
+    struct mgw_bridge *bridge = NULL;
     struct event *sigterm, *sigint;
-    char err[512];
-    int status = 1;
+    sigset_t handled;
 
     parse_args(argc, argv, &o);
     /* An MTA that hangs up mid-write must cost one session, not the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* gRPC's threads inherit the signal mask: block what the event loop handles before
+     * grpc_init(), unblock it on this thread only (GRPC_CORE.md §11). */
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &handled, NULL);
+    if (o.nfilters > 0)
+        grpc_init();
 
     rt.base = event_base_new();
     if (rt.base == NULL)
         mgw_panic("event_base_new failed");
-    backend = mgw_backend_null_new();
+    if (o.nfilters > 0) {
+        bridge = mgw_bridge_new(rt.base, o.filters, o.nfilters, on_filters_ready, &rt);
+        backend = mgw_bridge_backend(bridge);
+    } else {
+        backend = null_backend = mgw_backend_null_new();
+    }
     rt.srv = mgw_server_new(rt.base, &o.server, backend);
     sigterm = evsignal_new(rt.base, SIGTERM, on_stop_signal, &rt);
     sigint = evsignal_new(rt.base, SIGINT, on_stop_signal, &rt);
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
+    pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
 
-    for (int i = 0; i < o.nlisten; i++) {
-        rt.listeners[i] = mgw_listener_new(rt.base, o.listen[i], o.unix_mode, rt.srv, err,
-                                           sizeof err);
-        if (rt.listeners[i] == NULL) {
-            log_error(0, "cannot listen", "listen=%s error=\"%s\"", o.listen[i], err);
-            goto out;
-        }
-        rt.nlisteners++;
-    }
-    log_info(0, "started", "version=%s backend=%s", MGW_VERSION, backend->ops->name);
-    if (event_base_dispatch(rt.base) < 0) {
-        log_error(0, "event loop failed", "");
-        goto out;
-    }
-    status = 0;
-    log_info(0, "stopped", "");
-out:
+    if (o.nfilters == 0 && open_listeners(&rt) < 0)
+        rt.status = 1;
+    else if (event_base_dispatch(rt.base) < 0)
+        mgw_panic("event loop failed");
+    if (rt.status == 0)
+        log_info(0, "stopped", "");
+
     for (int i = 0; i < rt.nlisteners; i++)
         mgw_listener_free(rt.listeners[i]);
     rt.srv = mgw_server_free(rt.srv);
-    mgw_backend_free(backend);
+    bridge = mgw_bridge_free(bridge);
+    mgw_backend_free(null_backend);
     event_free(sigterm);
     event_free(sigint);
     event_base_free(rt.base);
-    return status;
+    for (size_t i = 0; i < o.nfilters; i++)
+        mgw_filter_conf_clear(&o.filters[i]);
+    if (o.nfilters > 0)
+        grpc_shutdown_blocking();
+    return rt.status;
 }

@@ -351,6 +351,10 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+class IncompleteDump(ValueError):
+    pass
+
+
 class SinkMessage:
     """One transaction dumped by smtp-sink -d."""
 
@@ -371,7 +375,7 @@ class SinkMessage:
         lines = self.raw.split(b"\n")
         # the dump ends with an empty line after the message: "...last\n" + "\n"
         if not self.raw.endswith(b"\n"):
-            raise ValueError("%s: incomplete dump" % self.path)
+            raise IncompleteDump("%s: incomplete dump" % self.path)
         hdrs = []  # (name, value) raw
         i = 0
         while i < len(lines) and lines[i] != b"":
@@ -646,7 +650,7 @@ class PrivatePostfix:
         wait_for(lambda: self.sent_count() >= n and len(self.sink_files()) >= n, timeout,
                  lambda: "%d delivered messages (sent=%d, dumps=%d); maillog tail:\n%s"
                  % (n, self.sent_count(), len(self.sink_files()), self.maillog()[-3000:]))
-        return [SinkMessage(p) for p in self.sink_files()]
+        return self.delivered()
 
     def wait_delivered_id(self, queue_id, timeout=60):
         """Wait until Postfix finished queue file `queue_id` (logged `removed`), check that
@@ -664,7 +668,15 @@ class PrivatePostfix:
         return found[0]
 
     def delivered(self):
-        return [SinkMessage(p) for p in self.sink_files()]
+        """Every complete dump. A dump smtp-sink is still writing (another message in
+        flight) is not delivered yet and is left out."""
+        out = []
+        for p in self.sink_files():
+            try:
+                out.append(SinkMessage(p))
+            except IncompleteDump:
+                pass
+        return out
 
     def queue(self):
         """Queue entries as dicts (postqueue -j): queue_name, queue_id, sender, recipients..."""

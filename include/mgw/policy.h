@@ -1,0 +1,293 @@
+/*
+ * policy.h - the merge policy: N filter answers in, one milter answer out.
+ *
+ * Pure: no I/O, no clocks, no logging, no libevent or gRPC. The gRPC bridge collects what
+ * each configured filter answered to one MTA event and asks this module what to tell the
+ * MTA, which modifications to apply, and which to drop (and why, so it can log and count).
+ * It also computes the negotiation answer from the filters' declarations, the liveness
+ * effect of one filter's answer, and the text of an SMFIR_REPLYCODE.
+ *
+ * THE MERGE RULE (mgw_policy_merge)
+ *
+ * 1. Rank, highest wins:  discard > reject > tempfail > continue > skip > accept.
+ *    Ties go to the filter configured first: it is the "decider", and its reply text is
+ *    the one sent. A reply is passed on only for reject/tempfail and only if its first
+ *    digit matches the class (5 for reject, 4 for tempfail): milter has no way to send a
+ *    4xx text with a reject, and a mismatched REPLYCODE would change the verdict.
+ * 2. Who counts. NOT_ASKED (not subscribed, observe-only, body skipped, retired) is
+ *    neutral. FAILED counts like ANSWERED: the caller has already turned the failure into
+ *    the filter's on_error verdict; the result says so (failure_applied) when it decided.
+ *    Shadow filters never count for the verdict. Nobody counting gives CONTINUE (decider
+ *    none) - at end of message that is what accepts the message for the MTA, so no
+ *    answer at all still delivers, as with no filter configured.
+ * 3. Skip means something only at a body chunk ('B'); at any other event it counts as
+ *    continue (the proto says so, and the MTA refuses SMFIR_SKIP elsewhere).
+ * 4. Keeping the MTA talking. Accept makes the MTA stop sending the rest of the message
+ *    (of the connection at C and H), and skip stops the body. So an ACCEPT merge is only
+ *    sent when no filter - asked or not, shadow or not - still expects a later event of
+ *    that scope; otherwise it becomes SKIP (at 'B', when nobody needs more body) or
+ *    CONTINUE. A SKIP merge becomes CONTINUE while some filter still needs body chunks.
+ *    `keeper` names the first filter that forced this. Example: filter A accepts at RCPT
+ *    (allow-list), filter B wants only EOM: the MTA sees continue, and B can still reject
+ *    at EOM. The mail outcome is unchanged by shadow filters: they can only keep the MTA
+ *    sending them events.
+ *    What a filter "still expects" is its `receives` set (events the gateway will still
+ *    send it in this message, or connection at C/H) intersected with the events that can
+ *    follow `cmd`; an answer's own effect is applied first (its accept empties it, its
+ *    skip at 'B' removes BODY).
+ * 5. Modifications exist only at end of message ('E'); anywhere else every one is dropped
+ *    (NOT_EOM). At 'E' each frame goes through these checks, first match drops it:
+ *      SHADOW      the filter is in shadow mode (its mods are logged, never applied);
+ *      INVALID     the frame is not a modification (h i m b + 2 - e q);
+ *      UNDECLARED  the filter's `actions` lack the one the frame needs:
+ *                  h i ADDHDRS, m CHGHDRS, b CHGBODY, + ADDRCPT, 2 ADDRCPT_PAR,
+ *                  - DELRCPT, e CHGFROM, q QUARANTINE. An add-recipient without ESMTP
+ *                  args may use either of ADDRCPT / ADDRCPT_PAR and is re-emitted as the
+ *                  frame ('+' or '2' with no args) the filter's actions permit;
+ *      FAILED      the filter's answer was replaced by its failure policy;
+ *      REFUSED     the merged verdict is reject, tempfail or discard: the message will
+ *                  not be delivered, so changing it is pointless;
+ *      BODY_CONFLICT       another filter earlier in order replaces the body: the first
+ *                          filter with a surviving 'b' wins and keeps ALL its chunks;
+ *      FROM_CONFLICT       an earlier CHGFROM survived (first wins, one per message);
+ *      QUARANTINE_CONFLICT an earlier QUARANTINE survived (first wins);
+ *      HEADER_CONFLICT     an earlier CHGHEADER targets the same header name (ASCII case
+ *                          -insensitive) and occurrence (0 counts as 1): first wins;
+ *      DUPLICATE_RCPT      an earlier ADDRCPT/ADDRCPT_PAR (or DELRCPT) names the same
+ *                          address, byte for byte: first wins.
+ * 6. Order of the surviving modifications. Every filter saw the original message, so
+ *    every index refers to the original; the order below keeps it that way on Postfix
+ *    (which renumbers after a delete) and Sendmail (which does not):
+ *      a. CHGHEADER ('m'), grouped by header name in the order names first appear (filter
+ *         order), within one name in DESCENDING occurrence index, so a delete never
+ *         shifts an occurrence still to be changed. Within a filter, indexes likewise
+ *         refer to the headers as received, not as renumbered by its own earlier ops;
+ *      b. INSHEADER ('i'), DESCENDING position; equal positions in filter order, exactly
+ *         as if applied one after another (the later one ends up above). Known limit:
+ *         positions count after the deletes of step a, whose absolute positions this
+ *         module cannot know; positions 0 and 1 (top of message, above or below
+ *         Postfix's own Received) are exact;
+ *      c. ADDHEADER ('h'), filter order (appends shift nothing);
+ *      d. CHGFROM ('e'); then DELRCPT ('-') before ADDRCPT ('+', '2'), so a filter's
+ *         delete, which refers to the original envelope, never removes a recipient
+ *         another filter just added; each in filter order;
+ *      e. REPLBODY ('b'): the winner's chunks in its order;
+ *      f. QUARANTINE ('q').
+ *    Mods are applied whatever the non-refusing verdict (continue, accept, skip).
+ *
+ * Splitting a ReplaceBody into chunks and keeping only the first ReplaceBody of one
+ * reply is the bridge's job; here every 'b' of the winning filter is kept.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef MGW_POLICY_H
+#define MGW_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "mgw/backend.h"
+#include "mgw/milter_codec.h"
+
+/* ---- Events as bits (subscriptions, negotiation, liveness) ---- */
+
+#define MGW_POLICY_EV_CONNECT 0x001u /* C */
+#define MGW_POLICY_EV_HELO    0x002u /* H */
+#define MGW_POLICY_EV_MAIL    0x004u /* M */
+#define MGW_POLICY_EV_RCPT    0x008u /* R */
+#define MGW_POLICY_EV_DATA    0x010u /* T */
+#define MGW_POLICY_EV_HEADER  0x020u /* L */
+#define MGW_POLICY_EV_EOH     0x040u /* N */
+#define MGW_POLICY_EV_BODY    0x080u /* B */
+#define MGW_POLICY_EV_EOM     0x100u /* E */
+#define MGW_POLICY_EV_UNKNOWN 0x200u /* U */
+#define MGW_POLICY_EV_ALL     0x3FFu
+
+/* The MGW_POLICY_EV_* bit of an event command letter (C H M R T L N B E U), or 0. */
+uint32_t mgw_policy_event_bit(uint8_t cmd);
+
+/* ---- Per-event merge ---- */
+
+enum mgw_policy_state {
+    MGW_POLICY_NOT_ASKED = 0, /* not sent this event, or sent but observe-only: neutral */
+    MGW_POLICY_ANSWERED,      /* `kind` is the filter's own answer */
+    MGW_POLICY_FAILED,        /* error/timeout: `kind` is its on_error verdict already */
+};
+
+/* One filter's part in one event. Everything is borrowed for the call only. */
+struct mgw_policy_answer {
+    enum mgw_policy_state state;
+    enum mgw_verdict_kind kind; /* ignored when NOT_ASKED */
+    /* Full SMTP reply ("550 5.7.1 text", lines joined by CRLF, e.g. from
+     * mgw_policy_format_reply()) or NULL for the MTA's default. */
+    const char *reply;
+    /* Modification frames (h i m b + 2 - e q; see milter_codec.h), in the filter's order.
+     * Ignored when NOT_ASKED. */
+    const struct mgw_milter_msg *mods;
+    size_t nmods;
+    /* SMFIF_* the filter may use in this session: its declaration AND what the MTA
+     * granted (anything else would be a protocol error towards the MTA). */
+    uint32_t actions;
+    /* MGW_POLICY_EV_* the gateway will still send this filter in the current message (in
+     * the connection, at C and H), counting observe-only events: its subscriptions, less
+     * BODY once it skipped, 0 once retired. Drives rule 4 of the merge; 0 means "wants
+     * nothing later" and never keeps the MTA talking. */
+    uint32_t receives;
+    bool shadow;
+};
+
+/* Why a modification was not applied. 0 is "applied"; see rule 5 above. */
+enum mgw_policy_drop_reason {
+    MGW_POLICY_KEPT = 0,
+    MGW_POLICY_DROP_NOT_EOM,
+    MGW_POLICY_DROP_SHADOW,
+    MGW_POLICY_DROP_INVALID,
+    MGW_POLICY_DROP_UNDECLARED,
+    MGW_POLICY_DROP_FAILED,
+    MGW_POLICY_DROP_REFUSED,
+    MGW_POLICY_DROP_BODY_CONFLICT,
+    MGW_POLICY_DROP_FROM_CONFLICT,
+    MGW_POLICY_DROP_QUARANTINE_CONFLICT,
+    MGW_POLICY_DROP_HEADER_CONFLICT,
+    MGW_POLICY_DROP_DUPLICATE_RCPT,
+    MGW_POLICY_DROP_COUNT
+};
+
+/* Stable snake_case name of a reason, for logs and metric labels ("body_conflict"). */
+const char *mgw_policy_drop_name(enum mgw_policy_drop_reason r);
+
+/* One dropped modification. `msg` borrows answers[filter].mods[mod]. */
+struct mgw_policy_drop {
+    size_t filter;
+    size_t mod;
+    enum mgw_policy_drop_reason reason;
+    const struct mgw_milter_msg *msg;
+};
+
+#define MGW_POLICY_NONE SIZE_MAX /* "no filter" for decider / keeper */
+
+struct mgw_policy_result {
+    enum mgw_verdict_kind kind; /* what the MTA gets */
+    const char *reply;          /* borrowed from answers[decider].reply, or NULL */
+    size_t decider;             /* first filter with the top rank (before rule 4), or NONE */
+    bool failure_applied;       /* the decider's answer was a failure policy (FAILED) */
+    size_t keeper;              /* rule 4: who turned accept/skip into less, or NONE */
+    size_t nmods;               /* modifications to apply (all, even beyond mods_cap) */
+    size_t ndrops;              /* modifications dropped (all, even beyond drops_cap) */
+    size_t dropped[MGW_POLICY_DROP_COUNT]; /* ndrops by reason */
+};
+
+/*
+ * Merge the answers of n filters (configuration order) to the event `cmd` (one of
+ * C H M R T L N B E U). Fills *out; writes the first mods_cap modifications to apply,
+ * in order, to mods[] (copies of the input frames: their views still borrow the
+ * caller's data), and the first drops_cap drops, in (filter, mod) order, to drops[].
+ * A NULL array means "count only" and is never an error.
+ * Returns 0; MGW_ENOSPACE if a non-NULL array was too small (*out is complete, so call
+ * again with nmods / ndrops entries); MGW_EINVAL for an unknown cmd, state or kind.
+ * Cost: O(m log m) in the number of modifications (scratch memory from mgw_xmalloc).
+ */
+int mgw_policy_merge(uint8_t cmd, const struct mgw_policy_answer *answers, size_t n,
+                     struct mgw_milter_msg *mods, size_t mods_cap, struct mgw_policy_drop *drops,
+                     size_t drops_cap, struct mgw_policy_result *out);
+
+/*
+ * Whether one filter's answer settles the event before the others answer: true only for
+ * DISCARD, which nothing outranks (its merge has no reply text and no modifications).
+ * The caller must not ask this for a shadow filter's answer.
+ */
+bool mgw_policy_final_early(enum mgw_verdict_kind kind);
+
+/* ---- Liveness ---- */
+
+enum mgw_policy_effect {
+    MGW_POLICY_EFFECT_NONE = 0,
+    MGW_POLICY_EFFECT_RETIRE_MESSAGE,    /* no more events for this message (abort may
+                                            still come; MAIL of the next message does) */
+    MGW_POLICY_EFFECT_RETIRE_CONNECTION, /* no more events on this connection */
+    MGW_POLICY_EFFECT_SKIP_BODY,         /* no more body chunks; EOM still comes */
+};
+
+/*
+ * What a filter's own answer `kind` to event `cmd` does to that filter's liveness:
+ *   accept at C or H            -> RETIRE_CONNECTION
+ *   accept at M R T L N B E U   -> RETIRE_MESSAGE (U too: Postfix treats every accept
+ *                                  other than at connect/helo as ending the message)
+ *   skip at B                   -> SKIP_BODY (elsewhere skip counts as continue: NONE)
+ *   anything else               -> NONE. A reject/tempfail at R refuses that recipient
+ *                                  only; the message goes on for this filter. Refusals
+ *                                  that end the message or connection do so through the
+ *                                  merged verdict, for every filter at once.
+ */
+enum mgw_policy_effect mgw_policy_effect(uint8_t cmd, enum mgw_verdict_kind kind);
+
+/* ---- SMTP reply text ---- */
+
+#define MGW_POLICY_REPLY_MAX_LINES 32  /* smfi_setmlreply */
+#define MGW_POLICY_REPLY_MAX_LINE  980 /* characters of text per line, as given */
+
+/*
+ * Build the text of an SMFIR_REPLYCODE for a REJECT or TEMPFAIL into buf[0..cap), NUL
+ * terminated. One line: "550 5.7.1 text"; several: "550-5.7.1 l1\r\n550 5.7.1 l2".
+ *   code      0 = the default code of the verdict (550 / 451) - but with no enhanced
+ *             code and no lines either, there is no custom reply: returns 0, buf = "".
+ *             Else 4xx for TEMPFAIL, 5xx for REJECT (second digit 0-5); 421 is allowed
+ *             and makes the MTA close the connection.
+ *   enhanced  NULL or "" = none; else "x.y.z" (y, z 1-3 digits), x = first digit of code.
+ *   lines     nlines <= 32 lines of <= 980 characters each (before escaping); a line
+ *             holding CR or LF is refused, not repaired: it is out of contract, and the
+ *             caller should fall back to the MTA's default text and say why. '%' is
+ *             doubled (Sendmail formats the text; Postfix un-doubles). Without an
+ *             enhanced code, a line may not start with a digit of another class than
+ *             `code` (Postfix would read it as a conflicting enhanced code). No lines
+ *             gives "550 5.7.1" (or "550 ").
+ * Returns the length written (without NUL), 0 for "no custom reply", MGW_EINVAL for
+ * anything refused above (including any custom reply with another verdict), or
+ * MGW_ENOSPACE when cap is too small.
+ */
+ssize_t mgw_policy_format_reply(unsigned code, const char *enhanced, const char *const *lines,
+                                size_t nlines, enum mgw_verdict_kind kind, char *buf, size_t cap);
+
+/* ---- Negotiation: the union of the filters' declarations ---- */
+
+/* What one configured filter declared (its cached Describe answer, or config). */
+struct mgw_policy_decl {
+    uint32_t events;       /* MGW_POLICY_EV_* it receives (proto "empty = all" already
+                              expanded by the caller) */
+    uint32_t observe_only; /* subset of events it never answers (bits outside ignored) */
+    uint32_t actions;      /* SMFIF_* it may use */
+    /* Macro names wanted per MGW_STAGE_*, separated by spaces or tabs; NULL/"" = none.
+     * Borrowed for the call. */
+    const char *macros[MGW_STAGE_COUNT];
+    bool rejected_recipients;  /* asks SMFIP_RCPT_REJ (counts only if it receives R) */
+    bool header_leading_space; /* asks SMFIP_HDR_LEADSPC */
+    bool shadow;
+};
+
+/*
+ * Fill *out with what the filters together need from the MTA:
+ *  - NO_x for every event x (C H M R T L N B U) that no filter receives; NR_x where every
+ *    filter that receives x has it observe-only - vacuously also where none receives it,
+ *    so an MTA that cannot suppress x at least need not wait for an answer. A shadow
+ *    filter that answers x keeps NR_x off like any other (the bridge may want its answer).
+ *  - SKIP always; RCPT_REJ if a filter that receives R asks (the bridge must then hide
+ *    refused recipients from the others); HDR_LEADSPC if any filter asks (the bridge must
+ *    then strip the one leading space of header values for filters that did not ask, and
+ *    prefix one to their header-modification values).
+ *  - actions: the union over NON-shadow filters that receive EOM and answer it; shadow
+ *    mods are never applied, so asking the MTA for them would only cost (CHGBODY makes
+ *    the MTA keep a copy of every message). SETSYMLIST is left to mgw_negotiate().
+ *  - symlist[stage]: the union of all filters' names (shadow included), duplicates
+ *    removed, first-seen order, single spaces, stored in storage[0..cap); NULL when
+ *    empty. Postfix lets such a list REPLACE its default one, so filters should declare
+ *    every macro they need.
+ * Returns the bytes of storage used, or MGW_ENOSPACE (out->symlist then all NULL).
+ * out->symlist points into storage. mgw_policy_union_storage() is always enough.
+ */
+ssize_t mgw_policy_union_needs(const struct mgw_policy_decl *decls, size_t n,
+                               struct mgw_backend_needs *out, char *storage, size_t cap);
+size_t mgw_policy_union_storage(const struct mgw_policy_decl *decls, size_t n);
+
+#endif

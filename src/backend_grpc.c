@@ -1,0 +1,1139 @@
+/*
+ * backend_grpc.c - the filter bridge (see backend_grpc.h).
+ *
+ * Per filter (struct filter): a channel, the registered method handles, the cached
+ * declaration (from Describe, or the conservative default until one answers) and a
+ * connectivity watch that re-asks Describe when the channel comes back READY.
+ *
+ * Per MTA connection (struct bsession): one struct stream per filter, the event being
+ * answered, and each filter's answer to it. Per stream: one Session call with at most
+ * one SEND_MESSAGE in flight (an outbound queue behind it), one RECV_MESSAGE always
+ * armed, RECV_STATUS from the start, a count of outstanding batches (completions arrive
+ * in any order: the stream is freed when it reaches 0 after the session let go of it),
+ * a FIFO of event ids the filter owes a reply for, and a deadline timer.
+ *
+ * Failure of one filter (status, end of stream, out-of-contract reply, deadline) cancels
+ * its call and marks its stream broken: it gets its on_error verdict for the current
+ * event and, immediately, for every later event it would have answered on this
+ * connection. A filter whose channel is in TRANSIENT_FAILURE at connection start gets no
+ * call at all, so a filter known to be down costs no waiting.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "mgw/backend_grpc.h"
+
+#include <event2/event.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "mgw/error.h"
+#include "mgw/filter_proto.h"
+#include "mgw/grpc_pump.h"
+#include "mgw/log.h"
+#include "mgw/policy.h"
+#include "mgw/xmalloc.h"
+
+#define SESSION_METHOD "/miltergw.v1.Filter/Session"
+#define DESCRIBE_METHOD "/miltergw.v1.Filter/Describe"
+#define DESCRIBE_TIMEOUT_MS 5000
+#define LINGER_MS 5000 /* a half-closed stream the filter does not end is cancelled */
+#define MAX_OWED 16    /* replies a filter may owe (only early discard leaves any behind) */
+
+struct bridge;
+struct bsession;
+
+struct filter {
+    struct bridge *b;
+    size_t index;
+    struct mgw_filter_conf conf;
+    grpc_channel *ch;
+    void *session_method;
+    void *describe_method;
+
+    struct mgw_policy_decl decl;     /* current declaration */
+    struct mgw_proto_scratch decl_mem; /* owns decl's macro lists */
+    int described;                   /* decl came from the filter itself */
+
+    /* The Describe call in flight, if any. */
+    grpc_call *describe_call;
+    struct mgw_grpc_tag describe_tag;
+    grpc_byte_buffer *describe_send, *describe_recv;
+    grpc_metadata_array describe_md, describe_trailing;
+    grpc_status_code describe_status;
+    grpc_slice describe_details;
+
+    grpc_connectivity_state state;
+    struct mgw_grpc_tag watch_tag;
+    int watching;
+};
+
+struct stream {
+    struct filter *f;
+    struct bsession *bs; /* NULL once the MTA connection let go */
+    grpc_call *call;
+    int batches;
+    struct mgw_grpc_tag recv_tag, send_tag, status_tag, close_tag;
+    grpc_byte_buffer *recv_buf;
+    grpc_metadata_array md_initial, md_trailing;
+    grpc_status_code status;
+    grpc_slice status_details;
+    grpc_byte_buffer **queue; /* messages waiting for the send slot */
+    size_t nqueue, capqueue;
+    grpc_byte_buffer *sending;
+    int initial_sent, close_wanted, close_sent, broken, finished;
+    /* Liveness in the current message / connection (policy effects). */
+    int retired_msg, retired_conn, skip_body;
+    uint64_t owed[MAX_OWED];
+    size_t nowed;
+    struct event *timer; /* event deadline while attached; linger after */
+    TAILQ_ENTRY(stream) link;
+};
+
+struct answer {
+    int pending; /* waiting for this filter's answer to the current event */
+    enum mgw_policy_state state;
+    struct mgw_proto_answer pa;
+    Miltergw__V1__Reply *reply; /* owned until the merge is delivered */
+    struct mgw_proto_scratch sc;
+};
+
+struct bsession {
+    struct bridge *b;
+    uint64_t sid;
+    char sid_str[17];
+    struct mgw_milter_optneg offered, negotiated;
+    mgw_backend_progress_cb progress;
+    void *progress_arg;
+    struct stream **streams;
+    struct mgw_policy_decl *decls; /* snapshot at open */
+    uint64_t next_id;
+
+    /* The event being answered. */
+    int active, dispatching;
+    uint8_t cmd;
+    uint64_t ev_id;
+    size_t waiting;
+    mgw_backend_done_cb done;
+    void *done_arg;
+    struct answer *ans;
+    grpc_slice eom_after_body; /* 'E' with data: the EOM event, sent after its body */
+    uint64_t eom_id;
+    int have_eom_after_body;
+    struct mgw_proto_scratch ev_sc;
+};
+
+struct bridge {
+    struct event_base *base;
+    struct mgw_grpc_pump *pump;
+    struct filter *filters;
+    size_t nfilters;
+    struct mgw_backend backend;
+    struct mgw_backend_needs needs;
+    char *needs_mem;
+    TAILQ_HEAD(, stream) streams;
+    size_t describing; /* first Describes still running */
+    void (*ready)(void *);
+    void *ready_arg;
+    int shutting_down;
+};
+
+static void stream_fail(struct stream *st, const char *reason, const char *detail);
+static void complete_event(struct bsession *bs);
+
+/* ---- helpers ---- */
+
+static const char *event_name(uint8_t cmd)
+{
+    return mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA);
+}
+
+static uint64_t sid_of(const struct stream *st)
+{
+    return st->bs ? st->bs->sid : 0;
+}
+
+static grpc_byte_buffer *pack(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    grpc_slice s = grpc_slice_malloc(n);
+    grpc_byte_buffer *bb;
+
+    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+static grpc_slice pack_slice(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    grpc_slice s = grpc_slice_malloc(n);
+
+    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    return s;
+}
+
+/* Unpack a received buffer (one slice without copy when possible; GRPC_CORE.md §3). */
+static ProtobufCMessage *unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *d)
+{
+    grpc_byte_buffer_reader r;
+    grpc_slice s;
+    ProtobufCMessage *m;
+
+    if (bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE &&
+        bb->data.raw.slice_buffer.count == 1) {
+        s = bb->data.raw.slice_buffer.slices[0];
+        return protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    }
+    if (!grpc_byte_buffer_reader_init(&r, bb))
+        return NULL;
+    s = grpc_byte_buffer_reader_readall(&r);
+    m = protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    grpc_slice_unref(s);
+    grpc_byte_buffer_reader_destroy(&r);
+    return m;
+}
+
+static const char *state_name(grpc_connectivity_state s)
+{
+    static const char *const names[] = {"idle", "connecting", "ready", "transient_failure",
+                                        "shutdown"};
+
+    return (unsigned)s < 5 ? names[s] : "?";
+}
+
+/* ---- needs (negotiation) ---- */
+
+static void recompute_needs(struct bridge *b)
+{
+    struct mgw_policy_decl *decls = mgw_xcalloc(b->nfilters, sizeof *decls);
+    size_t cap;
+
+    for (size_t i = 0; i < b->nfilters; i++) {
+        decls[i] = b->filters[i].decl;
+        decls[i].shadow = b->filters[i].conf.shadow;
+        /* Not implemented yet: refused recipients and header leading space need the
+         * bridge to translate for filters that did not ask; never request them. */
+        decls[i].rejected_recipients = false;
+        decls[i].header_leading_space = false;
+    }
+    cap = mgw_policy_union_storage(decls, b->nfilters);
+    free(b->needs_mem);
+    b->needs_mem = mgw_xmalloc(cap);
+    if (mgw_policy_union_needs(decls, b->nfilters, &b->needs, b->needs_mem, cap) < 0)
+        mgw_panic("bridge: union storage too small");
+    free(decls);
+}
+
+static void bridge_needs(void *impl, struct mgw_backend_needs *out)
+{
+    struct bridge *b = impl;
+
+    *out = b->needs;
+}
+
+/* ---- Describe ---- */
+
+static void describe_done(struct mgw_grpc_tag *tag, int ok)
+{
+    struct filter *f = (struct filter *)((char *)tag - offsetof(struct filter, describe_tag));
+    struct bridge *b = f->b;
+    Miltergw__V1__Description *d = NULL;
+
+    if (ok && f->describe_status == GRPC_STATUS_OK && f->describe_recv != NULL)
+        d = (Miltergw__V1__Description *)unpack(f->describe_recv,
+                                                &miltergw__v1__description__descriptor);
+    if (d != NULL) {
+        struct mgw_proto_scratch old = f->decl_mem;
+
+        memset(&f->decl_mem, 0, sizeof f->decl_mem);
+        mgw_proto_decl_from_description(d, &f->decl_mem, &f->decl);
+        mgw_proto_scratch_reset(&old);
+        free(old.chunks);
+        f->described = 1;
+        log_info(0, "filter described", "filter=%s target=%s events=0x%" PRIx32
+                 " observe_only=0x%" PRIx32 " actions=0x%" PRIx32,
+                 f->conf.name, f->conf.target, f->decl.events, f->decl.observe_only,
+                 f->decl.actions);
+        protobuf_c_message_free_unpacked(&d->base, NULL);
+        recompute_needs(b);
+    } else {
+        char *details = grpc_slice_to_c_string(f->describe_details);
+
+        log_warn(0, "filter describe failed", "filter=%s target=%s status=%d detail=\"%s\" using=%s",
+                 f->conf.name, f->conf.target, (int)f->describe_status, details,
+                 f->described ? "previous_declaration" : "default_declaration");
+        gpr_free(details);
+    }
+    if (f->describe_recv)
+        grpc_byte_buffer_destroy(f->describe_recv);
+    grpc_byte_buffer_destroy(f->describe_send);
+    grpc_metadata_array_destroy(&f->describe_md);
+    grpc_metadata_array_destroy(&f->describe_trailing);
+    grpc_slice_unref(f->describe_details);
+    grpc_call_unref(f->describe_call);
+    f->describe_call = NULL;
+    f->describe_recv = f->describe_send = NULL;
+    if (b->describing > 0 && --b->describing == 0 && b->ready != NULL) {
+        void (*ready)(void *) = b->ready;
+
+        b->ready = NULL;
+        ready(b->ready_arg);
+    }
+}
+
+static void describe_start(struct filter *f)
+{
+    Miltergw__V1__DescribeRequest req = MILTERGW__V1__DESCRIBE_REQUEST__INIT;
+    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_millis(DESCRIBE_TIMEOUT_MS, GPR_TIMESPAN));
+    grpc_op ops[6];
+    grpc_call_error e;
+
+    if (f->describe_call != NULL || f->b->shutting_down)
+        return;
+    req.gateway_version = (char *)MGW_VERSION;
+    req.filter_name = f->conf.name;
+    f->describe_send = pack(&req.base);
+    f->describe_recv = NULL;
+    grpc_metadata_array_init(&f->describe_md);
+    grpc_metadata_array_init(&f->describe_trailing);
+    f->describe_details = grpc_empty_slice();
+    f->describe_call = grpc_channel_create_registered_call(
+        f->ch, NULL, GRPC_PROPAGATE_DEFAULTS, mgw_grpc_pump_cq(f->b->pump), f->describe_method,
+        deadline, NULL);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = f->describe_send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &f->describe_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &f->describe_recv;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &f->describe_trailing;
+    ops[5].data.recv_status_on_client.status = &f->describe_status;
+    ops[5].data.recv_status_on_client.status_details = &f->describe_details;
+    f->describe_tag.cb = describe_done;
+    e = grpc_call_start_batch(f->describe_call, ops, 6, &f->describe_tag, NULL);
+    if (e != GRPC_CALL_OK)
+        mgw_panic("bridge: Describe batch refused (%d)", (int)e);
+}
+
+/* ---- connectivity ---- */
+
+static void watch_arm(struct filter *f)
+{
+    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_seconds(3600, GPR_TIMESPAN));
+
+    f->watching = 1;
+    grpc_channel_watch_connectivity_state(f->ch, f->state, deadline, mgw_grpc_pump_cq(f->b->pump),
+                                          &f->watch_tag);
+}
+
+static void watch_done(struct mgw_grpc_tag *tag, int ok)
+{
+    struct filter *f = (struct filter *)((char *)tag - offsetof(struct filter, watch_tag));
+    grpc_connectivity_state prev = f->state;
+
+    f->watching = 0;
+    if (f->b->shutting_down)
+        return;
+    f->state = grpc_channel_check_connectivity_state(f->ch, 0);
+    if (f->state != prev) {
+        enum mgw_log_level lvl =
+            f->state == GRPC_CHANNEL_TRANSIENT_FAILURE ? MGW_LOG_WARN : MGW_LOG_INFO;
+
+        mgw_log(lvl, 0, "filter channel", "filter=%s target=%s state=%s", f->conf.name,
+                f->conf.target, state_name(f->state));
+        /* Back after an outage: the filter may have been redeployed with new needs. */
+        if (f->state == GRPC_CHANNEL_READY && prev != GRPC_CHANNEL_IDLE &&
+            prev != GRPC_CHANNEL_CONNECTING)
+            describe_start(f);
+        else if (f->state == GRPC_CHANNEL_READY && !f->described)
+            describe_start(f);
+    }
+    /* An idle channel reconnects only when asked; keep it connected. */
+    if (f->state == GRPC_CHANNEL_IDLE)
+        grpc_channel_check_connectivity_state(f->ch, 1);
+    watch_arm(f);
+}
+
+/* ---- streams ---- */
+
+static void stream_free_if_done(struct stream *st)
+{
+    struct bridge *b = st->f->b;
+
+    if (st->bs != NULL || st->batches > 0)
+        return;
+    if (st->call != NULL)
+        grpc_call_unref(st->call);
+    for (size_t i = 0; i < st->nqueue; i++)
+        grpc_byte_buffer_destroy(st->queue[i]);
+    free(st->queue);
+    grpc_metadata_array_destroy(&st->md_initial);
+    grpc_metadata_array_destroy(&st->md_trailing);
+    grpc_slice_unref(st->status_details);
+    if (st->timer != NULL)
+        event_free(st->timer);
+    TAILQ_REMOVE(&b->streams, st, link);
+    free(st);
+}
+
+static void start_batch(struct stream *st, const grpc_op *ops, size_t n, struct mgw_grpc_tag *tag)
+{
+    grpc_call_error e = grpc_call_start_batch(st->call, ops, n, tag, NULL);
+
+    /* GRPC_CORE.md §4.4: a refused batch is our bug and may leave the call unusable. */
+    if (e != GRPC_CALL_OK) {
+        log_error(sid_of(st), "grpc batch refused", "filter=%s error=%d", st->f->conf.name,
+                  (int)e);
+        grpc_call_cancel(st->call, NULL);
+        return;
+    }
+    st->batches++;
+}
+
+static void send_next(struct stream *st)
+{
+    grpc_op ops[2];
+    size_t n = 0;
+
+    if (st->sending != NULL || st->broken || st->finished)
+        return;
+    memset(ops, 0, sizeof ops);
+    if (st->nqueue == 0) {
+        if (st->close_wanted && !st->close_sent) {
+            st->close_sent = 1;
+            ops[0].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+            start_batch(st, ops, 1, &st->close_tag);
+        }
+        return;
+    }
+    st->sending = st->queue[0];
+    memmove(st->queue, st->queue + 1, --st->nqueue * sizeof *st->queue);
+    if (!st->initial_sent) {
+        st->initial_sent = 1;
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        /* Wait for a connecting channel; the event deadline bounds the wait. */
+        ops[n].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
+        n++;
+    }
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n].data.send_message.send_message = st->sending;
+    n++;
+    start_batch(st, ops, n, &st->send_tag);
+}
+
+static void stream_send(struct stream *st, grpc_slice msg)
+{
+    if (st->nqueue == st->capqueue) {
+        st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
+        st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
+    }
+    st->queue[st->nqueue++] = grpc_raw_byte_buffer_create(&msg, 1);
+    send_next(st);
+}
+
+static void on_send(struct mgw_grpc_tag *tag, int ok)
+{
+    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, send_tag));
+
+    st->batches--;
+    grpc_byte_buffer_destroy(st->sending);
+    st->sending = NULL;
+    if (!ok)
+        stream_fail(st, "stream_broken", "send failed");
+    else
+        send_next(st);
+    stream_free_if_done(st);
+}
+
+static void on_close_sent(struct mgw_grpc_tag *tag, int ok)
+{
+    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, close_tag));
+
+    st->batches--;
+    stream_free_if_done(st);
+}
+
+static void recv_arm(struct stream *st)
+{
+    grpc_op ops[2];
+    size_t n = 0;
+
+    memset(ops, 0, sizeof ops);
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n].data.recv_message.recv_message = &st->recv_buf;
+    n++;
+    start_batch(st, ops, n, &st->recv_tag);
+}
+
+static void on_reply(struct stream *st, Miltergw__V1__Reply *r);
+
+static void on_recv(struct mgw_grpc_tag *tag, int ok)
+{
+    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, recv_tag));
+    grpc_byte_buffer *bb = st->recv_buf;
+
+    st->batches--;
+    st->recv_buf = NULL;
+    if (!ok || bb == NULL) {
+        /* End of stream: the status (arriving separately) says why. */
+        st->finished = 1;
+        if (!st->broken && st->bs != NULL)
+            stream_fail(st, "stream_closed", "the filter ended the stream");
+    } else {
+        Miltergw__V1__Reply *r =
+            (Miltergw__V1__Reply *)unpack(bb, &miltergw__v1__reply__descriptor);
+
+        grpc_byte_buffer_destroy(bb);
+        if (r == NULL)
+            stream_fail(st, "out_of_contract", "reply does not parse as miltergw.v1.Reply");
+        else
+            on_reply(st, r);
+        if (!st->finished && !st->f->b->shutting_down)
+            recv_arm(st);
+    }
+    stream_free_if_done(st);
+}
+
+static void on_status(struct mgw_grpc_tag *tag, int ok)
+{
+    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, status_tag));
+
+    st->batches--;
+    st->finished = 1;
+    if (st->status != GRPC_STATUS_OK && !st->broken && st->bs != NULL) {
+        char *details = grpc_slice_to_c_string(st->status_details);
+        char detail[300];
+
+        snprintf(detail, sizeof detail, "grpc status %d: %s", (int)st->status, details);
+        gpr_free(details);
+        stream_fail(st, st->status == GRPC_STATUS_UNAVAILABLE ? "unavailable" : "stream_broken",
+                    detail);
+    }
+    stream_free_if_done(st);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct stream *st = arg;
+
+    if (st->bs == NULL) {
+        /* Linger expired: the filter never ended the half-closed stream. */
+        if (st->call != NULL && !st->finished)
+            grpc_call_cancel(st->call, NULL);
+        return;
+    }
+    stream_fail(st, "timeout", st->bs->cmd == MGW_SMFIC_BODYEOB ? "no answer within eom_timeout"
+                                                                  : "no answer within timeout");
+}
+
+static void arm_timer(struct stream *st, unsigned ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    evtimer_add(st->timer, &tv);
+}
+
+static struct stream *stream_open(struct bsession *bs, struct filter *f)
+{
+    struct bridge *b = bs->b;
+    struct stream *st = mgw_xcalloc(1, sizeof *st);
+    grpc_op ops[2];
+
+    st->f = f;
+    st->bs = bs;
+    grpc_metadata_array_init(&st->md_initial);
+    grpc_metadata_array_init(&st->md_trailing);
+    st->status_details = grpc_empty_slice();
+    st->timer = evtimer_new(b->base, on_deadline, st);
+    st->recv_tag.cb = on_recv;
+    st->send_tag.cb = on_send;
+    st->status_tag.cb = on_status;
+    st->close_tag.cb = on_close_sent;
+    TAILQ_INSERT_TAIL(&b->streams, st, link);
+
+    /* Fail fast: a channel known to be down gets no call and costs no waiting. */
+    if (grpc_channel_check_connectivity_state(f->ch, 1) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+        st->broken = 1;
+        log_warn(bs->sid, "filter unavailable", "filter=%s target=%s on_error=%s",
+                 f->conf.name, f->conf.target, mgw_on_error_name(f->conf.on_error));
+        return st;
+    }
+    st->call = grpc_channel_create_registered_call(f->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
+                                                   mgw_grpc_pump_cq(b->pump), f->session_method,
+                                                   gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &st->md_trailing;
+    ops[0].data.recv_status_on_client.status = &st->status;
+    ops[0].data.recv_status_on_client.status_details = &st->status_details;
+    start_batch(st, ops, 1, &st->status_tag);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &st->md_initial;
+    ops[1].op = GRPC_OP_RECV_MESSAGE;
+    ops[1].data.recv_message.recv_message = &st->recv_buf;
+    start_batch(st, ops, 2, &st->recv_tag);
+    return st;
+}
+
+/* The MTA connection lets go: half-close (Quit), and cancel if the filter lingers. */
+static void stream_detach(struct stream *st)
+{
+    st->bs = NULL;
+    evtimer_del(st->timer);
+    if (st->call != NULL && !st->finished && !st->broken) {
+        st->close_wanted = 1;
+        send_next(st);
+        arm_timer(st, LINGER_MS);
+    }
+    stream_free_if_done(st);
+}
+
+/* ---- answers ---- */
+
+static size_t stream_index(const struct stream *st)
+{
+    return st->f->index;
+}
+
+/* The filter's part in the current event is over with its failure verdict. */
+static void answer_failed(struct bsession *bs, size_t i)
+{
+    struct answer *a = &bs->ans[i];
+
+    if (!a->pending)
+        return;
+    a->pending = 0;
+    a->state = MGW_POLICY_FAILED;
+    a->pa.kind = mgw_on_error_verdict(bs->b->filters[i].conf.on_error);
+    bs->waiting--;
+    if (bs->waiting == 0 && !bs->dispatching)
+        complete_event(bs);
+}
+
+static void stream_fail(struct stream *st, const char *reason, const char *detail)
+{
+    struct bsession *bs = st->bs;
+
+    if (st->broken)
+        return;
+    st->broken = 1;
+    evtimer_del(st->timer);
+    if (st->call != NULL && !st->finished)
+        grpc_call_cancel(st->call, NULL);
+    if (bs == NULL)
+        return;
+    log_warn(bs->sid, "filter failed", "filter=%s reason=%s event=%s on_error=%s detail=\"%s\"",
+             st->f->conf.name, reason, bs->active ? event_name(bs->cmd) : "-",
+             mgw_on_error_name(st->f->conf.on_error), detail);
+    if (bs->active)
+        answer_failed(bs, stream_index(st));
+}
+
+static void apply_effect(struct stream *st, uint8_t cmd, enum mgw_verdict_kind kind)
+{
+    switch (mgw_policy_effect(cmd, kind)) {
+    case MGW_POLICY_EFFECT_RETIRE_CONNECTION: st->retired_conn = 1; break;
+    case MGW_POLICY_EFFECT_RETIRE_MESSAGE: st->retired_msg = 1; break;
+    case MGW_POLICY_EFFECT_SKIP_BODY: st->skip_body = 1; break;
+    default: break;
+    }
+}
+
+static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
+{
+    struct bsession *bs = st->bs;
+    struct answer *a;
+    const char *why = NULL;
+    char detail[160];
+    uint64_t id;
+
+    if (bs == NULL || st->broken) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
+    if (st->nowed == 0 || r->event_id != st->owed[0]) {
+        if (st->nowed == 0)
+            snprintf(detail, sizeof detail, "reply to event %" PRIu64 ", none was due",
+                     r->event_id);
+        else
+            snprintf(detail, sizeof detail, "reply to event %" PRIu64 ", event %" PRIu64 " was due",
+                     r->event_id, st->owed[0]);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        stream_fail(st, "out_of_contract", detail);
+        return;
+    }
+    id = st->owed[0];
+    a = &bs->ans[stream_index(st)];
+    if (r->verdict == MILTERGW__V1__VERDICT__VERDICT_PROGRESS) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (bs->active && id == bs->ev_id && a->pending) {
+            arm_timer(st, bs->cmd == MGW_SMFIC_BODYEOB ? st->f->conf.eom_timeout_ms
+                                                         : st->f->conf.timeout_ms);
+            bs->progress(bs->progress_arg);
+        }
+        return;
+    }
+    memmove(st->owed, st->owed + 1, --st->nowed * sizeof *st->owed);
+    if (!(bs->active && id == bs->ev_id && a->pending)) {
+        /* A late answer to an event already settled (early discard): nothing to do. */
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
+    if (mgw_proto_reply_answer(r, bs->cmd, &a->sc, &a->pa, &why) < 0) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        stream_fail(st, "out_of_contract", why);
+        return;
+    }
+    if (a->pa.warning != NULL || a->pa.mods_invalid > 0)
+        log_warn(bs->sid, "filter reply partly unusable", "filter=%s event=%s detail=\"%s\" "
+                 "invalid_mods=%zu", st->f->conf.name, event_name(bs->cmd),
+                 a->pa.warning ? a->pa.warning : "-", a->pa.mods_invalid);
+    a->reply = r;
+    a->pending = 0;
+    a->state = MGW_POLICY_ANSWERED;
+    evtimer_del(st->timer);
+    apply_effect(st, bs->cmd, a->pa.kind);
+    bs->waiting--;
+    /* Nothing outranks a discard: answer the MTA now (PRODUCT.md, merge semantics). */
+    if ((bs->waiting == 0 || (!st->f->conf.shadow && mgw_policy_final_early(a->pa.kind))) &&
+        !bs->dispatching)
+        complete_event(bs);
+}
+
+/* ---- events ---- */
+
+static int is_message_event(uint8_t cmd)
+{
+    return strchr("MRTLNBE", cmd) != NULL;
+}
+
+/* Events this filter will still be sent in the current scope (policy rule 4). */
+static uint32_t receives_of(const struct bsession *bs, size_t i)
+{
+    const struct stream *st = bs->streams[i];
+    uint32_t ev = bs->decls[i].events;
+
+    if (st->broken || st->retired_conn || st->retired_msg)
+        return 0;
+    return st->skip_body ? ev & ~MGW_POLICY_EV_BODY : ev;
+}
+
+static void reset_message_liveness(struct bsession *bs)
+{
+    for (size_t i = 0; i < bs->b->nfilters; i++) {
+        bs->streams[i]->retired_msg = 0;
+        bs->streams[i]->skip_body = 0;
+    }
+}
+
+static void log_shadow(struct bsession *bs, size_t i)
+{
+    const struct answer *a = &bs->ans[i];
+
+    if (a->state == MGW_POLICY_ANSWERED &&
+        (a->pa.kind != MGW_VERDICT_CONTINUE || a->pa.nmods > 0))
+        log_info(bs->sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
+                 bs->b->filters[i].conf.name, event_name(bs->cmd), mgw_verdict_name(a->pa.kind),
+                 a->pa.nmods);
+}
+
+/* Send one packed event to every filter that takes part; returns how many must answer. */
+static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply)
+{
+    uint32_t bit = mgw_policy_event_bit(cmd);
+
+    bs->dispatching = 1;
+    for (size_t i = 0; i < bs->b->nfilters; i++) {
+        struct stream *st = bs->streams[i];
+        struct filter *f = &bs->b->filters[i];
+        struct answer *a = &bs->ans[i];
+        int receives = (bs->decls[i].events & bit) && !st->retired_conn &&
+                       !(is_message_event(cmd) && st->retired_msg) &&
+                       !(cmd == MGW_SMFIC_BODY && st->skip_body);
+        int answers = receives && !(bs->decls[i].observe_only & bit);
+
+        a->state = MGW_POLICY_NOT_ASKED;
+        if (!receives)
+            continue;
+        if (st->broken) {
+            if (answers && want_reply) {
+                a->state = MGW_POLICY_FAILED;
+                a->pa.kind = mgw_on_error_verdict(f->conf.on_error);
+            }
+            continue;
+        }
+        stream_send(st, grpc_slice_ref(msg));
+        if (!answers)
+            continue;
+        if (st->nowed == MAX_OWED) {
+            stream_fail(st, "out_of_contract", "too many unanswered events");
+            continue;
+        }
+        st->owed[st->nowed++] = id;
+        if (want_reply) {
+            a->pending = 1;
+            bs->waiting++;
+            arm_timer(st, cmd == MGW_SMFIC_BODYEOB ? f->conf.eom_timeout_ms : f->conf.timeout_ms);
+        }
+    }
+    bs->dispatching = 0;
+}
+
+static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id)
+{
+    bs->active = 1;
+    bs->cmd = cmd;
+    bs->ev_id = id;
+    bs->waiting = 0;
+    fan_out(bs, cmd, msg, id, 1);
+    grpc_slice_unref(msg);
+    if (bs->waiting == 0)
+        complete_event(bs);
+}
+
+static void release_answers(struct answer *ans, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ans[i].reply != NULL)
+            protobuf_c_message_free_unpacked(&ans[i].reply->base, NULL);
+        mgw_proto_scratch_reset(&ans[i].sc);
+        free(ans[i].sc.chunks);
+    }
+    free(ans);
+}
+
+static void log_drops(struct bsession *bs, const struct mgw_policy_drop *drops, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        log_warn(bs->sid, "modification dropped", "filter=%s mod=%s reason=%s",
+                 bs->b->filters[drops[k].filter].conf.name,
+                 mgw_milter_cmd_name(drops[k].msg->cmd, MGW_MILTER_FROM_MILTER),
+                 mgw_policy_drop_name(drops[k].reason));
+}
+
+static void complete_event(struct bsession *bs)
+{
+    struct bridge *b = bs->b;
+    size_t n = b->nfilters, total = 0;
+    struct mgw_policy_answer *pa = mgw_xcalloc(n, sizeof *pa);
+    struct mgw_policy_drop *drops;
+    struct mgw_milter_msg *mods;
+    struct mgw_policy_result res;
+    struct answer *ans = bs->ans;
+    struct mgw_verdict v;
+    mgw_backend_done_cb done = bs->done;
+    void *done_arg = bs->done_arg;
+    uint8_t cmd = bs->cmd;
+
+    for (size_t i = 0; i < n; i++) {
+        struct answer *a = &ans[i];
+
+        /* Still pending only after an early discard: settled without them. */
+        if (a->pending) {
+            a->pending = 0;
+            evtimer_del(bs->streams[i]->timer);
+        }
+        pa[i].state = a->state;
+        pa[i].kind = a->pa.kind;
+        pa[i].reply = a->pa.reply;
+        pa[i].mods = a->pa.mods;
+        pa[i].nmods = a->pa.nmods;
+        pa[i].actions = bs->decls[i].actions & bs->negotiated.actions;
+        pa[i].receives = receives_of(bs, i);
+        pa[i].shadow = b->filters[i].conf.shadow;
+        total += a->pa.nmods;
+        if (pa[i].shadow)
+            log_shadow(bs, i);
+    }
+    mods = mgw_xcalloc(total + 1, sizeof *mods);
+    drops = mgw_xcalloc(total + 1, sizeof *drops);
+    if (mgw_policy_merge(cmd, pa, n, mods, total + 1, drops, total + 1, &res) < 0)
+        mgw_panic("bridge: merge refused its input");
+    log_drops(bs, drops, res.ndrops < total + 1 ? res.ndrops : total + 1);
+    if (res.kind != MGW_VERDICT_CONTINUE || cmd == MGW_SMFIC_BODYEOB) {
+        log_info(bs->sid, "verdict", "event=%s verdict=%s decided_by=%s failure_policy=%s mods=%zu",
+                 event_name(cmd), mgw_verdict_name(res.kind),
+                 res.decider == MGW_POLICY_NONE ? "-" : b->filters[res.decider].conf.name,
+                 res.failure_applied ? "yes" : "no", res.nmods);
+    }
+
+    /* 'E' with data: its body chunk was answered; now the end of message itself. */
+    if (bs->have_eom_after_body && (res.kind == MGW_VERDICT_CONTINUE ||
+                                    res.kind == MGW_VERDICT_SKIP)) {
+        bs->have_eom_after_body = 0;
+        free(pa);
+        free(mods);
+        free(drops);
+        release_answers(ans, n);
+        bs->ans = mgw_xcalloc(n, sizeof *bs->ans);
+        start_event(bs, MGW_SMFIC_BODYEOB, bs->eom_after_body, bs->eom_id);
+        return;
+    }
+    if (bs->have_eom_after_body) {
+        grpc_slice_unref(bs->eom_after_body);
+        bs->have_eom_after_body = 0;
+    }
+
+    /* Hand the answer over last: `done` may close the session and free bs. */
+    bs->active = 0;
+    bs->ans = mgw_xcalloc(n, sizeof *bs->ans);
+    /* The message is over at EOM; a refusal earlier is followed by ABORT, which resets. */
+    if (cmd == MGW_SMFIC_BODYEOB)
+        reset_message_liveness(bs);
+    v.kind = res.kind;
+    v.reply = res.reply;
+    v.mods = mods;
+    v.nmods = res.nmods < total + 1 ? res.nmods : total + 1;
+    done(done_arg, &v);
+    release_answers(ans, n);
+    free(pa);
+    free(mods);
+    free(drops);
+}
+
+static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
+                        mgw_backend_done_cb done, void *arg)
+{
+    struct bsession *bs = impl;
+    const struct mgw_milter_msg *m = ev->msg;
+    struct mgw_proto_event pe;
+    grpc_slice msg;
+    uint64_t id;
+
+    if (bs->active)
+        mgw_panic("bridge: event '%c' while '%c' is unanswered", m->cmd, bs->cmd);
+    mgw_proto_scratch_reset(&bs->ev_sc);
+    if (m->cmd == MGW_SMFIC_ABORT) {
+        /* The message is over for everyone still on the connection. */
+        id = bs->next_id++;
+        mgw_proto_event_build(&pe, &bs->ev_sc, id, ev);
+        msg = pack_slice(&pe.ev.base);
+        for (size_t i = 0; i < bs->b->nfilters; i++)
+            if (!bs->streams[i]->broken && !bs->streams[i]->retired_conn)
+                stream_send(bs->streams[i], grpc_slice_ref(msg));
+        grpc_slice_unref(msg);
+        reset_message_liveness(bs);
+        return 0;
+    }
+    bs->done = done;
+    bs->done_arg = arg;
+    if (m->cmd == MGW_SMFIC_BODYEOB && m->u.body.len > 0 && want_reply) {
+        /* Sendmail may put the last body chunk in EOB: filters get it as a BodyChunk
+         * first, then EndOfMessage (filter.proto). */
+        id = bs->next_id++;
+        bs->eom_id = bs->next_id++;
+        if (mgw_proto_event_build(&pe, &bs->ev_sc, bs->eom_id, ev) < 0)
+            return MGW_EINVAL;
+        bs->eom_after_body = pack_slice(&pe.ev.base);
+        bs->have_eom_after_body = 1;
+        mgw_proto_event_body(&pe, id, m->u.body.data, m->u.body.len);
+        msg = pack_slice(&pe.ev.base);
+        start_event(bs, MGW_SMFIC_BODY, msg, id);
+        return 0;
+    }
+    id = bs->next_id++;
+    if (mgw_proto_event_build(&pe, &bs->ev_sc, id, ev) < 0)
+        return MGW_EINVAL;
+    msg = pack_slice(&pe.ev.base);
+    if (!want_reply) {
+        fan_out(bs, m->cmd, msg, id, 0);
+        grpc_slice_unref(msg);
+        return 0;
+    }
+    start_event(bs, m->cmd, msg, id);
+    return 0;
+}
+
+/* ---- sessions ---- */
+
+static void *bridge_open(void *impl, const struct mgw_session_info *info,
+                         mgw_backend_progress_cb progress, void *arg)
+{
+    struct bridge *b = impl;
+    struct bsession *bs = mgw_xcalloc(1, sizeof *bs);
+    struct mgw_proto_scratch sc = {0};
+    uint64_t start_id;
+
+    bs->b = b;
+    bs->sid = info->sid;
+    snprintf(bs->sid_str, sizeof bs->sid_str, "%016" PRIx64, info->sid);
+    bs->offered = *info->offered;
+    bs->negotiated = *info->negotiated;
+    memset(bs->offered.symlist, 0, sizeof bs->offered.symlist);
+    memset(bs->negotiated.symlist, 0, sizeof bs->negotiated.symlist);
+    bs->progress = progress;
+    bs->progress_arg = arg;
+    bs->next_id = 1;
+    start_id = bs->next_id++; /* SessionStart: the same id on every stream, never 0 */
+    bs->streams = mgw_xcalloc(b->nfilters, sizeof *bs->streams);
+    bs->decls = mgw_xcalloc(b->nfilters, sizeof *bs->decls);
+    bs->ans = mgw_xcalloc(b->nfilters, sizeof *bs->ans);
+    for (size_t i = 0; i < b->nfilters; i++) {
+        struct filter *f = &b->filters[i];
+        struct mgw_proto_event pe;
+        struct mgw_proto_start_info si = {
+            .session_id = bs->sid_str, .gateway_version = MGW_VERSION,
+            .filter_name = f->conf.name, .offered = &bs->offered,
+            .negotiated = &bs->negotiated, .effective = &f->decl};
+
+        bs->decls[i] = f->decl;
+        /* Macro lists were needed only for negotiation; the filter's may change. */
+        memset(bs->decls[i].macros, 0, sizeof bs->decls[i].macros);
+        bs->streams[i] = stream_open(bs, f);
+        if (bs->streams[i]->broken)
+            continue;
+        mgw_proto_event_start(&pe, &sc, start_id, &si);
+        stream_send(bs->streams[i], pack_slice(&pe.ev.base));
+        mgw_proto_scratch_reset(&sc);
+    }
+    free(sc.chunks);
+    return bs;
+}
+
+static void bridge_close(void *impl)
+{
+    struct bsession *bs = impl;
+
+    for (size_t i = 0; i < bs->b->nfilters; i++)
+        stream_detach(bs->streams[i]);
+    if (bs->have_eom_after_body)
+        grpc_slice_unref(bs->eom_after_body);
+    release_answers(bs->ans, bs->b->nfilters);
+    mgw_proto_scratch_reset(&bs->ev_sc);
+    free(bs->ev_sc.chunks);
+    free(bs->streams);
+    free(bs->decls);
+    free(bs);
+}
+
+static const struct mgw_backend_ops bridge_ops = {
+    .name = "grpc",
+    .needs = bridge_needs,
+    .session_open = bridge_open,
+    .event = bridge_event,
+    .session_close = bridge_close,
+    .free = NULL, /* owned by the bridge: mgw_bridge_free() */
+};
+
+/* ---- lifetime ---- */
+
+static grpc_channel *channel_new(const char *target)
+{
+    grpc_arg a[] = {
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_RETRIES, .value.integer = 0},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
+         .value.integer = 300000},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+         .value.integer = 20000},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+         .value.integer = 64 << 20},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+         .value.integer = 200},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+         .value.integer = 200},
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+         .value.integer = 2000},
+    };
+    grpc_channel_args args = {.num_args = sizeof a / sizeof a[0], .args = a};
+    grpc_channel_credentials *cr = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, cr, &args);
+
+    grpc_channel_credentials_release(cr);
+    return ch;
+}
+
+struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filter_conf *filters,
+                                  size_t n, void (*ready)(void *arg), void *arg)
+{
+    struct bridge *b = mgw_xcalloc(1, sizeof *b);
+
+    b->base = base;
+    b->pump = mgw_grpc_pump_new(base);
+    b->nfilters = n;
+    b->filters = mgw_xcalloc(n, sizeof *b->filters);
+    b->backend.ops = &bridge_ops;
+    b->backend.impl = b;
+    b->ready = ready;
+    b->ready_arg = arg;
+    TAILQ_INIT(&b->streams);
+    for (size_t i = 0; i < n; i++) {
+        struct filter *f = &b->filters[i];
+
+        f->b = b;
+        f->index = i;
+        f->conf = filters[i];
+        f->conf.target = mgw_xstrdup(filters[i].target);
+        f->ch = channel_new(f->conf.target);
+        f->session_method = grpc_channel_register_call(f->ch, SESSION_METHOD, NULL, NULL);
+        f->describe_method = grpc_channel_register_call(f->ch, DESCRIBE_METHOD, NULL, NULL);
+        mgw_proto_decl_default(&f->decl);
+        f->watch_tag.cb = watch_done;
+        f->describe_tag.cb = describe_done;
+        f->state = grpc_channel_check_connectivity_state(f->ch, 1);
+        watch_arm(f);
+    }
+    recompute_needs(b);
+    b->describing = n;
+    for (size_t i = 0; i < n; i++)
+        describe_start(&b->filters[i]);
+    if (n == 0 && ready != NULL) {
+        b->ready = NULL;
+        ready(arg);
+    }
+    return (struct mgw_bridge *)b;
+}
+
+struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *mb)
+{
+    return &((struct bridge *)mb)->backend;
+}
+
+struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *mb)
+{
+    struct bridge *b = (struct bridge *)mb;
+    struct stream *st;
+
+    if (b == NULL)
+        return NULL;
+    b->shutting_down = 1;
+    b->ready = NULL;
+    TAILQ_FOREACH(st, &b->streams, link) {
+        if (st->call != NULL && !st->finished)
+            grpc_call_cancel(st->call, NULL);
+    }
+    for (size_t i = 0; i < b->nfilters; i++) {
+        if (b->filters[i].describe_call != NULL)
+            grpc_call_cancel(b->filters[i].describe_call, NULL);
+    }
+    /* Destroying a channel completes its watch; the pump delivers every outstanding
+     * completion before its thread ends, so every stream frees itself. */
+    for (size_t i = 0; i < b->nfilters; i++)
+        grpc_channel_destroy(b->filters[i].ch);
+    b->pump = mgw_grpc_pump_free(b->pump);
+    if (!TAILQ_EMPTY(&b->streams))
+        log_error(0, "streams left at shutdown", "");
+    for (size_t i = 0; i < b->nfilters; i++) {
+        mgw_proto_scratch_reset(&b->filters[i].decl_mem);
+        free(b->filters[i].decl_mem.chunks);
+        mgw_filter_conf_clear(&b->filters[i].conf);
+    }
+    free(b->filters);
+    free(b->needs_mem);
+    free(b);
+    return NULL;
+}

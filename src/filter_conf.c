@@ -1,0 +1,174 @@
+/*
+ * filter_conf.c - parse --filter NAME=TARGET[,key=value...] (see filter_conf.h). Pure.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "mgw/filter_conf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mgw/error.h"
+#include "mgw/xmalloc.h"
+
+int mgw_duration_parse(const char *s, size_t len, unsigned *ms)
+{
+    unsigned long long v = 0;
+    size_t i = 0;
+    unsigned long long mult;
+
+    while (i < len && s[i] >= '0' && s[i] <= '9') {
+        v = v * 10 + (unsigned)(s[i] - '0');
+        if (v > 86400000ull)
+            return -1;
+        i++;
+    }
+    if (i == 0)
+        return -1;
+    if (i == len || (len - i == 1 && s[i] == 's'))
+        mult = 1000;
+    else if (len - i == 2 && s[i] == 'm' && s[i + 1] == 's')
+        mult = 1;
+    else if (len - i == 1 && s[i] == 'm')
+        mult = 60000;
+    else
+        return -1;
+    v *= mult;
+    if (v == 0 || v > 86400000ull)
+        return -1;
+    *ms = (unsigned)v;
+    return 0;
+}
+
+enum mgw_verdict_kind mgw_on_error_verdict(enum mgw_on_error e)
+{
+    switch (e) {
+    case MGW_ON_ERROR_ACCEPT: return MGW_VERDICT_ACCEPT;
+    case MGW_ON_ERROR_REJECT: return MGW_VERDICT_REJECT;
+    default: return MGW_VERDICT_TEMPFAIL;
+    }
+}
+
+const char *mgw_on_error_name(enum mgw_on_error e)
+{
+    static const char *const names[] = {"tempfail", "accept", "reject"};
+
+    return (unsigned)e < 3 ? names[e] : "?";
+}
+
+static int bad(char *err, size_t errlen, const char *arg, const char *why)
+{
+    snprintf(err, errlen, "bad --filter \"%s\": %s", arg, why);
+    return MGW_EINVAL;
+}
+
+static int is_name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.';
+}
+
+/* Apply one key=value option. */
+static int apply_option(struct mgw_filter_conf *c, const char *opt, size_t len, const char *arg,
+                        char *err, size_t errlen)
+{
+    const char *eq = memchr(opt, '=', len);
+    size_t klen, vlen;
+    const char *v;
+
+    if (eq == NULL)
+        return bad(err, errlen, arg, "options are key=value");
+    klen = (size_t)(eq - opt);
+    v = eq + 1;
+    vlen = len - klen - 1;
+#define KEY(k) (klen == sizeof(k) - 1 && memcmp(opt, k, klen) == 0)
+#define VAL(x) (vlen == sizeof(x) - 1 && memcmp(v, x, vlen) == 0)
+    if (KEY("on_error")) {
+        if (VAL("tempfail"))
+            c->on_error = MGW_ON_ERROR_TEMPFAIL;
+        else if (VAL("accept"))
+            c->on_error = MGW_ON_ERROR_ACCEPT;
+        else if (VAL("reject"))
+            c->on_error = MGW_ON_ERROR_REJECT;
+        else
+            return bad(err, errlen, arg, "on_error is tempfail, accept or reject");
+    } else if (KEY("timeout")) {
+        if (mgw_duration_parse(v, vlen, &c->timeout_ms) < 0)
+            return bad(err, errlen, arg, "timeout is a duration such as 500ms, 10s or 1m");
+    } else if (KEY("eom_timeout")) {
+        if (mgw_duration_parse(v, vlen, &c->eom_timeout_ms) < 0)
+            return bad(err, errlen, arg, "eom_timeout is a duration such as 500ms, 60s or 2m");
+    } else if (KEY("mode")) {
+        if (VAL("shadow"))
+            c->shadow = true;
+        else if (VAL("normal"))
+            c->shadow = false;
+        else
+            return bad(err, errlen, arg, "mode is normal or shadow");
+    } else {
+        return bad(err, errlen, arg, "unknown option (on_error, timeout, eom_timeout, mode)");
+    }
+#undef KEY
+#undef VAL
+    return 0;
+}
+
+int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *err, size_t errlen)
+{
+    const char *eq = strchr(arg, '=');
+    const char *target, *comma;
+    size_t nlen;
+
+    memset(out, 0, sizeof *out);
+    out->timeout_ms = MGW_FILTER_DEFAULT_TIMEOUT_MS;
+    out->eom_timeout_ms = MGW_FILTER_DEFAULT_EOM_TIMEOUT_MS;
+    if (eq == NULL || eq == arg)
+        return bad(err, errlen, arg, "expected NAME=TARGET");
+    nlen = (size_t)(eq - arg);
+    if (nlen >= sizeof out->name)
+        return bad(err, errlen, arg, "name too long");
+    for (size_t i = 0; i < nlen; i++)
+        if (!is_name_char(arg[i]))
+            return bad(err, errlen, arg, "name may use letters, digits, '-', '_' and '.'");
+    memcpy(out->name, arg, nlen);
+    target = eq + 1;
+    comma = strchr(target, ',');
+    if (comma == NULL)
+        comma = target + strlen(target);
+    if (comma == target)
+        return bad(err, errlen, arg, "empty target");
+    /* Options follow the target; a target itself may hold commas (ipv4:a:1,b:2), so an
+     * option is recognised only as key=value with a known key. */
+    while (*comma == ',') {
+        const char *next = strchr(comma + 1, ',');
+        size_t len = next ? (size_t)(next - comma - 1) : strlen(comma + 1);
+        const char *opt = comma + 1;
+
+        if (memchr(opt, '=', len) == NULL) {
+            comma = next ? next : opt + len; /* part of the target */
+            continue;
+        }
+        break;
+    }
+    out->target = mgw_xmemdup(target, (size_t)(comma - target));
+    while (*comma == ',') {
+        const char *opt = comma + 1;
+        const char *next = strchr(opt, ',');
+        size_t len = next ? (size_t)(next - opt) : strlen(opt);
+        int r = apply_option(out, opt, len, arg, err, errlen);
+
+        if (r < 0) {
+            mgw_filter_conf_clear(out);
+            return r;
+        }
+        comma = opt + len;
+    }
+    return 0;
+}
+
+void mgw_filter_conf_clear(struct mgw_filter_conf *c)
+{
+    free(c->target);
+    c->target = NULL;
+}
