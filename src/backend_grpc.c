@@ -435,13 +435,15 @@ static void send_next(struct stream *st)
     start_batch(st, ops, n, &st->send_tag);
 }
 
+/* Queue one message; takes over the caller's reference to `msg`. */
 static void stream_send(struct stream *st, grpc_slice msg)
 {
     if (st->nqueue == st->capqueue) {
         st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
         st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
     }
-    st->queue[st->nqueue++] = grpc_raw_byte_buffer_create(&msg, 1);
+    st->queue[st->nqueue++] = grpc_raw_byte_buffer_create(&msg, 1); /* takes its own ref */
+    grpc_slice_unref(msg);
     send_next(st);
 }
 
