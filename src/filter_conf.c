@@ -145,6 +145,8 @@ int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *er
         size_t len = next ? (size_t)(next - comma - 1) : strlen(comma + 1);
         const char *opt = comma + 1;
 
+        if (len == 0)
+            return bad(err, errlen, arg, "empty option after ','");
         if (memchr(opt, '=', len) == NULL) {
             comma = next ? next : opt + len; /* part of the target */
             continue;
@@ -156,7 +158,8 @@ int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *er
         const char *opt = comma + 1;
         const char *next = strchr(opt, ',');
         size_t len = next ? (size_t)(next - opt) : strlen(opt);
-        int r = apply_option(out, opt, len, arg, err, errlen);
+        int r = len == 0 ? bad(err, errlen, arg, "empty option after ','")
+                         : apply_option(out, opt, len, arg, err, errlen);
 
         if (r < 0) {
             mgw_filter_conf_clear(out);

@@ -390,6 +390,31 @@ static void description_of(Miltergw__V1__Description *d, struct mgw_proto_scratc
     d->events = ev;
     d->observe_only = obs;
     d->actions = act;
+    d->macros = mgw_proto_scratch_alloc(sc, MGW_STAGE_COUNT * sizeof *d->macros);
+    for (int st = 0; st < MGW_STAGE_COUNT; st++) {
+        static const Miltergw__V1__EventType stage_event[MGW_STAGE_COUNT] = {
+            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_CONNECT, MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_HELO,
+            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_MAIL,    MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_RCPT,
+            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_DATA,    MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_EOM,
+            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_EOH};
+        const char *l = decl->macros[st];
+        Miltergw__V1__MacroRequest *mr;
+        char *copy, *save = NULL;
+        size_t n = 0;
+
+        if (l == NULL || *l == '\0')
+            continue;
+        mr = mgw_proto_scratch_alloc(sc, sizeof *mr);
+        miltergw__v1__macro_request__init(mr);
+        mr->stage = stage_event[st];
+        copy = mgw_proto_scratch_alloc(sc, strlen(l) + 1);
+        strcpy(copy, l);
+        mr->names = mgw_proto_scratch_alloc(sc, (strlen(l) / 2 + 1) * sizeof *mr->names);
+        for (char *t = strtok_r(copy, " \t", &save); t != NULL; t = strtok_r(NULL, " \t", &save))
+            mr->names[n++] = t;
+        mr->n_names = n;
+        d->macros[d->n_macros++] = mr;
+    }
     d->rejected_recipients = decl->rejected_recipients;
     d->header_leading_space = decl->header_leading_space;
 }
@@ -537,6 +562,11 @@ static size_t translate_mod(const Miltergw__V1__Modification *m, struct mgw_prot
     }
 }
 
+/* The longest legal reply: 32 lines of 980 characters, every '%' doubled, each line with
+ * "xyz-x.yyy.zzz " in front and CRLF after. */
+#define REPLY_MAX                                                                          \
+    (MGW_POLICY_REPLY_MAX_LINES * (2 * MGW_POLICY_REPLY_MAX_LINE + 32) + 1)
+
 static enum mgw_verdict_kind kind_of(Miltergw__V1__Verdict v, bool *ok)
 {
     *ok = true;
@@ -568,10 +598,10 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
     if (r->response != NULL && (r->response->code != 0 || r->response->n_lines > 0 ||
                                 (r->response->enhanced_status && *r->response->enhanced_status))) {
         if (out->kind == MGW_VERDICT_REJECT || out->kind == MGW_VERDICT_TEMPFAIL) {
-            char *buf = mgw_proto_scratch_alloc(sc, 40000);
+            char *buf = mgw_proto_scratch_alloc(sc, REPLY_MAX);
             ssize_t n = mgw_policy_format_reply(r->response->code, r->response->enhanced_status,
                                                 (const char *const *)r->response->lines,
-                                                r->response->n_lines, out->kind, buf, 40000);
+                                                r->response->n_lines, out->kind, buf, REPLY_MAX);
 
             if (n > 0)
                 out->reply = buf;
@@ -590,8 +620,9 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
     for (size_t i = 0; i < r->n_modifications; i++) {
         size_t n = translate_mod(r->modifications[i], sc, &out->mods[out->nmods]);
 
-        /* A frame the wire cannot carry (NUL inside a name or address) is dropped here:
-         * it must never reach the MTA session's encoder. */
+        /* A frame the wire cannot carry (a NUL inside a header value) is dropped here: it
+         * must never reach the MTA session's encoder. A NUL inside a `string` field cannot
+         * be seen: protobuf-c already cut the string there at unpack. */
         for (size_t k = 0; k < n; k++) {
             if (mgw_milter_encoded_len(&out->mods[out->nmods]) < 0) {
                 out->mods_invalid++;

@@ -9,6 +9,10 @@
  * message that is not, so every invalid byte coming from the MTA is replaced with U+FFFD
  * (as filter.proto promises). Header values and body bytes travel as `bytes`, untouched.
  *
+ * Known limit: protobuf-c keeps `string` fields as C strings, so a NUL inside one (legal
+ * in proto3) cuts the string at unpack; a filter sending "X-A\0B" as a header name is
+ * taken to have sent "X-A". A NUL in a `bytes` header value is detected and dropped.
+ *
  * Memory: everything built here lives in a `struct mgw_proto_scratch` until its reset or
  * free; views into protobuf messages are valid while the message is.
  *
