@@ -378,6 +378,9 @@ static void stream_free_if_done(struct stream *st)
         return;
     if (st->call != NULL)
         grpc_call_unref(st->call);
+    /* A send still set here was never started (shutdown): no completion owns it. */
+    if (st->sending != NULL)
+        grpc_byte_buffer_destroy(st->sending);
     for (size_t i = 0; i < st->nqueue; i++)
         grpc_byte_buffer_destroy(st->queue[i]);
     free(st->queue);
@@ -392,7 +395,13 @@ static void stream_free_if_done(struct stream *st)
 
 static void start_batch(struct stream *st, const grpc_op *ops, size_t n, struct mgw_grpc_tag *tag)
 {
-    grpc_call_error e = grpc_call_start_batch(st->call, ops, n, tag, NULL);
+    grpc_call_error e;
+
+    /* At shutdown the completion queue is being drained and may already be shut down:
+     * a batch started now would assert in gRPC. Every call is cancelled by then. */
+    if (st->f->b->shutting_down)
+        return;
+    e = grpc_call_start_batch(st->call, ops, n, tag, NULL);
 
     /* GRPC_CORE.md §4.4: a refused batch is our bug and may leave the call unusable. */
     if (e != GRPC_CALL_OK) {

@@ -13,3 +13,8 @@ apt-get install -y --no-install-recommends \
     postfix swaks miltertest libmilter-dev \
     python3 python3-grpcio python3-protobuf protobuf-compiler-grpc \
     procps ca-certificates
+# The Node.js example filter needs node and npm; many images ship them already (and a
+# packaged node that bundles npm conflicts with Debian's npm), so only install if absent.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt-get install -y --no-install-recommends nodejs npm
+fi

@@ -4,10 +4,13 @@ Provides:
   free_port(), port_listening(port), wait_for(pred, timeout, what)
   Proc         a child process with its output captured to a file, stopped by PID
   Miltergw     the gateway under test (`--listen inet:127.0.0.1:PORT`), logfmt log helpers
+  TestFilter   the flag-driven gRPC test filter (tests/filter/mgw_test_filter), its --record
+               file parsed; filter_arg() builds a `--filter NAME=TARGET,...` value
   PrivatePostfix  a throw-away Postfix instance (smtpd on a loopback port, milter configured,
                everything relayed to smtp-sink which dumps each transaction to a directory)
   milter frame helpers (frame(), optneg(), MilterConn) for raw-socket tests
-  main()       entry point of every test script: `--miltergw PATH`, unittest, exit status
+  main()       entry point of every test script: `--miltergw PATH` [`--test-filter PATH`],
+               unittest, exit status
 
 Rules kept here so that tests stay short: loopback only, ports chosen at run time, no
 fixed sleeps (poll with a deadline), every child stopped by PID even on failure (finally +
@@ -41,6 +44,8 @@ MILTERTEST = shutil.which("miltertest") or "/usr/bin/miltertest"
 
 # Set by main() from --miltergw.
 MILTERGW = None
+# Set by main() from --test-filter (or $MGW_TEST_FILTER): the mgw_test_filter binary.
+TEST_FILTER = None
 
 # ---------------------------------------------------------------------------------------
 # Cleanup registry: everything started is undone at exit, on SIGTERM/SIGHUP too.
@@ -246,13 +251,15 @@ class Miltergw:
     `inet:PORT@127.0.0.1` for miltertest. A binary ending in .py is run with /usr/bin/python3
     (so the recorder can stand in)."""
 
-    def __init__(self, binary=None, args=(), tmpdir=None, start=True, ready_timeout=15):
+    def __init__(self, binary=None, args=(), tmpdir=None, start=True, ready_timeout=15,
+                 port=None):
         self.binary = binary or MILTERGW
         if not self.binary:
             raise RuntimeError("no miltergw binary (pass --miltergw PATH)")
         self.args = list(args)
         self.tmpdir = tmpdir or make_tmpdir("gw")
-        self.port = free_port()
+        # port: a port chosen beforehand (e.g. already written into a Postfix milter map)
+        self.port = port or free_port()
         self.host = "127.0.0.1"
         self.listen = "inet:%s:%d" % (self.host, self.port)
         self.spec = self.listen
@@ -317,6 +324,160 @@ class Miltergw:
 
     def error_lines(self):
         return [l for l in self.log_lines() if re.search(r"\blevel=error\b", l)]
+
+
+# ---------------------------------------------------------------------------------------
+# The gRPC test filter (tests/filter/mgw_test_filter)
+
+_REC_ESC_RE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def unescape_record(value):
+    """A --record value (bytes outside 0x21-0x7e and backslash written as \\xHH) -> bytes."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    return _REC_ESC_RE.sub(lambda m: bytes([int(m.group(1), 16)]), value)
+
+
+def parse_record_line(line):
+    """One --record line -> dict: id (int, or None for "-"), kind, session, every other
+    key=value as str (unescaped; raw bytes in "<key>_bytes"), repeated "arg" as the list
+    "args", macros "m.NAME=V" in the dict "macros"."""
+    parts = line.rstrip("\n").split(" ")
+    rec = {"id": None if parts[0] == "-" else int(parts[0]),
+           "kind": parts[1] if len(parts) > 1 else "", "args": [], "macros": {}}
+    for p in parts[2:]:
+        k, sep, v = p.partition("=")
+        if not sep:
+            continue
+        raw = unescape_record(v)
+        text = raw.decode("utf-8", "surrogateescape")
+        if k.startswith("m."):
+            rec["macros"][unescape_record(k[2:]).decode("utf-8", "surrogateescape")] = text
+        elif k == "arg":
+            rec["args"].append(text)
+        else:
+            rec[k] = text
+            rec[k + "_bytes"] = raw
+    return rec
+
+
+class TestFilter:
+    """One mgw_test_filter process: `args` are its flags (see `mgw_test_filter --help`).
+    Started on construction on 127.0.0.1 with a port of its own choosing (its first stdout
+    line, `port=N`); `.target` is "127.0.0.1:N" for `--filter NAME=TARGET`. With record=True
+    (default) it appends one line per event to `.record_path`; records() parses them.
+    stop() sends SIGTERM by PID and checks the exit code: 0, or 70 (its _exit code) when it
+    was given --crash-at and so was meant to crash."""
+
+    CRASH_EXIT = 70
+
+    def __init__(self, args=(), binary=None, tmpdir=None, name="tf", record=True, start=True,
+                 ready_timeout=10):
+        self.binary = binary or TEST_FILTER
+        if not self.binary:
+            raise RuntimeError("no test filter binary (pass --test-filter PATH)")
+        self.args = [str(a) for a in args]
+        self.name = name
+        self.tmpdir = tmpdir or make_tmpdir("tf")
+        self.log_path = os.path.join(self.tmpdir, "filter-%s.log" % name)
+        self.record_path = os.path.join(self.tmpdir, "filter-%s.rec" % name) if record else None
+        argv = [self.binary] + self.args
+        if self.record_path:
+            argv += ["--record", self.record_path]
+        self.proc = Proc(argv, self.log_path, name="mgw_test_filter[%s]" % name)
+        self.meant_to_crash = "--crash-at" in self.args
+        self.ready_timeout = ready_timeout
+        self.port = None
+        self.target = None
+        if start:
+            self.start()
+
+    def start(self):
+        self.proc.start()
+        rx = re.compile(r"^port=(\d+)$", re.M)
+
+        def port_line():
+            m = rx.search(self.proc.log_text())
+            return m or not self.proc.alive()
+        m = wait_for(port_line, self.ready_timeout,
+                     lambda: "test filter %s to print port=N; output:\n%s" % (self.name, self.proc.log_tail()))
+        if m is True or not hasattr(m, "group"):
+            raise AssertionError("test filter %s exited with %s before listening; output:\n%s"
+                                 % (self.name, self.proc.p.returncode, self.proc.log_tail()))
+        self.port = int(m.group(1))
+        self.target = "127.0.0.1:%d" % self.port
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.alive()
+
+    def stop(self, expect="auto", timeout=10):
+        """SIGTERM by PID (a no-op if it already exited); check the exit code against
+        `expect`: "auto" = 70 if it was given --crash-at, else 0; None = no check."""
+        rc = self.proc.stop(timeout=timeout)
+        if expect == "auto":
+            expect = self.CRASH_EXIT if self.meant_to_crash else 0
+        if expect is not None and rc != expect:
+            raise AssertionError("test filter %s exit code %r, expected %r; output:\n%s"
+                                 % (self.name, rc, expect, self.proc.log_tail()))
+        return rc
+
+    def wait_exit(self, timeout):
+        return self.proc.wait_exit(timeout)
+
+    def log_text(self):
+        return self.proc.log_text()
+
+    def records(self):
+        """Every --record line so far, parsed (parse_record_line)."""
+        if not self.record_path:
+            raise RuntimeError("test filter %s runs without --record" % self.name)
+        try:
+            with open(self.record_path, "rb") as f:
+                data = f.read().decode("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return []
+        # each line is one write(2): a line without its "\n" is not there yet
+        return [parse_record_line(l) for l in data.split("\n")[:-1] if l]
+
+    def find(self, kind=None, **kv):
+        """Records of `kind` (any if None) whose fields equal every given value."""
+        return [r for r in self.records()
+                if (kind is None or r["kind"] == kind) and all(r.get(k) == str(v) for k, v in kv.items())]
+
+    def wait_record(self, kind, timeout=10, count=1, **kv):
+        """Wait until at least `count` records match (find()); returns them."""
+        return wait_for(lambda: (lambda m: m if len(m) >= count else None)(self.find(kind, **kv)),
+                        timeout, lambda: "%d x %s record %r from test filter %s; records:\n%s"
+                        % (count, kind, kv, self.name, self.record_text()[-3000:]))
+
+    def record_text(self):
+        try:
+            with open(self.record_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (FileNotFoundError, TypeError):
+            return ""
+
+    def sessions(self):
+        """{session id: [records in order]} for every stream seen (start records name it)."""
+        out = {}
+        for r in self.records():
+            if r.get("session", "-") != "-":
+                out.setdefault(r["session"], []).append(r)
+        return out
+
+
+def filter_arg(name, target, **opts):
+    """The value of one `--filter`: NAME=TARGET[,key=value...]. target may be a TestFilter.
+    Keys: on_error, timeout, eom_timeout, mode."""
+    if isinstance(target, TestFilter):
+        target = target.target
+    return ",".join(["%s=%s" % (name, target)] + ["%s=%s" % kv for kv in opts.items()])
 
 
 # ---------------------------------------------------------------------------------------
@@ -971,11 +1132,15 @@ class MilterConn:
 
 def main(argv=None):
     """Parse --miltergw PATH (and unittest options), run the tests of __main__, exit."""
-    global MILTERGW
+    global MILTERGW, TEST_FILTER
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--miltergw", default=os.environ.get("MILTERGW"),
                     help="path of the miltergw binary (or milter_recorder.py)")
+    ap.add_argument("--test-filter", default=os.environ.get("MGW_TEST_FILTER"),
+                    help="path of the mgw_test_filter binary (tests that use TestFilter)")
     args, rest = ap.parse_known_args(argv if argv is not None else sys.argv[1:])
+    if args.test_filter:
+        TEST_FILTER = os.path.abspath(args.test_filter)
     if not args.miltergw:
         sys.stderr.write("usage: %s --miltergw PATH [unittest options]\n" % sys.argv[0])
         sys.exit(2)

@@ -1,0 +1,753 @@
+#!/usr/bin/python3
+"""Real Postfix -> miltergw -> gRPC test filters (mgw_test_filter) -> smtp-sink.
+
+Checks the gRPC filter bridge end to end: verdicts, modifications, the merge of several
+filters, failure policy, shadow mode, several messages per session, observe-only events.
+Outcomes are checked where they matter: the SMTP client's reply, the delivered message and
+envelope (smtp-sink dump), the hold queue, Postfix's maillog, the gateway's log and the
+test filters' --record files.
+
+One private Postfix per test class. Every test runs its own miltergw (its own filter set)
+on a port reserved in setUpClass; Postfix picks the milter by client address
+(`smtpd_milter_maps` = cidr table: 127.0.0.N -> that test's miltergw), and each test sends
+from its own 127.0.0.N. After every test its miltergw must exit 0 on SIGTERM with no
+`level=error` line, and its filters exit 0 (70 when told to crash). BridgeShutdown (no
+Postfix) stops the gateway right after sessions end, where its streams are still closing.
+
+Usage: /usr/bin/python3 test_bridge_postfix.py --miltergw PATH --test-filter PATH
+       [unittest options]
+"""
+import os
+import re
+import smtplib
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mgwtest  # noqa: E402
+from mgwtest import TestFilter, filter_arg, lf, make_message, queue_id, wait_for  # noqa: E402
+
+BODY = b"Hello,\r\nthis is the original body.\r\n.a dot line\r\n"
+
+# SMFIP_NR_HDR: the MTA need not wait for an answer to each header.
+NR_HDR = 0x80
+
+
+class BridgeCase(unittest.TestCase):
+    """One Postfix for the class; per test: a 127.0.0.N source address, a miltergw on a
+    reserved port, and the filters the test starts."""
+
+    first_octet = 10  # 127.0.0.N source addresses of this class start here
+
+    @classmethod
+    def setUpClass(cls):
+        if not mgwtest.TEST_FILTER:
+            raise unittest.SkipTest("no --test-filter PATH given")
+        cls.tmp = mgwtest.make_tmpdir("bridge")
+        names = unittest.TestLoader().getTestCaseNames(cls)
+        cls.slots = {}
+        used = set()
+        for i, name in enumerate(names):
+            port = mgwtest.free_port()
+            while port in used:
+                port = mgwtest.free_port()
+            used.add(port)
+            cls.slots[name] = ("127.0.0.%d" % (cls.first_octet + i), port)
+        map_path = os.path.join(cls.tmp, "milter_map.cidr")
+        with open(map_path, "w") as f:
+            for ip, port in cls.slots.values():
+                f.write("%s inet:127.0.0.1:%d\n" % (ip, port))
+        os.chmod(map_path, 0o644)
+        cls.pf = mgwtest.PrivatePostfix("", extra_main_cf={"smtpd_milter_maps": "cidr:" + map_path})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.pf.stop()
+
+    def setUp(self):
+        self.ip, self.gw_port = self.slots[self._testMethodName]
+        self.dir = mgwtest.make_tmpdir("bridge-%s" % self._testMethodName[:40])
+        self.gw = None
+        self.filters = []
+        self.addCleanup(self._stop_processes)
+
+    def _stop_processes(self):
+        problems = []
+        if self.gw is not None:
+            try:
+                self.gw.stop(expect=0)
+            except AssertionError as e:
+                problems.append(str(e))
+            errors = self.gw.error_lines()
+            if errors:
+                problems.append("level=error in the miltergw log:\n" + "\n".join(errors))
+        for f in self.filters:
+            try:
+                f.stop()
+            except AssertionError as e:
+                problems.append(str(e))
+        if problems:
+            raise AssertionError("\n\n".join(problems))
+
+    # -- processes
+    def filter(self, *args, name="a"):
+        f = TestFilter(args, tmpdir=self.dir, name=name)
+        self.filters.append(f)
+        return f
+
+    def gateway(self, *filter_args):
+        argv = []
+        for a in filter_args:
+            argv += ["--filter", a]
+        self.gw = mgwtest.Miltergw(args=argv, tmpdir=self.dir, port=self.gw_port)
+        return self.gw
+
+    # -- sending (from this test's source address, so Postfix uses this test's miltergw)
+    def swaks(self, msg=None, to="rcpt@example.com", from_="sender@example.org"):
+        """Returns (swaks exit status, transcript, seconds taken)."""
+        t0 = time.monotonic()
+        rc, out = self.pf.swaks(to=to, from_=from_, data=msg, extra=["--local-interface", self.ip])
+        return rc, out, time.monotonic() - t0
+
+    def session(self, messages, helo="client.example"):
+        """Several transactions in one SMTP session: [(from, [rcpts], message bytes)].
+        Per transaction: {"mail": (code, text), "rcpt": [(code, text)], "data_cmd": code of
+        the DATA command or None, "data": (code, text) after the final dot or None,
+        "t": time.monotonic() when the transaction was over}."""
+        results = []
+        s = smtplib.SMTP(self.pf.host, self.pf.port, local_hostname=helo, timeout=30,
+                         source_address=(self.ip, 0))
+        try:
+            s.ehlo()
+            for mail_from, rcpts, msg in messages:
+                res = {"mail": _txt(s.mail(mail_from)), "rcpt": [], "data_cmd": None, "data": None}
+                results.append(res)
+                self._transaction(s, res, rcpts, msg)
+                res["t"] = time.monotonic()
+        finally:
+            try:
+                s.quit()
+            except (smtplib.SMTPException, OSError):
+                s.close()
+        return results
+
+    @staticmethod
+    def _transaction(s, res, rcpts, msg):
+        if res["mail"][0] != 250:
+            s.rset()
+            return
+        for r in rcpts:
+            res["rcpt"].append(_txt(s.rcpt(r)))
+        if not any(c == 250 for c, _ in res["rcpt"]):
+            s.rset()
+            return
+        try:
+            res["data"] = _txt(s.data(msg))
+            res["data_cmd"] = 354
+        except smtplib.SMTPDataError as e:
+            res["data_cmd"] = e.smtp_code
+            s.rset()
+
+    # -- checks
+    def context(self):
+        """Logs to append to a failure message."""
+        parts = []
+        if self.gw is not None:
+            parts.append("miltergw log:\n" + self.gw.proc.log_tail(40))
+        for f in self.filters:
+            parts.append("filter %s output:\n%s\nrecords:\n%s"
+                         % (f.name, f.proc.log_tail(10), f.record_text()[-2000:]))
+        parts.append("maillog tail:\n" + self.pf.maillog()[-2500:])
+        return "\n\n".join(parts)
+
+    def assertDelivered(self, transcript_or_reply):
+        qid = queue_id(transcript_or_reply)
+        return self.pf.wait_delivered_id(qid, timeout=30)
+
+    def assertSwaksOk(self, rc, out):
+        self.assertEqual(rc, 0, "swaks failed:\n%s\n\n%s" % (out, self.context()))
+
+    def wait_gw_log(self, timeout=10, **kv):
+        return self.gw.wait_log(timeout=timeout, **kv)
+
+    def assertDiscarded(self, qid):
+        """Postfix's cleanup threw message `qid` away (milter-discard): it never entered
+        the queue and no smtp-sink dump names it."""
+        self.pf.wait_maillog(r" %s: milter-discard: END-OF-MESSAGE " % re.escape(qid), 15)
+        self.assertEqual([e for e in self.pf.queue() if e.get("queue_id") == qid], [])
+        self.assertNotRegex(self.pf.maillog(), r" %s: (from=<|to=<)" % re.escape(qid))
+        rx = re.compile(r"\bid %s\b" % re.escape(qid))
+        found = [m for m in self.pf.delivered() if any(n == "Received" and rx.search(v) for n, v in m.headers)]
+        self.assertEqual(found, [], "message %s was delivered" % qid)
+
+
+def _txt(r):
+    code, text = r
+    return code, text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def swaks_replies(transcript, command):
+    """The server's reply lines (without the `<-  ` / `<** ` marker) to the first client
+    line starting with `command` in a swaks transcript (e.g. "MAIL FROM", "RCPT TO", "."),
+    or None if swaks never sent it."""
+    lines = transcript.splitlines()
+    for i, ln in enumerate(lines):
+        m = re.match(r"^ -> (.*)$", ln)
+        if m and m.group(1).startswith(command) and (command != "." or m.group(1) == "."):
+            out = []
+            for r in lines[i + 1:]:
+                rm = re.match(r"^<(?:-|\*\*) +(.*)$", r)
+                if rm:
+                    out.append(rm.group(1))
+                    if re.match(r"^\d{3} ", rm.group(1)):
+                        break
+                elif out or r.startswith(" -> "):
+                    break
+            return out
+    return None
+
+
+# =========================================================================================
+# 1. One filter, one verdict
+
+
+class BridgeVerdicts(BridgeCase):
+    first_octet = 10
+
+    def test_1_reject_at_mail_with_custom_text(self):
+        self.filter("--reject-at", "mail", "--code", "550", "--xcode", "5.7.1",
+                    "--text", "Sender blocked by test filter")
+        self.gateway(filter_arg("a", self.filters[0]))
+        msg, _, _ = make_message("reject at mail", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertNotEqual(rc, 0, out)
+        self.assertEqual(swaks_replies(out, "MAIL FROM"), ["550 5.7.1 Sender blocked by test filter"],
+                         out + "\n" + self.context())
+        self.wait_gw_log(msg="verdict", event="MAIL", verdict="reject", decided_by="a", failure_policy="no")
+
+    def test_2_tempfail_one_recipient_only(self):
+        self.filter("--tempfail-rcpt", "<later@example.com>", "--code", "451", "--xcode", "4.7.1",
+                    "--text", "Try this one later")
+        self.gateway(filter_arg("a", self.filters[0]))
+        msg, hdrs, body = make_message("tempfail one rcpt", BODY)
+        res = self.session([("sender@example.org", ["now@example.com", "later@example.com"], msg)])[0]
+        self.assertEqual(res["mail"][0], 250, res)
+        self.assertEqual(res["rcpt"][0][0], 250, res)
+        self.assertEqual(res["rcpt"][1], (451, "4.7.1 Try this one later"), "%r\n%s" % (res, self.context()))
+        self.assertEqual(res["data"][0], 250, res)
+        got = self.assertDelivered(res["data"][1])
+        self.assertEqual(got.rcpts, ["now@example.com"])
+        self.assertEqual(got.headers[1:], hdrs)
+        self.assertEqual(got.body, lf(body))
+
+    def test_3_reject_at_header_after_data(self):
+        self.filter("--reject-at", "header", "--code", "550", "--xcode", "5.7.1",
+                    "--text", "Header rejected by test filter")
+        self.gateway(filter_arg("a", self.filters[0]))
+        msg, _, _ = make_message("reject at header", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertNotEqual(rc, 0, out)
+        self.assertEqual(swaks_replies(out, "MAIL FROM")[-1][:3], "250", out)
+        self.assertEqual(swaks_replies(out, "RCPT TO")[-1][:3], "250", out)
+        self.assertEqual(swaks_replies(out, "DATA")[-1][:3], "354", out)
+        self.assertEqual(swaks_replies(out, "."), ["550 5.7.1 Header rejected by test filter"],
+                         out + "\n" + self.context())
+        self.wait_gw_log(msg="verdict", event="HEADER", verdict="reject", decided_by="a")
+
+    def test_4_discard(self):
+        self.filter("--discard-at", "eom")
+        self.gateway(filter_arg("a", self.filters[0]))
+        msg, _, _ = make_message("discard", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        self.assertRegex(swaks_replies(out, ".")[-1], r"^250 ")
+        self.assertDiscarded(queue_id(out))
+        self.wait_gw_log(msg="verdict", event="BODYEOB", verdict="discard", decided_by="a")
+
+    def test_5_accept_at_connect_retires_filter(self):
+        f = self.filter("--accept-at", "connect", "--add-header", "X-Never:applied")
+        self.gateway(filter_arg("a", f))
+        msg, hdrs, body = make_message("accept at connect", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs)
+        self.assertEqual(got.body, lf(body))
+        sessions = f.sessions()
+        self.assertEqual(len(sessions), 1, f.record_text())
+        kinds = [r["kind"] for r in next(iter(sessions.values()))]
+        self.assertEqual(kinds[:2], ["start", "connect"], kinds)
+        self.assertEqual([k for k in kinds[2:] if k not in ("abort", "close")], [],
+                         "filter got events after accepting at connect: %r" % kinds)
+
+    def test_6_quarantine(self):
+        self.filter("--quarantine", "held by the test filter")
+        self.gateway(filter_arg("a", self.filters[0]))
+        msg, _, _ = make_message("quarantine", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        self.assertRegex(swaks_replies(out, ".")[-1], r"^250 ")
+        qid = queue_id(out)
+        held = wait_for(lambda: [e for e in self.pf.hold_queue() if e.get("queue_id") == qid], 15,
+                        lambda: "%s in the hold queue; queue: %r\n%s" % (qid, self.pf.queue(), self.context()))
+        self.assertEqual(held[0]["queue_name"], "hold")
+        # (Postfix logs no reason text: "milter triggers HOLD action")
+        self.pf.wait_maillog(r" %s: milter-hold: END-OF-MESSAGE " % qid, 15)
+
+
+# =========================================================================================
+# 2. One filter, one modification
+
+
+class BridgeModifications(BridgeCase):
+    first_octet = 40
+
+    def send_one(self, *filter_flags, to="rcpt@example.com", extra_headers=(), mods="1"):
+        f = self.filter(*filter_flags)
+        self.gateway(filter_arg("a", f))
+        msg, hdrs, body = make_message("mods %s" % self._testMethodName, BODY, headers=extra_headers)
+        rc, out, _ = self.swaks(msg, to=to)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        # mods = milter frames sent to the MTA (a replaced body goes as one per chunk)
+        self.wait_gw_log(msg="verdict", event="BODYEOB", verdict="continue", mods=mods)
+        self.assertFalse(self.gw.has_log(msg="modification dropped"), self.context())
+        return got, hdrs, body
+
+    def test_1_add_header(self):
+        got, hdrs, body = self.send_one("--add-header", "X-Added:added by filter a")
+        self.assertEqual(got.headers[1:], hdrs + [("X-Added", "added by filter a")])
+        self.assertEqual(got.body, lf(body))
+
+    def test_2_insert_header(self):
+        got, hdrs, body = self.send_one("--insert-header", "1:X-Inserted:just below Received")
+        self.assertEqual(got.headers[0][0], "Received")
+        self.assertEqual(got.headers[1:], [("X-Inserted", "just below Received")] + hdrs)
+
+    def test_3_change_header(self):
+        got, hdrs, body = self.send_one("--change-header", "Subject:1:changed subject")
+        want = [(n, "changed subject" if n == "Subject" else v) for n, v in hdrs]
+        self.assertEqual(got.headers[1:], want)
+
+    def test_4_delete_header(self):
+        got, hdrs, body = self.send_one("--change-header", "X-Remove:1:",
+                                        extra_headers=[("X-Remove", "remove me"), ("X-Keep", "keep me")])
+        self.assertEqual(got.headers[1:], [h for h in hdrs if h[0] != "X-Remove"])
+
+    def test_5_replace_body(self):
+        got, hdrs, body = self.send_one("--replace-body", "Replaced body.\\r\\n.dot line kept\\r\\n")
+        self.assertEqual(got.body, b"Replaced body.\n.dot line kept\n")
+        self.assertEqual(got.headers[1:], hdrs)
+
+    def test_6_change_from(self):
+        got, hdrs, body = self.send_one("--change-from", "<changed@example.net>")
+        self.assertEqual(got.mail_from, "changed@example.net")
+        self.assertEqual(got.rcpts, ["rcpt@example.com"])
+
+    def test_7_add_recipient(self):
+        got, hdrs, body = self.send_one("--add-rcpt", "<added@example.net>")
+        self.assertEqual(sorted(got.rcpts), ["added@example.net", "rcpt@example.com"])
+
+    def test_8_delete_recipient(self):
+        got, hdrs, body = self.send_one("--del-rcpt", "<gone@example.com>",
+                                        to=["kept@example.com", "gone@example.com"])
+        self.assertEqual(got.rcpts, ["kept@example.com"])
+
+
+    def test_9_undeclared_action_dropped(self):
+        # the filter declares no actions but sends an AddHeader: dropped, logged, delivered
+        f = self.filter("--actions", "none", "--add-header", "X-Undeclared:never")
+        self.gateway(filter_arg("a", f))
+        msg, hdrs, body = make_message("undeclared", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs)
+        self.wait_gw_log(msg="modification dropped", filter="a", mod="ADDHEADER", reason="undeclared_action")
+
+    def test_10_replace_body_larger_than_one_chunk(self):
+        # 100 kB: more than one 65535-byte milter body frame
+        lines = ["replacement line %06d abcdefghijklmnopqrstuvwxyz0123456789" % i for i in range(1600)]
+        new = "".join(ln + "\\r\\n" for ln in lines)  # the filter unescapes \r\n
+        want = "".join(ln + "\n" for ln in lines).encode()  # smtp-sink drops the CRs
+        self.assertGreater(len(want), 65535 + 1000)
+        got, hdrs, body = self.send_one("--replace-body", new, mods="2")
+        self.assertEqual(len(got.body), len(want))
+        self.assertEqual(got.body, want)
+
+
+# =========================================================================================
+# 3. Three filters at once: the merge
+
+
+class BridgeMerge(BridgeCase):
+    first_octet = 60
+
+    def three(self, a, b, c):
+        fa = self.filter(*a, name="a")
+        fb = self.filter(*b, name="b")
+        fc = self.filter(*c, name="c")
+        self.gateway(filter_arg("a", fa), filter_arg("b", fb), filter_arg("c", fc))
+        return fa, fb, fc
+
+    def test_1_reject_beats_accept(self):
+        self.three(["--accept-at", "mail"],
+                   ["--reject-at", "mail", "--code", "550", "--xcode", "5.7.1", "--text", "b says no"],
+                   [])
+        msg, _, _ = make_message("reject beats accept", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertNotEqual(rc, 0, out)
+        self.assertEqual(swaks_replies(out, "MAIL FROM"), ["550 5.7.1 b says no"], out + "\n" + self.context())
+        self.wait_gw_log(msg="verdict", event="MAIL", verdict="reject", decided_by="b")
+
+    def test_2_discard_beats_reject(self):
+        self.three(["--reject-at", "eom", "--code", "550", "--xcode", "5.7.1", "--text", "a says no"],
+                   ["--discard-at", "eom"],
+                   [])
+        msg, _, _ = make_message("discard beats reject", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        self.assertRegex(swaks_replies(out, ".")[-1], r"^250 ")
+        self.assertDiscarded(queue_id(out))
+        self.wait_gw_log(msg="verdict", event="BODYEOB", verdict="discard", decided_by="b")
+
+    def test_3_header_edits_of_two_filters_in_filter_order(self):
+        self.three(["--add-header", "X-Order:first (a)", "--insert-header", "1:X-Top:a"],
+                   ["--add-header", "X-Order:second (b)", "--insert-header", "1:X-Top:b"],
+                   ["--change-header", "Subject:1:changed by c"])
+        msg, hdrs, body = make_message("header edits", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        # insertions at one position in filter order, as if applied one after another: the
+        # later one ends up above (policy.h rule 6b); appends in filter order (6c)
+        want = ([("X-Top", "b"), ("X-Top", "a")]
+                + [(n, "changed by c" if n == "Subject" else v) for n, v in hdrs]
+                + [("X-Order", "first (a)"), ("X-Order", "second (b)")])
+        self.assertEqual(got.headers[0][0], "Received")
+        self.assertEqual(got.headers[1:], want, self.context())
+        self.assertEqual(got.body, lf(body))
+        self.wait_gw_log(msg="verdict", event="BODYEOB", mods="5")
+
+    def test_4_body_conflict_first_filter_wins(self):
+        self.three(["--replace-body", "Body from a.\\r\\n"],
+                   ["--replace-body", "Body from b.\\r\\n"],
+                   [])
+        msg, hdrs, body = make_message("body conflict", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.body, b"Body from a.\n")
+        self.assertEqual(got.headers[1:], hdrs)
+        self.wait_gw_log(msg="modification dropped", filter="b", mod="REPLBODY", reason="body_conflict")
+        self.assertFalse(self.gw.has_log(msg="modification dropped", filter="a"), self.context())
+
+
+    def test_5_discard_answers_at_once(self):
+        # nothing outranks a discard: the MTA is answered without waiting for the slow
+        # filter a. a's late answer to that EOM is still owed on its stream: it must be
+        # consumed as late, not taken for (or flagged against) the next message's events.
+        fa, fb, fc = self.three(["--reject-at", "eom", "--delay-at", "eom", "--delay-ms", "1500"],
+                                ["--discard-at", "eom"],
+                                [])
+        m1, _, _ = make_message("discard at once 1", BODY)
+        m2, _, _ = make_message("discard at once 2", BODY)
+        t0 = time.monotonic()
+        r1, r2 = self.session([("s1@example.org", ["rcpt@example.com"], m1),
+                               ("s2@example.org", ["rcpt@example.com"], m2)])
+        self.assertEqual(r1["data"][0], 250, "%r\n%s" % (r1, self.context()))
+        self.assertLess(r1["t"] - t0, 1.3, "the discard waited for the slow filter")
+        self.assertDiscarded(queue_id(r1["data"][1]))
+        self.assertEqual(r2["mail"][0], 250, "%r\n%s" % (r2, self.context()))
+        self.assertEqual(r2["data"][0], 250, "%r\n%s" % (r2, self.context()))
+        self.assertDiscarded(queue_id(r2["data"][1]))
+        self.assertEqual(len(self.gw.find_log(msg="verdict", event="BODYEOB", verdict="discard", decided_by="b")), 2,
+                         self.context())
+        self.assertFalse(self.gw.has_log(msg="filter failed"), self.context())
+
+    def test_6_accept_at_rcpt_does_not_silence_eom_only_filter(self):
+        # policy.h rule 4: a accepts at RCPT (allow-list), b wants only EOM and rejects there
+        self.three(["--accept-at", "rcpt"],
+                   ["--events", "eom", "--reject-at", "eom", "--code", "550", "--xcode", "5.7.1",
+                    "--text", "b rejects at eom"],
+                   ["--events", "mail"])
+        msg, _, _ = make_message("keeper", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertNotEqual(rc, 0, out)
+        self.assertEqual(swaks_replies(out, "RCPT TO")[-1][:3], "250", out)
+        self.assertEqual(swaks_replies(out, "."), ["550 5.7.1 b rejects at eom"], out + "\n" + self.context())
+
+    def test_7_header_conflict_first_wins(self):
+        self.three(["--change-header", "Subject:1:subject from a"],
+                   ["--change-header", "subject:1:subject from b", "--add-header", "X-From-B:kept"],
+                   [])
+        msg, hdrs, body = make_message("header conflict", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        want = [(n, "subject from a" if n == "Subject" else v) for n, v in hdrs] + [("X-From-B", "kept")]
+        self.assertEqual(got.headers[1:], want, self.context())
+        self.wait_gw_log(msg="modification dropped", filter="b", mod="CHGHEADER", reason="header_conflict")
+
+    def test_8_delete_refers_to_original_envelope(self):
+        # b deletes a recipient that only a adds: deletes go first (policy.h rule 6d), so
+        # the added recipient stays
+        self.three(["--add-rcpt", "<new@example.net>"],
+                   ["--del-rcpt", "<new@example.net>", "--del-rcpt", "<old@example.com>"],
+                   [])
+        msg, hdrs, body = make_message("rcpt order", BODY)
+        rc, out, _ = self.swaks(msg, to=["keep@example.com", "old@example.com"])
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(sorted(got.rcpts), ["keep@example.com", "new@example.net"], self.context())
+
+
+# =========================================================================================
+# 4. Failure policy
+
+
+class BridgeFailure(BridgeCase):
+    first_octet = 80
+
+    def dead_target(self):
+        """127.0.0.1:PORT with nothing listening."""
+        return "127.0.0.1:%d" % mgwtest.free_port()
+
+    def test_1_down_at_start_on_error_accept(self):
+        self.gateway(filter_arg("a", self.dead_target(), on_error="accept"))
+        msg, hdrs, body = make_message("down accept", BODY)
+        rc, out, took = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs)
+        self.assertEqual(got.body, lf(body))
+        self.assertLess(took, 5, out)
+        self.wait_gw_log(msg="filter unavailable", filter="a")
+
+    def test_2_down_at_start_on_error_tempfail_fast(self):
+        self.gateway(filter_arg("a", self.dead_target(), on_error="tempfail"))
+        msg, _, _ = make_message("down tempfail", BODY)
+        rc, out, took = self.swaks(msg)
+        self.assertNotEqual(rc, 0, out)
+        self.assertRegex("\n".join(swaks_replies(out, "MAIL FROM") or []), r"^451 4\.7\.1 ",
+                         out + "\n" + self.context())
+        self.assertLess(took, 5, "a filter known down must cost no waiting\n" + out)
+        self.wait_gw_log(msg="filter unavailable", filter="a")
+
+    def test_3_crash_mid_stream_tempfails_rcpt(self):
+        f = self.filter("--crash-at", "rcpt")
+        self.gateway(filter_arg("a", f))
+        msg, _, _ = make_message("crash at rcpt", BODY)
+        res = self.session([("sender@example.org", ["rcpt@example.com"], msg)])[0]
+        self.assertEqual(res["mail"][0], 250, res)
+        self.assertEqual(len(res["rcpt"]), 1, res)
+        self.assertEqual(res["rcpt"][0][0], 451, "%r\n%s" % (res, self.context()))
+        self.assertEqual(f.wait_exit(10), TestFilter.CRASH_EXIT)
+        rec = self.wait_gw_log(msg="filter failed", filter="a")[0]
+        self.assertEqual(rec.get("event"), "RCPT", rec)
+        self.assertIn(rec.get("reason"), ("stream_closed", "stream_broken", "unavailable"), rec)
+        self.wait_gw_log(msg="verdict", event="RCPT", verdict="tempfail", decided_by="a", failure_policy="yes")
+        # the next SMTP session finds the filter down: tempfail, and quickly
+        rc, out, took = self.swaks(msg)
+        self.assertNotEqual(rc, 0, out)
+        self.assertRegex("\n".join(swaks_replies(out, "MAIL FROM") or []), r"^451 4\.7\.1 ",
+                         out + "\n" + self.context())
+        self.assertLess(took, 5, out)
+
+    def test_4_slower_than_timeout(self):
+        f = self.filter("--delay-at", "mail", "--delay-ms", "2000")
+        self.gateway(filter_arg("a", f, on_error="reject", timeout="300ms"))
+        msg, _, _ = make_message("too slow", BODY)
+        t0 = time.monotonic()
+        res = self.session([("sender@example.org", ["rcpt@example.com"], msg)])[0]
+        took = time.monotonic() - t0
+        self.assertEqual(res["mail"][0] // 100, 5, "%r\n%s" % (res, self.context()))
+        self.assertLess(took, 1.8, "the 300ms deadline did not cut the 2s delay short")
+        rec = self.wait_gw_log(msg="filter failed", filter="a", reason="timeout")[0]
+        self.assertEqual(rec.get("event"), "MAIL", rec)
+        self.wait_gw_log(msg="verdict", event="MAIL", verdict="reject", decided_by="a", failure_policy="yes")
+
+    def test_5_out_of_contract_reply_on_error_accept(self):
+        f = self.filter("--bogus-reply", "--add-header", "X-Never:applied")
+        self.gateway(filter_arg("a", f, on_error="accept"))
+        msg, hdrs, body = make_message("bogus accept", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs)
+        self.wait_gw_log(msg="filter failed", filter="a", reason="out_of_contract")
+
+    def test_6_out_of_contract_at_rcpt_default_tempfail(self):
+        f = self.filter("--bogus-at", "rcpt")
+        self.gateway(filter_arg("a", f))
+        msg, _, _ = make_message("bogus at rcpt", BODY)
+        res = self.session([("sender@example.org", ["rcpt@example.com"], msg)])[0]
+        self.assertEqual(res["mail"][0], 250, res)
+        self.assertEqual(res["rcpt"][0][0], 451, "%r\n%s" % (res, self.context()))
+        rec = self.wait_gw_log(msg="filter failed", filter="a", reason="out_of_contract")[0]
+        self.assertEqual(rec.get("event"), "RCPT", rec)
+
+    def test_7_eom_uses_eom_timeout(self):
+        # 1 s at end of message: beyond `timeout` (300ms) but within `eom_timeout` (2s)
+        f = self.filter("--delay-at", "eom", "--delay-ms", "1000", "--add-header", "X-Slow:yes")
+        self.gateway(filter_arg("a", f, timeout="300ms", eom_timeout="2s"))
+        msg, hdrs, body = make_message("slow eom", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs + [("X-Slow", "yes")])
+        self.assertFalse(self.gw.has_log(msg="filter failed"), self.context())
+
+    def test_8_progress_within_deadline(self):
+        # --progress sends one PROGRESS at once at EOM, then the answer after the delay
+        f = self.filter("--progress", "--delay-at", "eom", "--delay-ms", "500", "--add-header", "X-Progress:yes")
+        self.gateway(filter_arg("a", f, eom_timeout="1s"))
+        msg, hdrs, body = make_message("progress", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs + [("X-Progress", "yes")])
+        self.assertFalse(self.gw.has_log(msg="filter failed"), self.context())
+
+    def test_9_progress_restarts_deadline_does_not_add(self):
+        # The test filter's only PROGRESS comes at once, so it restarts the 1s deadline at
+        # ~0s (filter.proto: "restarts that event's deadline"): a 1.5s answer still misses it.
+        f = self.filter("--progress", "--delay-at", "eom", "--delay-ms", "1500")
+        self.gateway(filter_arg("a", f, eom_timeout="1s", on_error="accept"))
+        msg, hdrs, body = make_message("progress too slow", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        self.assertDelivered(out)
+        rec = self.wait_gw_log(msg="filter failed", filter="a", reason="timeout")[0]
+        self.assertEqual(rec.get("event"), "BODYEOB", rec)
+
+
+# =========================================================================================
+# 5-7. Shadow mode, several messages per session, observe-only
+
+
+class BridgeMisc(BridgeCase):
+    first_octet = 100
+
+    def test_1_shadow_reject_not_applied(self):
+        f = self.filter("--reject-at", "mail", "--add-header", "X-Shadow:never")
+        self.gateway(filter_arg("a", f, mode="shadow"))
+        msg, hdrs, body = make_message("shadow", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs)
+        self.assertEqual(got.body, lf(body))
+        self.wait_gw_log(msg="shadow verdict", filter="a", event="MAIL", verdict="reject", applied="no")
+        # it still received the rest of the message
+        f.wait_record("eom")
+
+    def test_2_shadow_next_to_a_real_filter(self):
+        shadow = self.filter("--discard-at", "eom", name="shadow")
+        real = self.filter("--add-header", "X-Real:applied", name="real")
+        self.gateway(filter_arg("shadow", shadow, mode="shadow"), filter_arg("real", real))
+        msg, hdrs, body = make_message("shadow and real", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs + [("X-Real", "applied")])
+        self.wait_gw_log(msg="shadow verdict", filter="shadow", event="BODYEOB", verdict="discard")
+
+    def test_3_several_messages_one_stream(self):
+        f = self.filter("--add-header", "X-Seen:yes")
+        self.gateway(filter_arg("a", f))
+        sent = [make_message("session msg %d" % i, b"Message %d.\r\n" % i) for i in range(2)]
+        results = self.session([("s%d@example.org" % i, ["r%d@example.com" % i], m)
+                                for i, (m, _, _) in enumerate(sent)])
+        for i, (res, (_, hdrs, body)) in enumerate(zip(results, sent)):
+            self.assertEqual(res["data"][0], 250, "%r\n%s" % (res, self.context()))
+            got = self.assertDelivered(res["data"][1])
+            self.assertEqual(got.mail_from, "s%d@example.org" % i)
+            self.assertEqual(got.rcpts, ["r%d@example.com" % i])
+            self.assertEqual(got.headers[1:], hdrs + [("X-Seen", "yes")])
+            self.assertEqual(got.body, lf(body))
+        sessions = f.sessions()
+        self.assertEqual(len(sessions), 1, f.record_text())
+        sid, recs = next(iter(sessions.items()))
+        kinds = [r["kind"] for r in recs]
+        self.assertEqual(kinds.count("start"), 1, kinds)
+        self.assertEqual(kinds.count("mail"), 2, kinds)
+        self.assertEqual(kinds.count("eom"), 2, kinds)
+        ids = [r["id"] for r in recs if r["id"] is not None]
+        self.assertEqual(ids, sorted(ids), "event ids must increase within a stream")
+        self.assertEqual(len(set(ids)), len(ids), "event ids must be unique within a stream")
+        self.assertEqual(len(self.gw.find_log(msg="verdict", event="BODYEOB")), 2, self.context())
+
+    def test_4_observe_only_headers(self):
+        f = self.filter("--observe", "header")
+        self.gateway(filter_arg("a", f))
+        msg, hdrs, body = make_message("observe headers", BODY, headers=[("X-Observed", "seen")])
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs)
+        seen = f.wait_record("header", name="X-Observed")
+        self.assertEqual(seen[0]["value"], "seen")
+        self.assertEqual([r["name"] for r in f.find("header")], [n for n, _ in hdrs])
+        start = f.wait_record("start")[0]
+        self.assertTrue(int(start["protocol"], 16) & NR_HDR,
+                        "the only filter observes headers: NR_HDR expected, start record %r" % start)
+
+    def test_5_large_body_through_filter(self):
+        f = self.filter("--add-header", "X-Big:yes")
+        self.gateway(filter_arg("a", f))
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-%05d\r\n"
+        big = b"".join(line % i for i in range(300 * 1024 // len(line % 0) + 1))
+        msg, hdrs, body = make_message("large body", big)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs + [("X-Big", "yes")])
+        self.assertEqual(got.body, lf(body))
+        chunks = f.find("body")
+        self.assertGreater(len(chunks), 1, "expected several body chunks")
+        self.assertEqual(b"".join(r["data_bytes"] for r in chunks), body)
+        self.assertTrue(all(int(r["len"]) <= 65535 for r in chunks), [r["len"] for r in chunks])
+
+
+# =========================================================================================
+# Shutdown right after a session (no Postfix: a raw milter client, to hit the moment when
+# the filter streams are still finishing)
+
+
+class BridgeShutdown(unittest.TestCase):
+    ROUNDS = 10
+
+    def test_sigterm_just_after_a_session(self):
+        if not mgwtest.TEST_FILTER:
+            self.skipTest("no --test-filter PATH given")
+        tmp = mgwtest.make_tmpdir("bridge-shutdown")
+        f = TestFilter(["--reject-at", "mail"], tmpdir=tmp)
+        self.addCleanup(f.stop)
+        bad = []
+        for i in range(self.ROUNDS):
+            d = os.path.join(tmp, "round%d" % i)
+            os.mkdir(d)
+            gw = mgwtest.Miltergw(args=["--filter", filter_arg("a", f)], tmpdir=d)
+            try:
+                with mgwtest.MilterConn(gw.host, gw.port) as c:
+                    c.negotiate()
+                    c.send(mgwtest.macro("C", [("j", "mx.example")]))
+                    self.assertEqual(c.command(mgwtest.connect_frame())[0], "c")
+                    self.assertEqual(c.command(mgwtest.frame("H", mgwtest.cstr("client.example")))[0], "c")
+                    self.assertEqual(c.command(mgwtest.frame("M", mgwtest.cstr("<s@example.org>")))[0], "r")
+                    # end the session the way Postfix does and stop the gateway at once
+                    c.send(mgwtest.frame("A") + mgwtest.frame("A") + mgwtest.frame("Q"))
+            finally:
+                rc = gw.stop(expect=None)
+            errors = gw.error_lines()
+            if rc != 0 or errors:
+                bad.append("round %d: exit %r; log tail:\n%s" % (i, rc, gw.proc.log_tail(6)))
+        if bad:
+            self.fail("miltergw stopped badly right after a session in %d of %d rounds:\n%s"
+                      % (len(bad), self.ROUNDS, "\n".join(bad)))
+
+
+if __name__ == "__main__":
+    mgwtest.main()
