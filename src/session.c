@@ -390,6 +390,24 @@ static int backend_open(struct mgw_session *s)
     return 0;
 }
 
+/* The MTA's connection begins: at CONNECT, or right after negotiation (and QUIT_NC) when
+ * CONNECT was negotiated away and will never come. */
+static int connection_begin(struct mgw_session *s)
+{
+    if (backend_open(s) < 0)
+        return -1;
+    session_enter_state(s, MGW_SESSION_IDLE);
+    return 0;
+}
+
+/* After negotiation or QUIT_NC: wait for CONNECT, unless the MTA will not send it. */
+static void await_connect(struct mgw_session *s)
+{
+    session_enter_state(s, MGW_SESSION_CONNECT);
+    if (s->negotiated.protocol & MGW_SMFIP_NOCONNECT)
+        connection_begin(s);
+}
+
 /* Give one event to the backend. If the MTA expects an answer, reading pauses until
  * session_on_done(). Events the backend asked not to get (a NO* bit the MTA did not
  * honour) are answered here. */
@@ -483,7 +501,7 @@ static void handle_optneg(struct mgw_session *s, const struct mgw_milter_msg *m)
               s->offered.version, s->offered.actions, s->offered.protocol,
               s->negotiated.version, s->negotiated.actions, s->negotiated.protocol);
     session_send(s, &reply, 1);
-    session_enter_state(s, MGW_SESSION_CONNECT);
+    await_connect(s);
 }
 
 static void handle_macro(struct mgw_session *s, const struct mgw_milter_msg *m)
@@ -504,6 +522,9 @@ static void handle_message_cmd(struct mgw_session *s, const struct mgw_milter_ms
     int repeatable;
     enum mgw_session_state to = message_state(m->cmd, &repeatable);
 
+    /* With MAIL negotiated away, whatever message command comes first begins the message. */
+    if (s->state == MGW_SESSION_IDLE && (s->negotiated.protocol & MGW_SMFIP_NOMAIL))
+        session_enter_state(s, MGW_SESSION_MAIL);
     /* Stages may be skipped (NO* flags) but never revisited; RCPT, header and body
      * chunks may repeat. EOM always closes the message. */
     if (!in_message(s) || s->state == MGW_SESSION_EOM || to < s->state ||
@@ -536,9 +557,8 @@ static void handle_command(struct mgw_session *s, const struct mgw_milter_msg *m
             out_of_order(s, m->cmd);
             break;
         }
-        if (backend_open(s) < 0)
+        if (connection_begin(s) < 0)
             break;
-        session_enter_state(s, MGW_SESSION_IDLE);
         forward(s, m);
         break;
     case MGW_SMFIC_HELO:
@@ -588,7 +608,7 @@ static void handle_command(struct mgw_session *s, const struct mgw_milter_msg *m
             s->bsession = NULL;
         }
         macros_clear(s, 0, MGW_STAGE_COUNT - 1);
-        session_enter_state(s, MGW_SESSION_CONNECT);
+        await_connect(s);
         break;
     case MGW_SMFIC_QUIT:
         session_close(s, MGW_LOG_DEBUG, "quit", NULL);

@@ -684,6 +684,32 @@ static void quit_nc_starts_a_new_connection_on_the_same_socket(void **state)
     assert_string_equal(fake_nth(&h->fake, MGW_SMFIC_CONNECT, 1)->macros, "j=other;");
 }
 
+static void stages_negotiated_away_may_be_absent(void **state)
+{
+    struct harness *h = *state;
+    static struct script sc;
+
+    /* The filters want only the end of message: the MTA then sends no CONNECT, HELO,
+     * MAIL, RCPT, DATA, headers or body - only macros, EOB and ABORT. */
+    h->fake.needs.protocol = MGW_SMFIP_NOCONNECT | MGW_SMFIP_NOHELO | MGW_SMFIP_NOMAIL |
+                             MGW_SMFIP_NORCPT | MGW_SMFIP_NODATA | MGW_SMFIP_NOHDRS |
+                             MGW_SMFIP_NOEOH | MGW_SMFIP_NOBODY | MGW_SMFIP_NOUNKNOWN;
+    sc.len = 0;
+    put_v6(&sc);
+    put_macro(&sc, 'C', "j\0mx\0", sizeof "j\0mx\0" - 1);
+    put_macro(&sc, 'M', "{mail_addr}\0a@x\0", sizeof "{mail_addr}\0a@x\0" - 1);
+    put_body(&sc, MGW_SMFIC_BODYEOB, "");
+    put_simple(&sc, MGW_SMFIC_ABORT);
+    put_body(&sc, MGW_SMFIC_BODYEOB, "");
+    put_simple(&sc, MGW_SMFIC_QUIT);
+    run(h, &sc, NULL);
+    assert_replies(h, "Oaa");
+    assert_int_equal(h->replies[0].u.optneg.protocol & 0x1FF, 0x17F);
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_BODYEOB), 2);
+    assert_int_equal(h->fake.opens, 1);
+    assert_string_equal(fake_nth(&h->fake, MGW_SMFIC_BODYEOB, 0)->macros, "");
+}
+
 static void unknown_smtp_command_is_forwarded(void **state)
 {
     struct harness *h = *state;
@@ -749,6 +775,7 @@ ASYNC_VARIANT(abort_mid_headers_and_mid_body_then_next_message_works)
 ASYNC_VARIANT(modifications_go_before_the_final_reply_and_are_policed)
 ASYNC_VARIANT(illegal_verdicts_are_made_legal)
 ASYNC_VARIANT(quit_nc_starts_a_new_connection_on_the_same_socket)
+ASYNC_VARIANT(stages_negotiated_away_may_be_absent)
 
 int main(void)
 {
@@ -771,6 +798,7 @@ int main(void)
                                         teardown),
         SYNC_AND_ASYNC(quit_nc_starts_a_new_connection_on_the_same_socket),
         cmocka_unit_test_setup_teardown(unknown_smtp_command_is_forwarded, setup, teardown),
+        SYNC_AND_ASYNC(stages_negotiated_away_may_be_absent),
         cmocka_unit_test_setup_teardown(max_connections_refuses_the_extra_connection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(idle_mta_is_disconnected, setup, teardown),
