@@ -10,6 +10,7 @@
 
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 static enum mgw_log_level log_level = MGW_LOG_INFO;
+static enum mgw_log_format log_format = MGW_LOG_LOGFMT;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void mgw_log_set_level(enum mgw_log_level level)
@@ -33,6 +35,22 @@ int mgw_log_parse_level(const char *name, enum mgw_log_level *out)
         }
     }
     return -1;
+}
+
+void mgw_log_set_format(enum mgw_log_format format)
+{
+    log_format = format;
+}
+
+int mgw_log_parse_format(const char *name, enum mgw_log_format *out)
+{
+    if (strcmp(name, "logfmt") == 0)
+        *out = MGW_LOG_LOGFMT;
+    else if (strcmp(name, "json") == 0)
+        *out = MGW_LOG_JSON;
+    else
+        return -1;
+    return 0;
 }
 
 int mgw_log_enabled(enum mgw_log_level level)
@@ -87,6 +105,100 @@ const char *mgw_log_quote(char *buf, size_t cap, const char *s, size_t len)
     return buf;
 }
 
+/* Append one JSON string (s[0..len), already logfmt-unescaped or raw) to out. */
+static size_t json_str(char *out, size_t o, size_t cap, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    if (o + 1 < cap)
+        out[o++] = '"';
+    for (size_t i = 0; i < len && o + 7 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[c >> 4];
+            out[o + 5] = hex[c & 15];
+            o += 6;
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    if (o + 1 < cap)
+        out[o++] = '"';
+    return o;
+}
+
+/* Decode one logfmt value starting at *p (bare word or "quoted" with mgw_log_quote()
+ * escapes) into buf; advances *p. */
+static size_t logfmt_value(const char **p, char *buf, size_t cap)
+{
+    const char *s = *p;
+    size_t n = 0;
+
+    if (*s != '"') {
+        while (*s && *s != ' ' && n + 1 < cap)
+            buf[n++] = *s++;
+        while (*s && *s != ' ')
+            s++;
+        *p = s;
+        return n;
+    }
+    for (s++; *s && *s != '"'; s++) {
+        char c = *s;
+
+        if (c == '\\' && s[1]) {
+            s++;
+            c = *s == 'n' ? '\n' : *s == 't' ? '\t' : *s;
+            if (*s == 'x' && s[1] && s[2]) {
+                char h[3] = {s[1], s[2], 0};
+
+                c = (char)strtol(h, NULL, 16);
+                s += 2;
+            }
+        }
+        if (n + 1 < cap)
+            buf[n++] = c;
+    }
+    *p = *s == '"' ? s + 1 : s;
+    return n;
+}
+
+/* Re-emit a logfmt line (without newline) as a JSON object. */
+static size_t logfmt_to_json(const char *line, char *out, size_t cap)
+{
+    char val[2048];
+    size_t o = 0;
+    const char *p = line;
+
+    out[o++] = '{';
+    while (*p) {
+        const char *k = p, *eq;
+        size_t vlen;
+
+        while (*p == ' ')
+            p++;
+        k = p;
+        eq = strchr(p, '=');
+        if (eq == NULL || *k == '\0')
+            break;
+        p = eq + 1;
+        vlen = logfmt_value(&p, val, sizeof val);
+        if (o > 1 && o + 1 < cap)
+            out[o++] = ',';
+        o = json_str(out, o, cap, k, (size_t)(eq - k));
+        if (o + 1 < cap)
+            out[o++] = ':';
+        o = json_str(out, o, cap, val, vlen);
+    }
+    if (o + 1 < cap)
+        out[o++] = '}';
+    return o;
+}
+
 void mgw_log(enum mgw_log_level level, uint64_t sid, const char *msg, const char *fmt, ...)
 {
     char line[4096];
@@ -121,6 +233,16 @@ void mgw_log(enum mgw_log_level level, uint64_t sid, const char *msg, const char
         va_end(ap);
         if (r > 0)
             n += (size_t)r < sizeof line - n ? (size_t)r : sizeof line - n - 1;
+    }
+    if (log_format == MGW_LOG_JSON) {
+        char json[8192];
+
+        line[n] = '\0';
+        n = logfmt_to_json(line, json, sizeof json - 1);
+        json[n++] = '\n';
+        if (write(STDERR_FILENO, json, n) < 0)
+            return;
+        return;
     }
     line[n++] = '\n';
     /* A failed log write has nowhere to be reported. */

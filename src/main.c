@@ -58,6 +58,7 @@ static void usage(FILE *f)
             "      --max-frame BYTES     largest milter frame accepted (default %u)\n"
             "      --idle-timeout SECS   close an MTA connection silent this long (default %u)\n"
             "      --log-level LEVEL     error, warn, info (default) or debug\n"
+            "      --log-format FORMAT   logfmt (default) or json\n"
             "  -V, --version             print the version and exit\n"
             "  -h, --help                print this help and exit\n"
             "With no --filter, miltergw is a null milter: it continues every event and\n"
@@ -85,7 +86,8 @@ static unsigned long number(const char *opt, const char *s, int base, unsigned l
 
 static void parse_args(int argc, char **argv, struct options *o)
 {
-    enum { OPT_UNIX_MODE = 256, OPT_MAX_CONN, OPT_MAX_FRAME, OPT_IDLE, OPT_LOG_LEVEL };
+    enum { OPT_UNIX_MODE = 256, OPT_MAX_CONN, OPT_MAX_FRAME, OPT_IDLE, OPT_LOG_LEVEL,
+           OPT_LOG_FORMAT };
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"filter", required_argument, NULL, 'f'},
@@ -94,11 +96,13 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
         {"idle-timeout", required_argument, NULL, OPT_IDLE},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     enum mgw_log_level level;
+    enum mgw_log_format format;
     char err[512];
     int c;
 
@@ -146,6 +150,13 @@ static void parse_args(int argc, char **argv, struct options *o)
                 exit(2);
             }
             mgw_log_set_level(level);
+            break;
+        case OPT_LOG_FORMAT:
+            if (mgw_log_parse_format(optarg, &format) < 0) {
+                fprintf(stderr, "miltergw: --log-format: logfmt or json, not \"%s\"\n", optarg);
+                exit(2);
+            }
+            mgw_log_set_format(format);
             break;
         case 'V': printf("miltergw %s\n", MGW_VERSION); exit(0);
         case 'h': usage(stdout); exit(0);

@@ -1,7 +1,10 @@
 /*
  * log.h - leveled, structured log lines on stderr.
  *
- * Every line is logfmt: `ts=... level=info sid=0000000000000001 msg="..." key=value ...`.
+ * Every line is logfmt: `ts=... level=info sid=0000000000000001 msg="..." key=value ...`,
+ * or, with MGW_LOG_JSON, the same fields as one JSON object:
+ * `{"ts":"...","level":"info","sid":"...","msg":"...","key":"value"}` (values are strings;
+ * the logfmt escapes of mgw_log_quote() become JSON escapes).
  * The caller writes the key=value tail with a printf format; string values that may hold
  * spaces, quotes or control bytes (peer names, SMTP text) go through mgw_log_quote() so
  * the line stays machine-parseable. Session lines carry the session id (sid); process
@@ -22,7 +25,15 @@ enum mgw_log_level {
     MGW_LOG_DEBUG = 3,
 };
 
+enum mgw_log_format {
+    MGW_LOG_LOGFMT = 0,
+    MGW_LOG_JSON = 1, /* one JSON object per line; the key=value tail becomes fields */
+};
+
 void mgw_log_set_level(enum mgw_log_level level);
+void mgw_log_set_format(enum mgw_log_format format);
+/* Parse "logfmt" or "json"; returns 0 or -1. */
+int mgw_log_parse_format(const char *name, enum mgw_log_format *out);
 /* Parse "error", "warn", "info", "debug"; returns 0 or -1. */
 int mgw_log_parse_level(const char *name, enum mgw_log_level *out);
 int mgw_log_enabled(enum mgw_log_level level);
