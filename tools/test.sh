@@ -23,6 +23,9 @@ if command -v clang >/dev/null 2>&1; then
     CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMGW_FUZZ=ON -DMGW_SANITIZE=ON
     cmake --build build-fuzz -j "$jobs" --target fuzz_milter_decode
     ctest --test-dir build-fuzz -L fuzz --output-on-failure
+    # How much fuzzing that was: libFuzzer's final statistics, from ctest's log.
+    grep -hE '^(stat::number_of_executed_units|Done [0-9]+ runs)' \
+        build-fuzz/Testing/Temporary/LastTest.log || true
 else
     echo "== clang not found: fuzz targets skipped"
 fi
