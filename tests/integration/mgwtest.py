@@ -118,19 +118,31 @@ def free_port():
 
 def port_listening(port, host="127.0.0.1"):
     """True if something LISTENs on host:port, checked without connecting (a connection
-    to Postfix would start an SMTP session and a milter session)."""
+    to Postfix would start an SMTP session and a milter session). IPv4 sockets are in
+    /proc/net/tcp; dual-stack ones (gRPC servers bind that way) in /proc/net/tcp6, where
+    127.0.0.1 shows as ::ffff:127.0.0.1."""
     try:
         with open("/proc/net/tcp") as f:
             lines = f.readlines()[1:]
+        try:
+            with open("/proc/net/tcp6") as f:
+                lines6 = f.readlines()[1:]
+        except OSError:
+            lines6 = []
     except OSError:
         with socket.socket() as s:
             s.settimeout(1)
             return s.connect_ex((host, port)) == 0
-    want = "%08X:%04X" % (struct.unpack("<I", socket.inet_aton(host))[0], port)
-    anyaddr = "00000000:%04X" % port
+    v4 = struct.unpack("<I", socket.inet_aton(host))[0]
+    want = {"%08X:%04X" % (v4, port), "00000000:%04X" % port}
+    want6 = {"0000000000000000FFFF0000%08X:%04X" % (v4, port), "0" * 32 + ":%04X" % port}
     for ln in lines:
         f = ln.split()
-        if len(f) > 3 and f[3] == "0A" and f[1] in (want, anyaddr):
+        if len(f) > 3 and f[3] == "0A" and f[1] in want:
+            return True
+    for ln in lines6:
+        f = ln.split()
+        if len(f) > 3 and f[3] == "0A" and f[1] in want6:
             return True
     return False
 
