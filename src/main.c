@@ -23,11 +23,13 @@
 
 #define MAX_LISTENERS 16
 #define MAX_FILTERS 32
+#define MGW_DEFAULT_DRAIN_TIMEOUT_MS (30u * 1000u)
 
 struct options {
     const char *listen[MAX_LISTENERS];
     int nlisten;
     unsigned unix_mode;
+    unsigned drain_timeout_ms;
     struct mgw_server_config server;
     struct mgw_filter_conf filters[MAX_FILTERS];
     size_t nfilters;
@@ -36,6 +38,7 @@ struct options {
 struct runtime {
     const struct options *o;
     struct event_base *base;
+    struct event *drain_timer;
     struct mgw_server *srv;
     struct mgw_listener *listeners[MAX_LISTENERS];
     int nlisteners;
@@ -57,6 +60,8 @@ static void usage(FILE *f)
             "      --max-connections N   concurrent MTA connections (default %u, 0 = no limit)\n"
             "      --max-frame BYTES     largest milter frame accepted (default %u)\n"
             "      --idle-timeout SECS   close an MTA connection silent this long (default %u)\n"
+            "      --drain-timeout SECS  on SIGTERM, how long messages in progress may take\n"
+            "                            to finish before their connections are closed (default %u)\n"
             "      --log-level LEVEL     error, warn, info (default) or debug\n"
             "      --log-format FORMAT   logfmt (default) or json\n"
             "  -V, --version             print the version and exit\n"
@@ -64,7 +69,7 @@ static void usage(FILE *f)
             "With no --filter, miltergw is a null milter: it continues every event and\n"
             "accepts every message.\n",
             MGW_DEFAULT_MAX_CONNECTIONS, MGW_MILTER_DEFAULT_MAX_FRAME,
-            MGW_DEFAULT_IDLE_TIMEOUT_MS / 1000);
+            MGW_DEFAULT_IDLE_TIMEOUT_MS / 1000, MGW_DEFAULT_DRAIN_TIMEOUT_MS / 1000);
 }
 
 /* Parse an unsigned number within [min, max] in `base`; exits 2 on error. */
@@ -87,7 +92,7 @@ static unsigned long number(const char *opt, const char *s, int base, unsigned l
 static void parse_args(int argc, char **argv, struct options *o)
 {
     enum { OPT_UNIX_MODE = 256, OPT_MAX_CONN, OPT_MAX_FRAME, OPT_IDLE, OPT_LOG_LEVEL,
-           OPT_LOG_FORMAT };
+           OPT_LOG_FORMAT, OPT_DRAIN };
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"filter", required_argument, NULL, 'f'},
@@ -97,6 +102,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"idle-timeout", required_argument, NULL, OPT_IDLE},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+        {"drain-timeout", required_argument, NULL, OPT_DRAIN},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -151,6 +157,9 @@ static void parse_args(int argc, char **argv, struct options *o)
             }
             mgw_log_set_level(level);
             break;
+        case OPT_DRAIN:
+            o->drain_timeout_ms = (unsigned)number("--drain-timeout", optarg, 10, 0, 3600) * 1000;
+            break;
         case OPT_LOG_FORMAT:
             if (mgw_log_parse_format(optarg, &format) < 0) {
                 fprintf(stderr, "miltergw: --log-format: logfmt or json, not \"%s\"\n", optarg);
@@ -202,23 +211,58 @@ static void on_filters_ready(void *arg)
     }
 }
 
-static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+static void stop_now(struct runtime *rt, const char *reason)
+{
+    mgw_server_close_all(rt->srv, reason);
+    event_base_loopexit(rt->base, NULL);
+}
+
+static void on_drained(void *arg)
 {
     struct runtime *rt = arg;
 
-    log_info(0, "stopping", "signal=%s sessions=%u", sig == SIGTERM ? "TERM" : "INT",
-             mgw_server_session_count(rt->srv));
+    log_info(0, "drained", "");
+    event_base_loopexit(rt->base, NULL);
+}
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct runtime *rt = arg;
+
+    log_warn(0, "drain timeout", "sessions=%u", mgw_server_session_count(rt->srv));
+    stop_now(rt, "drain_timeout");
+}
+
+/* First SIGTERM/SIGINT: stop accepting and drain (messages in progress finish, bounded
+ * by the drain timeout). A second one stops at once. */
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct runtime *rt = arg;
+    struct timeval tv = {rt->o->drain_timeout_ms / 1000, (rt->o->drain_timeout_ms % 1000) * 1000};
+
+    if (mgw_server_draining(rt->srv)) {
+        log_info(0, "stopping now", "signal=%s sessions=%u", sig == SIGTERM ? "TERM" : "INT",
+                 mgw_server_session_count(rt->srv));
+        stop_now(rt, "shutdown");
+        return;
+    }
+    log_info(0, "stopping", "signal=%s sessions=%u drain_timeout_ms=%u",
+             sig == SIGTERM ? "TERM" : "INT", mgw_server_session_count(rt->srv),
+             rt->o->drain_timeout_ms);
     /* Stop accepting first so no session starts while the others end. */
     for (int i = 0; i < rt->nlisteners; i++)
         rt->listeners[i] = mgw_listener_free(rt->listeners[i]);
     rt->nlisteners = 0;
-    mgw_server_close_all(rt->srv, "shutdown");
-    event_base_loopexit(rt->base, NULL);
+    rt->drain_timer = evtimer_new(rt->base, on_drain_timeout, rt);
+    evtimer_add(rt->drain_timer, &tv);
+    mgw_server_set_empty_cb(rt->srv, on_drained, rt);
+    mgw_server_drain(rt->srv);
 }
 
 int main(int argc, char **argv)
 {
     static struct options o = {.unix_mode = MGW_DEFAULT_UNIX_MODE,
+                               .drain_timeout_ms = MGW_DEFAULT_DRAIN_TIMEOUT_MS,
                                .server = {.max_connections = MGW_DEFAULT_MAX_CONNECTIONS,
                                           .max_frame = MGW_MILTER_DEFAULT_MAX_FRAME,
                                           .idle_timeout_ms = MGW_DEFAULT_IDLE_TIMEOUT_MS}};
@@ -271,6 +315,8 @@ int main(int argc, char **argv)
     mgw_backend_free(null_backend);
     event_free(sigterm);
     event_free(sigint);
+    if (rt.drain_timer != NULL)
+        event_free(rt.drain_timer);
     event_base_free(rt.base);
     for (size_t i = 0; i < o.nfilters; i++)
         mgw_filter_conf_clear(&o.filters[i]);

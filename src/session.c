@@ -89,10 +89,12 @@ struct mgw_server {
     uint64_t next_sid;
     void (*empty_cb)(void *);
     void *empty_arg;
+    int draining;
 };
 
 static void session_drain(struct mgw_session *s);
 static void session_free(struct mgw_session *s);
+static void drain_check(struct mgw_session *s);
 
 static const char *const state_names[] = {
     "negotiate", "connect", "idle", "mail", "rcpt", "data",
@@ -351,6 +353,7 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
         s->messages++;
         message_reset(s, 0);
     }
+    drain_check(s);
     if (s->state == MGW_SESSION_CLOSING)
         return;
     bufferevent_enable(s->bev, EV_READ);
@@ -365,6 +368,15 @@ static void session_on_progress(void *arg)
 
     if (s->awaiting != 0 && s->state != MGW_SESSION_CLOSING)
         send_simple(s, MGW_SMFIR_PROGRESS);
+}
+
+/* While draining, a session ends as soon as no message is in progress and no answer is
+ * owed: the MTA then sees the connection close between messages, not in one. */
+static void drain_check(struct mgw_session *s)
+{
+    if (s->srv->draining && s->awaiting == 0 && s->state <= MGW_SESSION_IDLE &&
+        s->state != MGW_SESSION_CLOSING)
+        session_close(s, MGW_LOG_INFO, "shutdown", "draining");
 }
 
 /* ---- forwarding events ---- */
@@ -600,6 +612,7 @@ static void handle_command(struct mgw_session *s, const struct mgw_milter_msg *m
             forward_abort(s);
             message_reset(s, 0);
         }
+        drain_check(s);
         break;
     case MGW_SMFIC_QUIT_NC:
         /* A new SMTP connection follows on this socket: new backend session, no macros. */
@@ -821,6 +834,28 @@ void mgw_server_close_all(struct mgw_server *srv, const char *reason)
         else
             session_close(s, MGW_LOG_INFO, reason, NULL);
     }
+}
+
+void mgw_server_drain(struct mgw_server *srv)
+{
+    struct mgw_session *s, *next;
+
+    srv->draining = 1;
+    if (srv->nsessions == 0) {
+        if (srv->empty_cb != NULL)
+            srv->empty_cb(srv->empty_arg);
+        return;
+    }
+    /* The last session to go calls the empty callback from session_free(). */
+    for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
+        next = TAILQ_NEXT(s, link);
+        drain_check(s);
+    }
+}
+
+int mgw_server_draining(const struct mgw_server *srv)
+{
+    return srv->draining;
 }
 
 struct mgw_server *mgw_server_free(struct mgw_server *srv)

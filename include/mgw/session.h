@@ -68,6 +68,12 @@ void mgw_server_set_empty_cb(struct mgw_server *srv, void (*cb)(void *arg), void
 /* End every session now (reason is logged), e.g. at shutdown. */
 void mgw_server_close_all(struct mgw_server *srv, const char *reason);
 
+/* Start draining: sessions between messages end now; a session in the middle of a
+ * message ends as soon as that message is answered or aborted. The empty callback fires
+ * when the last one is gone. New sessions should not be adopted (close the listeners). */
+void mgw_server_drain(struct mgw_server *srv);
+int mgw_server_draining(const struct mgw_server *srv);
+
 /* Closes every session, then frees; accepts NULL; returns NULL. */
 struct mgw_server *mgw_server_free(struct mgw_server *srv);
 

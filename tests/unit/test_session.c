@@ -710,6 +710,83 @@ static void stages_negotiated_away_may_be_absent(void **state)
     assert_string_equal(fake_nth(&h->fake, MGW_SMFIC_BODYEOB, 0)->macros, "");
 }
 
+/* Run the loop until `pred` holds, bounded (no sleeping: each turn waits for I/O). */
+static void loop_until(struct harness *h, int (*pred)(struct harness *), const char *what)
+{
+    for (int i = 0; i < 1000 && !pred(h); i++)
+        event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    if (!pred(h))
+        fail_msg("gave up waiting for %s", what);
+}
+
+static int saw_rcpt(struct harness *h)
+{
+    return fake_count(&h->fake, MGW_SMFIC_RCPT) == 1 && fake_count(&h->fake, MGW_SMFIC_HELO) == 2;
+}
+
+static int one_session_left(struct harness *h)
+{
+    return mgw_server_session_count(h->srv) == 1;
+}
+
+static int no_session_left(struct harness *h)
+{
+    return mgw_server_session_count(h->srv) == 0;
+}
+
+static void drain_ends_idle_sessions_now_and_busy_ones_after_their_message(void **state)
+{
+    struct harness *h = *state;
+    struct mgw_server_config cfg = {0};
+    static struct script idle, busy, rest;
+    int a[2], b[2];
+    uint8_t in[4096];
+    size_t inlen = 0, off = 0;
+    ssize_t n;
+    int got_accept = 0;
+    struct mgw_milter_decoder dec = {.dir = MGW_MILTER_FROM_MILTER};
+
+    h->srv = mgw_server_new(h->base, &cfg, &h->fake.base);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    assert_int_equal(mgw_server_adopt(h->srv, a[0], "idle"), 0);
+    assert_int_equal(mgw_server_adopt(h->srv, b[0], "busy"), 0);
+    idle.len = busy.len = rest.len = 0;
+    put_greeting(&idle);
+    put_greeting(&busy);
+    put_str_cmd(&busy, MGW_SMFIC_MAIL, "<a@x>");
+    put_str_cmd(&busy, MGW_SMFIC_RCPT, "<b@y>");
+    assert_int_equal(write(a[1], idle.buf, idle.len), (ssize_t)idle.len);
+    assert_int_equal(write(b[1], busy.buf, busy.len), (ssize_t)busy.len);
+    loop_until(h, saw_rcpt, "both sessions to reach their last command");
+
+    mgw_server_drain(h->srv);
+    loop_until(h, one_session_left, "the idle session to be closed");
+    assert_int_equal(h->fake.closes, 1);
+
+    /* The message in progress completes and is answered; then that session ends too. */
+    put_simple(&rest, MGW_SMFIC_DATA);
+    put_simple(&rest, MGW_SMFIC_EOH);
+    put_body(&rest, MGW_SMFIC_BODYEOB, "");
+    assert_int_equal(write(b[1], rest.buf, rest.len), (ssize_t)rest.len);
+    loop_until(h, no_session_left, "the busy session to finish and close");
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_BODYEOB), 1);
+    while ((n = recv(b[1], in + inlen, sizeof in - inlen, MSG_DONTWAIT)) > 0)
+        inlen += (size_t)n;
+    while (off < inlen) {
+        struct mgw_milter_msg m;
+        ssize_t r = mgw_milter_decode(&dec, in + off, inlen - off, &m);
+
+        assert_true(r > 0);
+        got_accept += m.cmd == MGW_SMFIR_ACCEPT;
+        off += (size_t)r;
+    }
+    assert_int_equal(got_accept, 1);
+    close(a[1]);
+    close(b[1]);
+    h->mta = -1;
+}
+
 static void unknown_smtp_command_is_forwarded(void **state)
 {
     struct harness *h = *state;
@@ -776,6 +853,7 @@ ASYNC_VARIANT(modifications_go_before_the_final_reply_and_are_policed)
 ASYNC_VARIANT(illegal_verdicts_are_made_legal)
 ASYNC_VARIANT(quit_nc_starts_a_new_connection_on_the_same_socket)
 ASYNC_VARIANT(stages_negotiated_away_may_be_absent)
+ASYNC_VARIANT(drain_ends_idle_sessions_now_and_busy_ones_after_their_message)
 
 int main(void)
 {
@@ -799,6 +877,7 @@ int main(void)
         SYNC_AND_ASYNC(quit_nc_starts_a_new_connection_on_the_same_socket),
         cmocka_unit_test_setup_teardown(unknown_smtp_command_is_forwarded, setup, teardown),
         SYNC_AND_ASYNC(stages_negotiated_away_may_be_absent),
+        SYNC_AND_ASYNC(drain_ends_idle_sessions_now_and_busy_ones_after_their_message),
         cmocka_unit_test_setup_teardown(max_connections_refuses_the_extra_connection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(idle_mta_is_disconnected, setup, teardown),
