@@ -32,11 +32,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <time.h>
 
 #include "mgw/error.h"
 #include "mgw/filter_proto.h"
 #include "mgw/grpc_pump.h"
 #include "mgw/log.h"
+#include "mgw/metrics.h"
 #include "mgw/policy.h"
 #include "mgw/xmalloc.h"
 
@@ -52,6 +54,7 @@ struct bsession;
 struct filter {
     struct bridge *b;
     size_t index;
+    int metric; /* mgw_metrics filter index */
     struct mgw_filter_conf conf;
     grpc_channel *ch;
     void *session_method;
@@ -119,6 +122,7 @@ struct bsession {
     int active, dispatching;
     uint8_t cmd;
     uint64_t ev_id;
+    struct timespec ev_start; /* for the filters' latency histogram */
     size_t waiting;
     mgw_backend_done_cb done;
     void *done_arg;
@@ -148,6 +152,28 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
 static void complete_event(struct bsession *bs);
 
 /* ---- helpers ---- */
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static enum mgw_metrics_filter_error error_kind(const char *reason)
+{
+    if (strcmp(reason, "unavailable") == 0)
+        return MGW_METRICS_FERR_UNAVAILABLE;
+    if (strcmp(reason, "stream_closed") == 0)
+        return MGW_METRICS_FERR_STREAM_CLOSED;
+    if (strcmp(reason, "timeout") == 0)
+        return MGW_METRICS_FERR_TIMEOUT;
+    if (strcmp(reason, "out_of_contract") == 0)
+        return MGW_METRICS_FERR_OUT_OF_CONTRACT;
+    return MGW_METRICS_FERR_STREAM_BROKEN;
+}
+
 
 static const char *event_name(uint8_t cmd)
 {
@@ -355,12 +381,12 @@ static void watch_done(struct mgw_grpc_tag *tag, int ok)
 
         mgw_log(lvl, 0, "filter channel", "filter=%s target=%s state=%s", f->conf.name,
                 f->conf.target, state_name(f->state));
-        /* Back after an outage: the filter may have been redeployed with new needs. */
-        if (f->state == GRPC_CHANNEL_READY && prev != GRPC_CHANNEL_IDLE &&
-            prev != GRPC_CHANNEL_CONNECTING)
+        /* (Re)connected: the filter may have been redeployed with new needs, also behind
+         * a rolling restart that never showed TRANSIENT_FAILURE. At start the first
+         * Describe is still in flight and this is a no-op. */
+        if (f->state == GRPC_CHANNEL_READY)
             describe_start(f);
-        else if (f->state == GRPC_CHANNEL_READY && !f->described)
-            describe_start(f);
+        mgw_metrics_filter_set_ready(f->metric, f->state == GRPC_CHANNEL_READY);
     }
     /* An idle channel reconnects only when asked; keep it connected. */
     if (f->state == GRPC_CHANNEL_IDLE)
@@ -631,6 +657,8 @@ static void answer_failed(struct bsession *bs, size_t i)
     a->pending = 0;
     a->state = MGW_POLICY_FAILED;
     a->pa.kind = mgw_on_error_verdict(bs->b->filters[i].conf.on_error);
+    mgw_metrics_filter_failure_policy(bs->b->filters[i].metric,
+                                      mgw_metrics_failure_action_of(a->pa.kind));
     bs->waiting--;
     if (bs->waiting == 0 && !bs->dispatching)
         complete_event(bs);
@@ -643,6 +671,7 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
     if (st->broken)
         return;
     st->broken = 1;
+    mgw_metrics_filter_error(st->f->metric, error_kind(reason));
     evtimer_del(st->timer);
     if (st->call != NULL && !st->finished)
         grpc_call_cancel(st->call, NULL);
@@ -717,6 +746,7 @@ static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
     a->reply = r;
     a->pending = 0;
     a->state = MGW_POLICY_ANSWERED;
+    mgw_metrics_observe_latency(st->f->metric, seconds_since(&bs->ev_start));
     evtimer_del(st->timer);
     apply_effect(st, bs->cmd, a->pa.kind);
     bs->waiting--;
@@ -756,6 +786,8 @@ static void log_shadow(struct bsession *bs, size_t i)
 {
     const struct answer *a = &bs->ans[i];
 
+    if (a->state == MGW_POLICY_ANSWERED)
+        mgw_metrics_shadow_verdict(bs->b->filters[i].metric, a->pa.kind);
     if (a->state == MGW_POLICY_ANSWERED &&
         (a->pa.kind != MGW_VERDICT_CONTINUE || a->pa.nmods > 0))
         log_info(bs->sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
@@ -785,10 +817,13 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
             if (answers && want_reply) {
                 a->state = MGW_POLICY_FAILED;
                 a->pa.kind = mgw_on_error_verdict(f->conf.on_error);
+                mgw_metrics_filter_failure_policy(f->metric,
+                                                  mgw_metrics_failure_action_of(a->pa.kind));
             }
             continue;
         }
         stream_send(st, grpc_slice_ref(msg));
+        mgw_metrics_filter_event(f->metric, (enum mgw_metrics_event)mgw_metrics_event_of_cmd(cmd));
         if (!answers)
             continue;
         if (st->nowed == MAX_OWED) {
@@ -810,6 +845,7 @@ static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64
     bs->active = 1;
     bs->cmd = cmd;
     bs->ev_id = id;
+    clock_gettime(CLOCK_MONOTONIC, &bs->ev_start);
     bs->waiting = 0;
     fan_out(bs, cmd, msg, id, 1);
     grpc_slice_unref(msg);
@@ -830,11 +866,15 @@ static void release_answers(struct answer *ans, size_t n)
 
 static void log_drops(struct bsession *bs, const struct mgw_policy_drop *drops, size_t n)
 {
-    for (size_t k = 0; k < n; k++)
-        log_warn(bs->sid, "modification dropped", "filter=%s mod=%s reason=%s",
-                 bs->b->filters[drops[k].filter].conf.name,
-                 mgw_milter_cmd_name(drops[k].msg->cmd, MGW_MILTER_FROM_MILTER),
-                 mgw_policy_drop_name(drops[k].reason));
+    for (size_t k = 0; k < n; k++) {
+        /* A shadow filter's modifications are never applied: that is no news. */
+        if (drops[k].reason != MGW_POLICY_DROP_SHADOW)
+            log_warn(bs->sid, "modification dropped", "filter=%s mod=%s reason=%s",
+                     bs->b->filters[drops[k].filter].conf.name,
+                     mgw_milter_cmd_name(drops[k].msg->cmd, MGW_MILTER_FROM_MILTER),
+                     mgw_policy_drop_name(drops[k].reason));
+        mgw_metrics_mods_dropped(bs->b->filters[drops[k].filter].metric, drops[k].reason, 1);
+    }
 }
 
 static void complete_event(struct bsession *bs)
@@ -934,9 +974,12 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         id = bs->next_id++;
         mgw_proto_event_build(&pe, &bs->ev_sc, id, ev);
         msg = pack_slice(&pe.ev.base);
-        for (size_t i = 0; i < bs->b->nfilters; i++)
-            if (!bs->streams[i]->broken && !bs->streams[i]->retired_conn)
+        for (size_t i = 0; i < bs->b->nfilters; i++) {
+            if (!bs->streams[i]->broken && !bs->streams[i]->retired_conn) {
                 stream_send(bs->streams[i], grpc_slice_ref(msg));
+                mgw_metrics_filter_event(bs->b->filters[i].metric, MGW_METRICS_EV_ABORT);
+            }
+        }
         grpc_slice_unref(msg);
         reset_message_liveness(bs);
         return 0;
@@ -1087,6 +1130,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
 
         f->b = b;
         f->index = i;
+        f->metric = mgw_metrics_filter_register(filters[i].name);
         f->conf = filters[i];
         f->conf.target = mgw_xstrdup(filters[i].target);
         f->ch = channel_new(f->conf.target);
@@ -1107,6 +1151,17 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
         ready(arg);
     }
     return (struct mgw_bridge *)b;
+}
+
+size_t mgw_bridge_ready_count(const struct mgw_bridge *mb, size_t *total)
+{
+    const struct bridge *b = (const struct bridge *)mb;
+    size_t n = 0;
+
+    for (size_t i = 0; i < b->nfilters; i++)
+        n += b->filters[i].state == GRPC_CHANNEL_READY;
+    *total = b->nfilters;
+    return n;
 }
 
 struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *mb)

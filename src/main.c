@@ -18,6 +18,7 @@
 #include "mgw/filter_conf.h"
 #include "mgw/listener.h"
 #include "mgw/log.h"
+#include "mgw/metrics_http.h"
 #include "mgw/session.h"
 #include "mgw/xmalloc.h"
 
@@ -30,6 +31,8 @@ struct options {
     int nlisten;
     unsigned unix_mode;
     unsigned drain_timeout_ms;
+    const char *http;      /* HTTP listener (metrics, health) or NULL */
+    enum { READY_ANY, READY_ALL, READY_NONE } ready_requires;
     struct mgw_server_config server;
     struct mgw_filter_conf filters[MAX_FILTERS];
     size_t nfilters;
@@ -39,6 +42,8 @@ struct runtime {
     const struct options *o;
     struct event_base *base;
     struct event *drain_timer;
+    struct mgw_bridge *bridge;
+    struct mgw_http *http;
     struct mgw_server *srv;
     struct mgw_listener *listeners[MAX_LISTENERS];
     int nlisteners;
@@ -64,6 +69,10 @@ static void usage(FILE *f)
             "                            to finish before their connections are closed (default %u)\n"
             "      --log-level LEVEL     error, warn, info (default) or debug\n"
             "      --log-format FORMAT   logfmt (default) or json\n"
+            "      --http HOST:PORT      serve /metrics, /healthz, /readyz there (e.g.\n"
+            "                            127.0.0.1:9090; default: no HTTP listener)\n"
+            "      --ready-requires WHAT /readyz needs any (default), all or none of the\n"
+            "                            filter channels READY\n"
             "  -V, --version             print the version and exit\n"
             "  -h, --help                print this help and exit\n"
             "With no --filter, miltergw is a null milter: it continues every event and\n"
@@ -92,7 +101,7 @@ static unsigned long number(const char *opt, const char *s, int base, unsigned l
 static void parse_args(int argc, char **argv, struct options *o)
 {
     enum { OPT_UNIX_MODE = 256, OPT_MAX_CONN, OPT_MAX_FRAME, OPT_IDLE, OPT_LOG_LEVEL,
-           OPT_LOG_FORMAT, OPT_DRAIN };
+           OPT_LOG_FORMAT, OPT_DRAIN, OPT_HTTP, OPT_READY };
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"filter", required_argument, NULL, 'f'},
@@ -103,6 +112,8 @@ static void parse_args(int argc, char **argv, struct options *o)
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"drain-timeout", required_argument, NULL, OPT_DRAIN},
+        {"http", required_argument, NULL, OPT_HTTP},
+        {"ready-requires", required_argument, NULL, OPT_READY},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -157,6 +168,19 @@ static void parse_args(int argc, char **argv, struct options *o)
             }
             mgw_log_set_level(level);
             break;
+        case OPT_HTTP: o->http = optarg; break;
+        case OPT_READY:
+            if (strcmp(optarg, "any") == 0)
+                o->ready_requires = READY_ANY;
+            else if (strcmp(optarg, "all") == 0)
+                o->ready_requires = READY_ALL;
+            else if (strcmp(optarg, "none") == 0)
+                o->ready_requires = READY_NONE;
+            else {
+                fprintf(stderr, "miltergw: --ready-requires: any, all or none\n");
+                exit(2);
+            }
+            break;
         case OPT_DRAIN:
             o->drain_timeout_ms = (unsigned)number("--drain-timeout", optarg, 10, 0, 3600) * 1000;
             break;
@@ -181,6 +205,32 @@ static void parse_args(int argc, char **argv, struct options *o)
         usage(stderr);
         exit(2);
     }
+}
+
+/* /readyz: the milter listeners are up, we are not draining, and enough filter channels
+ * are READY. Kubernetes stops routing to an unready pod. */
+static int is_ready(void *arg, char *why, size_t whylen)
+{
+    struct runtime *rt = arg;
+    size_t total = 0, ready;
+
+    if (mgw_server_draining(rt->srv)) {
+        snprintf(why, whylen, "draining");
+        return 0;
+    }
+    if (rt->nlisteners == 0) {
+        snprintf(why, whylen, "milter listeners not open yet");
+        return 0;
+    }
+    if (rt->bridge == NULL || rt->o->ready_requires == READY_NONE)
+        return 1;
+    ready = mgw_bridge_ready_count(rt->bridge, &total);
+    if ((rt->o->ready_requires == READY_ALL && ready < total) ||
+        (rt->o->ready_requires == READY_ANY && ready == 0)) {
+        snprintf(why, whylen, "%zu of %zu filter channels ready", ready, total);
+        return 0;
+    }
+    return 1;
 }
 
 static int open_listeners(struct runtime *rt)
@@ -289,7 +339,7 @@ int main(int argc, char **argv)
     if (rt.base == NULL)
         mgw_panic("event_base_new failed");
     if (o.nfilters > 0) {
-        bridge = mgw_bridge_new(rt.base, o.filters, o.nfilters, on_filters_ready, &rt);
+        bridge = rt.bridge = mgw_bridge_new(rt.base, o.filters, o.nfilters, on_filters_ready, &rt);
         backend = mgw_bridge_backend(bridge);
     } else {
         backend = null_backend = mgw_backend_null_new();
@@ -300,8 +350,20 @@ int main(int argc, char **argv)
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
     pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
+    if (o.http != NULL) {
+        struct mgw_http_hooks hooks = {.ready = is_ready, .arg = &rt};
+        char err[512];
 
-    if (o.nfilters == 0 && open_listeners(&rt) < 0)
+        rt.http = mgw_http_new(rt.base, o.http, &hooks, err, sizeof err);
+        if (rt.http == NULL) {
+            log_error(0, "cannot listen", "listen=http:%s error=\"%s\"", o.http, err);
+            rt.status = 1;
+        }
+    }
+
+    if (rt.status != 0)
+        ;
+    else if (o.nfilters == 0 && open_listeners(&rt) < 0)
         rt.status = 1;
     else if (event_base_dispatch(rt.base) < 0)
         mgw_panic("event loop failed");
@@ -310,8 +372,9 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < rt.nlisteners; i++)
         mgw_listener_free(rt.listeners[i]);
+    rt.http = mgw_http_free(rt.http);
     rt.srv = mgw_server_free(rt.srv);
-    bridge = mgw_bridge_free(bridge);
+    bridge = rt.bridge = mgw_bridge_free(bridge);
     mgw_backend_free(null_backend);
     event_free(sigterm);
     event_free(sigint);

@@ -25,6 +25,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -38,6 +39,7 @@
 
 #include "mgw/error.h"
 #include "mgw/log.h"
+#include "mgw/metrics.h"
 #include "mgw/negotiate.h"
 #include "mgw/xmalloc.h"
 
@@ -73,6 +75,7 @@ struct mgw_session {
     int in_drain;         /* frame guard: session_drain() is on the stack */
     int dead;             /* closed while a callback was on the stack: free on unwind */
     uint64_t messages;    /* completed messages on this connection */
+    const char *close_reason; /* static string, for the metrics at free */
 
     uint8_t *wbuf; /* scratch for encoding one answer; reused */
     size_t wcap;
@@ -141,6 +144,7 @@ static void session_close(struct mgw_session *s, enum mgw_log_level level, const
                 mgw_session_state_name(s->state), s->messages);
     }
     session_enter_state(s, MGW_SESSION_CLOSING);
+    s->close_reason = reason;
     if (s->bsession != NULL) {
         s->srv->backend->ops->session_close(s->bsession);
         s->bsession = NULL;
@@ -233,6 +237,7 @@ static void session_send(struct mgw_session *s, const struct mgw_milter_msg *msg
     }
     if (bufferevent_write(s->bev, buf, total) != 0)
         session_fail(s, MGW_EIO, "cannot queue reply");
+    mgw_metrics_add(MGW_METRIC_BYTES_OUT, total);
 }
 
 static void send_simple(struct mgw_session *s, uint8_t cmd)
@@ -293,6 +298,23 @@ static enum mgw_verdict_kind sanitize_kind(struct mgw_session *s, uint8_t cmd,
     return kind;
 }
 
+/* Messages by final verdict: every end of message, and the refusals or accepts that end
+ * a message before it (a refusal at RCPT refuses one recipient, not the message). */
+static void count_message(uint8_t cmd, enum mgw_verdict_kind kind,
+                          const struct mgw_milter_msg *mods, size_t nmods)
+{
+    bool quarantined = false;
+
+    if (cmd != MGW_SMFIC_BODYEOB) {
+        if (strchr("MTLNB", cmd) == NULL || kind == MGW_VERDICT_CONTINUE ||
+            kind == MGW_VERDICT_SKIP)
+            return;
+    }
+    for (size_t i = 0; i < nmods; i++)
+        quarantined |= mods[i].cmd == MGW_SMFIR_QUARANTINE;
+    mgw_metrics_message(kind, quarantined);
+}
+
 static void session_on_done(void *arg, const struct mgw_verdict *v)
 {
     static const uint8_t verdict_cmd[] = {
@@ -345,6 +367,7 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
     n++;
     log_debug(s->sid, "answer", "event=%s verdict=%s mods=%zu",
               mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA), mgw_verdict_name(kind), n - 1);
+    count_message(cmd, kind, out, n - 1);
     session_send(s, out, n);
     if (out != stackbuf)
         free(out);
@@ -667,6 +690,7 @@ static void session_drain(struct mgw_session *s)
             break;
         buf = evbuffer_pullup(in, (ssize_t)want);
         r = mgw_milter_decode(&s->dec, buf, want, &m);
+        mgw_metrics_add(MGW_METRIC_BYTES_IN, want);
         if (r < 0) {
             char detail[64];
 
@@ -743,6 +767,8 @@ static void session_free(struct mgw_session *s)
     free(s->wbuf);
     TAILQ_REMOVE(&srv->sessions, s, link);
     srv->nsessions--;
+    mgw_metrics_session_closed(mgw_metrics_close_reason_parse(s->close_reason ? s->close_reason
+                                                                              : "other"));
     free(s);
     if (srv->nsessions == 0 && srv->empty_cb != NULL)
         srv->empty_cb(srv->empty_arg);
@@ -789,6 +815,7 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
     }
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->nsessions++;
+    mgw_metrics_session_opened();
     log_debug(s->sid, "session opened", "peer=%s", s->peer);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     return 0;
@@ -841,6 +868,7 @@ void mgw_server_drain(struct mgw_server *srv)
     struct mgw_session *s, *next;
 
     srv->draining = 1;
+    mgw_metrics_set(MGW_METRIC_DRAINING, 1);
     if (srv->nsessions == 0) {
         if (srv->empty_cb != NULL)
             srv->empty_cb(srv->empty_arg);

@@ -37,6 +37,9 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
 /* The backend to give mgw_server_new(); owned by the bridge. */
 struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *b);
 
+/* How many filter channels are READY now (for /readyz); *total gets the filter count. */
+size_t mgw_bridge_ready_count(const struct mgw_bridge *b, size_t *total);
+
 /* Cancel every stream, close the channels, stop the completion-queue thread, free.
  * Sessions should be closed first. NULL-safe; returns NULL. */
 struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *b);
