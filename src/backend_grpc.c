@@ -27,6 +27,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -384,7 +385,7 @@ static void watch_done(struct mgw_grpc_tag *tag, int ok)
         /* (Re)connected: the filter may have been redeployed with new needs, also behind
          * a rolling restart that never showed TRANSIENT_FAILURE. At start the first
          * Describe is still in flight and this is a no-op. */
-        if (f->state == GRPC_CHANNEL_READY)
+        if (f->state == GRPC_CHANNEL_READY && !f->conf.has_decl)
             describe_start(f);
         mgw_metrics_filter_set_ready(f->metric, f->state == GRPC_CHANNEL_READY);
     }
@@ -1086,14 +1087,75 @@ static const struct mgw_backend_ops bridge_ops = {
 
 /* ---- lifetime ---- */
 
-static grpc_channel *channel_new(const char *target)
+/* A whole (small) PEM file as a C string; NULL with a reason in err on failure. */
+static char *read_pem(const char *path, char *err, size_t errlen)
 {
-    grpc_arg a[] = {
+    FILE *fp = fopen(path, "rb");
+    char *buf;
+    long n;
+
+    if (fp == NULL || fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 || n > (1 << 20) ||
+        fseek(fp, 0, SEEK_SET) != 0) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        if (fp)
+            fclose(fp);
+        return NULL;
+    }
+    buf = mgw_xmalloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, fp) != (size_t)n) {
+        snprintf(err, errlen, "cannot read %s", path);
+        fclose(fp);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    fclose(fp);
+    return buf;
+}
+
+/* Plaintext unless TLS is configured; with a client certificate, mutual TLS. */
+static grpc_channel_credentials *credentials_new(const struct mgw_filter_conf *c, char *err,
+                                                 size_t errlen)
+{
+    grpc_ssl_pem_key_cert_pair pair = {0};
+    grpc_channel_credentials *cr = NULL;
+    char *ca = NULL, *cert = NULL, *key = NULL;
+
+    if (!c->tls)
+        return grpc_insecure_credentials_create();
+    if (c->tls_ca != NULL && (ca = read_pem(c->tls_ca, err, errlen)) == NULL)
+        goto out;
+    if (c->tls_cert != NULL) {
+        if ((cert = read_pem(c->tls_cert, err, errlen)) == NULL ||
+            (key = read_pem(c->tls_key, err, errlen)) == NULL)
+            goto out;
+        pair.cert_chain = cert;
+        pair.private_key = key;
+    }
+    /* gRPC copies the PEM strings; NULL roots means its default root store. */
+    cr = grpc_ssl_credentials_create(ca, cert ? &pair : NULL, NULL, NULL);
+    if (cr == NULL)
+        snprintf(err, errlen, "TLS credentials refused (bad PEM?)");
+out:
+    free(ca);
+    free(cert);
+    if (key != NULL) {
+        memset(key, 0, strlen(key)); /* no private key left behind in freed memory */
+        free(key);
+    }
+    return cr;
+}
+
+static grpc_channel *channel_new(const struct mgw_filter_conf *c, char *err, size_t errlen)
+{
+    grpc_arg a[10] = {
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_RETRIES, .value.integer = 0},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
-         .value.integer = 300000},
+         .value.integer = (int)(c->keepalive_time_ms ? c->keepalive_time_ms
+                                                     : MGW_FILTER_DEFAULT_KEEPALIVE_TIME_MS)},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-         .value.integer = 20000},
+         .value.integer = (int)(c->keepalive_timeout_ms ? c->keepalive_timeout_ms
+                                                        : MGW_FILTER_DEFAULT_KEEPALIVE_TIMEOUT_MS)},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
          .value.integer = 64 << 20},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
@@ -1103,50 +1165,79 @@ static grpc_channel *channel_new(const char *target)
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
          .value.integer = 2000},
     };
-    grpc_channel_args args = {.num_args = sizeof a / sizeof a[0], .args = a};
-    grpc_channel_credentials *cr = grpc_insecure_credentials_create();
-    grpc_channel *ch = grpc_channel_create(target, cr, &args);
+    grpc_channel_args args = {.num_args = 7, .args = a};
+    grpc_channel_credentials *cr = credentials_new(c, err, errlen);
+    grpc_channel *ch;
 
+    if (cr == NULL)
+        return NULL;
+    /* One connection per address behind the target (every pod of a headless Service),
+     * each new stream on the next one. */
+    if (c->load_balancing == MGW_LB_ROUND_ROBIN)
+        a[args.num_args++] = (grpc_arg){.type = GRPC_ARG_STRING,
+                                        .key = (char *)GRPC_ARG_SERVICE_CONFIG,
+                                        .value.string = (char *)"{\"loadBalancingConfig\":"
+                                                                "[{\"round_robin\":{}}]}"};
+    if (c->tls && c->tls_server_name != NULL)
+        a[args.num_args++] = (grpc_arg){.type = GRPC_ARG_STRING,
+                                        .key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                                        .value.string = c->tls_server_name};
+    ch = grpc_channel_create(c->target, cr, &args);
     grpc_channel_credentials_release(cr);
     return ch;
 }
 
 struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filter_conf *filters,
-                                  size_t n, void (*ready)(void *arg), void *arg)
+                                  size_t n, void (*ready)(void *arg), void *arg, char *err,
+                                  size_t errlen)
 {
     struct bridge *b = mgw_xcalloc(1, sizeof *b);
+    size_t describing = 0;
 
     b->base = base;
     b->pump = mgw_grpc_pump_new(base);
-    b->nfilters = n;
     b->filters = mgw_xcalloc(n, sizeof *b->filters);
     b->backend.ops = &bridge_ops;
     b->backend.impl = b;
-    b->ready = ready;
-    b->ready_arg = arg;
     TAILQ_INIT(&b->streams);
     for (size_t i = 0; i < n; i++) {
         struct filter *f = &b->filters[i];
+        char why[400];
 
         f->b = b;
         f->index = i;
         f->metric = mgw_metrics_filter_register(filters[i].name);
-        f->conf = filters[i];
-        f->conf.target = mgw_xstrdup(filters[i].target);
-        f->ch = channel_new(f->conf.target);
+        mgw_filter_conf_copy(&f->conf, &filters[i]);
+        b->nfilters = i + 1;
+        f->ch = channel_new(&f->conf, why, sizeof why);
+        if (f->ch == NULL) {
+            snprintf(err, errlen, "filter %s: %s", f->conf.name, why);
+            mgw_bridge_free((struct mgw_bridge *)b);
+            return NULL;
+        }
         f->session_method = grpc_channel_register_call(f->ch, SESSION_METHOD, NULL, NULL);
         f->describe_method = grpc_channel_register_call(f->ch, DESCRIBE_METHOD, NULL, NULL);
-        mgw_proto_decl_default(&f->decl);
+        if (f->conf.has_decl) {
+            /* The operator's declaration replaces Describe (filter_conf.h). */
+            f->decl = f->conf.decl;
+            f->described = 1;
+        } else {
+            mgw_proto_decl_default(&f->decl);
+            describing++;
+        }
         f->watch_tag.cb = watch_done;
         f->describe_tag.cb = describe_done;
         f->state = grpc_channel_check_connectivity_state(f->ch, 1);
         watch_arm(f);
     }
     recompute_needs(b);
-    b->describing = n;
+    b->ready = ready;
+    b->ready_arg = arg;
+    b->describing = describing;
     for (size_t i = 0; i < n; i++)
-        describe_start(&b->filters[i]);
-    if (n == 0 && ready != NULL) {
+        if (!b->filters[i].conf.has_decl)
+            describe_start(&b->filters[i]);
+    if (describing == 0 && ready != NULL) {
         b->ready = NULL;
         ready(arg);
     }
@@ -1189,7 +1280,8 @@ struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *mb)
     /* Destroying a channel completes its watch; the pump delivers every outstanding
      * completion before its thread ends, so every stream frees itself. */
     for (size_t i = 0; i < b->nfilters; i++)
-        grpc_channel_destroy(b->filters[i].ch);
+        if (b->filters[i].ch != NULL)
+            grpc_channel_destroy(b->filters[i].ch);
     b->pump = mgw_grpc_pump_free(b->pump);
     if (!TAILQ_EMPTY(&b->streams))
         log_error(0, "streams left at shutdown", "");

@@ -339,7 +339,18 @@ int main(int argc, char **argv)
     if (rt.base == NULL)
         mgw_panic("event_base_new failed");
     if (o.nfilters > 0) {
-        bridge = rt.bridge = mgw_bridge_new(rt.base, o.filters, o.nfilters, on_filters_ready, &rt);
+        char err[512];
+
+        bridge = rt.bridge = mgw_bridge_new(rt.base, o.filters, o.nfilters, on_filters_ready,
+                                            &rt, err, sizeof err);
+        if (bridge == NULL) {
+            log_error(0, "cannot start filters", "error=\"%s\"", err);
+            event_base_free(rt.base);
+            for (size_t i = 0; i < o.nfilters; i++)
+                mgw_filter_conf_clear(&o.filters[i]);
+            grpc_shutdown_blocking();
+            return 1;
+        }
         backend = mgw_bridge_backend(bridge);
     } else {
         backend = null_backend = mgw_backend_null_new();

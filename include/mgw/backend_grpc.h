@@ -28,11 +28,15 @@
 struct event_base;
 struct mgw_bridge;
 
-/* Start channels and the first Describe of every filter. `ready` is called once, on the
- * loop thread, when every filter has answered Describe or failed to (bounded by the
- * Describe deadline); listeners should open then. The filter configs are copied. */
+/* Start channels and the first Describe of every filter (none for a filter whose
+ * declaration the configuration overrides). `ready` is called once, on the loop thread,
+ * when every filter has answered Describe or failed to (bounded by the Describe
+ * deadline); listeners should open then. The filter configs are copied. Returns NULL
+ * with a reason in err when a channel cannot be set up (e.g. an unreadable TLS file):
+ * never a silent fallback to plaintext. */
 struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filter_conf *filters,
-                                  size_t n, void (*ready)(void *arg), void *arg);
+                                  size_t n, void (*ready)(void *arg), void *arg, char *err,
+                                  size_t errlen);
 
 /* The backend to give mgw_server_new(); owned by the bridge. */
 struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *b);
