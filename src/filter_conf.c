@@ -123,6 +123,8 @@ int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *er
     memset(out, 0, sizeof *out);
     out->timeout_ms = MGW_FILTER_DEFAULT_TIMEOUT_MS;
     out->eom_timeout_ms = MGW_FILTER_DEFAULT_EOM_TIMEOUT_MS;
+    out->keepalive_time_ms = MGW_FILTER_DEFAULT_KEEPALIVE_TIME_MS;
+    out->keepalive_timeout_ms = MGW_FILTER_DEFAULT_KEEPALIVE_TIMEOUT_MS;
     if (eq == NULL || eq == arg)
         return bad(err, errlen, arg, "expected NAME=TARGET");
     nlen = (size_t)(eq - arg);
@@ -170,8 +172,34 @@ int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *er
     return 0;
 }
 
+static char *dup_or_null(const char *s)
+{
+    return s ? mgw_xstrdup(s) : NULL;
+}
+
 void mgw_filter_conf_clear(struct mgw_filter_conf *c)
 {
     free(c->target);
     c->target = NULL;
+    free(c->tls_ca);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tls_server_name);
+    c->tls_ca = c->tls_cert = c->tls_key = c->tls_server_name = NULL;
+    for (int i = 0; i < MGW_STAGE_COUNT; i++) {
+        free((char *)c->decl.macros[i]); /* owned here, const only for policy.h */
+        c->decl.macros[i] = NULL;
+    }
+}
+
+void mgw_filter_conf_copy(struct mgw_filter_conf *dst, const struct mgw_filter_conf *src)
+{
+    *dst = *src;
+    dst->target = dup_or_null(src->target);
+    dst->tls_ca = dup_or_null(src->tls_ca);
+    dst->tls_cert = dup_or_null(src->tls_cert);
+    dst->tls_key = dup_or_null(src->tls_key);
+    dst->tls_server_name = dup_or_null(src->tls_server_name);
+    for (int i = 0; i < MGW_STAGE_COUNT; i++)
+        dst->decl.macros[i] = dup_or_null(src->decl.macros[i]);
 }

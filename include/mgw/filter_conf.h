@@ -8,6 +8,10 @@
  * any gRPC target string: 127.0.0.1:50051, dns:///filter:50051, ipv4:a:p,b:p, unix:/path.
  * The order of --filter flags is the merge order. Pure.
  *
+ * The configuration file (config.h) fills the same structure and the fields after
+ * `shadow` too (load balancing, keepalive, TLS, a declaration override); --filter leaves
+ * those at their defaults.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #ifndef MGW_FILTER_CONF_H
@@ -17,6 +21,7 @@
 #include <stddef.h>
 
 #include "mgw/backend.h"
+#include "mgw/policy.h"
 
 enum mgw_on_error {
     MGW_ON_ERROR_TEMPFAIL = 0, /* default: fail closed, the sender retries */
@@ -27,6 +32,13 @@ enum mgw_on_error {
 #define MGW_FILTER_DEFAULT_TIMEOUT_MS 10000u
 #define MGW_FILTER_DEFAULT_EOM_TIMEOUT_MS 60000u
 #define MGW_FILTER_NAME_MAX 64
+#define MGW_FILTER_DEFAULT_KEEPALIVE_TIME_MS 300000u  /* HTTP/2 PING every 5 min when idle */
+#define MGW_FILTER_DEFAULT_KEEPALIVE_TIMEOUT_MS 20000u /* ... answered within 20 s */
+
+enum mgw_load_balancing {
+    MGW_LB_PICK_FIRST = 0, /* gRPC's default: one connection to the first address */
+    MGW_LB_ROUND_ROBIN,    /* a connection to every address; calls spread over them */
+};
 
 struct mgw_filter_conf {
     char name[MGW_FILTER_NAME_MAX];
@@ -35,12 +47,30 @@ struct mgw_filter_conf {
     unsigned timeout_ms;     /* per event */
     unsigned eom_timeout_ms; /* end of message */
     bool shadow;
+    /* Fields below come from the configuration file; --filter sets their defaults. */
+    enum mgw_load_balancing load_balancing;
+    unsigned keepalive_time_ms;    /* PING interval on a channel with calls; 0 = default */
+    unsigned keepalive_timeout_ms; /* PING answer deadline; 0 = default */
+    bool tls;                      /* TLS to the filter; false = plaintext */
+    char *tls_ca;                  /* owned; PEM root certificates; NULL = system roots */
+    char *tls_cert;                /* owned; PEM client certificate (mutual TLS), with key */
+    char *tls_key;                 /* owned; PEM private key of tls_cert */
+    char *tls_server_name;         /* owned; name to check in the filter's certificate;
+                                      NULL = the host of the target */
+    /* When has_decl, `decl` replaces the filter's Describe answer (events, observe_only,
+     * actions, macros, the two flags); decl.macros[] strings are owned by this struct and
+     * decl.shadow equals `shadow`. */
+    bool has_decl;
+    struct mgw_policy_decl decl;
 };
 
 /* Parse one --filter value into *out (target allocated). Returns 0, or MGW_EINVAL with a
  * reason in err. */
 int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *err, size_t errlen);
+/* Free what *c owns (target, tls_*, decl.macros) and set those pointers to NULL. */
 void mgw_filter_conf_clear(struct mgw_filter_conf *c);
+/* Deep copy: *dst (not cleared first) gets its own copies of every owned string. */
+void mgw_filter_conf_copy(struct mgw_filter_conf *dst, const struct mgw_filter_conf *src);
 
 /* Parse "250ms", "10s", "2m", "3" (seconds) into milliseconds; 0 or -1 on error. */
 int mgw_duration_parse(const char *s, size_t len, unsigned *ms);
