@@ -122,8 +122,8 @@ static int unlink_stale(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-static int bind_unix(const struct mgw_listen_spec *sp, unsigned mode, struct mgw_listener *l,
-                     char *err, size_t errlen)
+static int bind_unix(const struct mgw_listen_spec *sp, const struct mgw_unix_opts *o,
+                     struct mgw_listener *l, char *err, size_t errlen)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     struct stat st;
@@ -138,13 +138,20 @@ static int bind_unix(const struct mgw_listen_spec *sp, unsigned mode, struct mgw
         return -1;
     }
     strcpy(sun.sun_path, sp->path);
-    /* Create the file with no more access than asked, then set exactly `mode`. */
-    old = umask(0777 & ~mode);
+    /* Create the file with no more access than asked, then set exactly the mode. */
+    old = umask(0777 & ~o->mode);
     r = bind(fd, (struct sockaddr *)&sun, sizeof sun);
     umask(old);
-    if (r < 0 || chmod(sp->path, mode) < 0 || stat(sp->path, &st) < 0) {
+    if (r < 0 || chmod(sp->path, o->mode) < 0 || stat(sp->path, &st) < 0) {
         snprintf(err, errlen, "bind %s: %s", sp->path, strerror(errno));
         close(fd);
+        return -1;
+    }
+    /* So Postfix's daemons (user postfix) may connect without a world-writable socket. */
+    if ((o->uid != (uid_t)-1 || o->gid != (gid_t)-1) && chown(sp->path, o->uid, o->gid) < 0) {
+        snprintf(err, errlen, "chown %s: %s", sp->path, strerror(errno));
+        close(fd);
+        unlink(sp->path);
         return -1;
     }
     snprintf(l->path, sizeof l->path, "%s", sp->path);
@@ -194,8 +201,8 @@ static int bind_inet(const struct mgw_listen_spec *sp, struct mgw_listener *l, c
 }
 
 struct mgw_listener *mgw_listener_new(struct event_base *base, const char *spec,
-                                      unsigned unix_mode, struct mgw_server *srv, char *err,
-                                      size_t errlen)
+                                      const struct mgw_unix_opts *unix_opts,
+                                      struct mgw_server *srv, char *err, size_t errlen)
 {
     struct mgw_listen_spec sp;
     struct mgw_listener *l;
@@ -205,7 +212,7 @@ struct mgw_listener *mgw_listener_new(struct event_base *base, const char *spec,
         return NULL;
     l = mgw_xcalloc(1, sizeof *l);
     l->srv = srv;
-    fd = sp.kind == MGW_LISTEN_UNIX ? bind_unix(&sp, unix_mode, l, err, errlen)
+    fd = sp.kind == MGW_LISTEN_UNIX ? bind_unix(&sp, unix_opts, l, err, errlen)
                                     : bind_inet(&sp, l, err, errlen);
     if (fd < 0)
         goto fail;

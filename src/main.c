@@ -238,8 +238,11 @@ static int open_listeners(struct runtime *rt)
     char err[512];
 
     for (int i = 0; i < rt->o->nlisten; i++) {
-        rt->listeners[i] = mgw_listener_new(rt->base, rt->o->listen[i], rt->o->unix_mode,
-                                            rt->srv, err, sizeof err);
+        struct mgw_unix_opts uo = {.mode = rt->o->unix_mode, .uid = (uid_t)-1,
+                                   .gid = (gid_t)-1};
+
+        rt->listeners[i] = mgw_listener_new(rt->base, rt->o->listen[i], &uo, rt->srv, err,
+                                            sizeof err);
         if (rt->listeners[i] == NULL) {
             log_error(0, "cannot listen", "listen=%s error=\"%s\"", rt->o->listen[i], err);
             return -1;

@@ -56,6 +56,7 @@ struct stage_macros {
 
 struct mgw_session {
     struct mgw_server *srv;
+    struct mgw_backend *backend; /* the one current at adopt: reload does not swap it */
     uint64_t sid;
     char peer[64];
     struct bufferevent *bev;
@@ -146,7 +147,7 @@ static void session_close(struct mgw_session *s, enum mgw_log_level level, const
     session_enter_state(s, MGW_SESSION_CLOSING);
     s->close_reason = reason;
     if (s->bsession != NULL) {
-        s->srv->backend->ops->session_close(s->bsession);
+        s->backend->ops->session_close(s->bsession);
         s->bsession = NULL;
     }
     s->awaiting = 0;
@@ -416,7 +417,7 @@ static int backend_open(struct mgw_session *s)
     struct mgw_session_info info = {
         .sid = s->sid, .offered = &s->offered, .negotiated = &s->negotiated};
 
-    s->bsession = s->srv->backend->ops->session_open(s->srv->backend->impl, &info,
+    s->bsession = s->backend->ops->session_open(s->backend->impl, &info,
                                                      session_on_progress, s);
     if (s->bsession == NULL) {
         session_fail(s, MGW_EUNAVAIL, "backend refused the session");
@@ -463,7 +464,7 @@ static void forward(struct mgw_session *s, const struct mgw_milter_msg *m)
         s->awaiting = m->cmd;
         bufferevent_disable(s->bev, EV_READ);
     }
-    r = s->srv->backend->ops->event(s->bsession, &ev, want_reply, session_on_done, s);
+    r = s->backend->ops->event(s->bsession, &ev, want_reply, session_on_done, s);
     if (r < 0 && want_reply) {
         /* No callback will come; fail closed for this event rather than hang the MTA. */
         struct mgw_verdict v = {.kind = MGW_VERDICT_TEMPFAIL};
@@ -522,7 +523,7 @@ static void handle_optneg(struct mgw_session *s, const struct mgw_milter_msg *m)
     s->offered = m->u.optneg;
     memset(s->offered.symlist, 0, sizeof s->offered.symlist);
     memset(&s->needs, 0, sizeof s->needs);
-    s->srv->backend->ops->needs(s->srv->backend->impl, &s->needs);
+    s->backend->ops->needs(s->backend->impl, &s->needs);
     if (mgw_negotiate(&s->offered, &s->needs, s->dec.max_frame, &s->negotiated) < 0) {
         snprintf(detail, sizeof detail, "MTA offered protocol version %" PRIu32,
                  s->offered.version);
@@ -640,7 +641,7 @@ static void handle_command(struct mgw_session *s, const struct mgw_milter_msg *m
     case MGW_SMFIC_QUIT_NC:
         /* A new SMTP connection follows on this socket: new backend session, no macros. */
         if (s->bsession != NULL) {
-            s->srv->backend->ops->session_close(s->bsession);
+            s->backend->ops->session_close(s->bsession);
             s->bsession = NULL;
         }
         macros_clear(s, 0, MGW_STAGE_COUNT - 1);
@@ -755,12 +756,21 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
 
 /* ---- lifetime ---- */
 
+static void backend_unref(struct mgw_backend *b, struct mgw_server *srv)
+{
+    /* The current backend lives as long as the server; a replaced one goes with its
+     * last session. */
+    if (--b->sessions == 0 && b != srv->backend && b->release != NULL)
+        b->release(b, b->release_arg);
+}
+
 static void session_free(struct mgw_session *s)
 {
     struct mgw_server *srv = s->srv;
 
     if (s->bsession != NULL)
-        srv->backend->ops->session_close(s->bsession);
+        s->backend->ops->session_close(s->bsession);
+    backend_unref(s->backend, srv);
     macros_clear(s, 0, MGW_STAGE_COUNT - 1);
     bufferevent_free(s->bev);
     event_free(s->resume_ev);
@@ -789,6 +799,8 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
     }
     s = mgw_xcalloc(1, sizeof *s);
     s->srv = srv;
+    s->backend = srv->backend;
+    s->backend->sessions++;
     s->sid = srv->next_sid++;
     snprintf(s->peer, sizeof s->peer, "%s", peer ? peer : "-");
     s->dec.dir = MGW_MILTER_FROM_MTA;
@@ -837,6 +849,19 @@ struct mgw_server *mgw_server_new(struct event_base *base, const struct mgw_serv
         seed = (uint64_t)time(NULL) * 2654435761u;
     srv->next_sid = (seed & 0xffffff0000000000ull) | 1;
     return srv;
+}
+
+void mgw_server_replace(struct mgw_server *srv, const struct mgw_server_config *cfg,
+                        struct mgw_backend *backend)
+{
+    struct mgw_backend *old = srv->backend;
+
+    srv->cfg = *cfg;
+    if (backend == old)
+        return;
+    srv->backend = backend;
+    if (old->sessions == 0 && old->release != NULL)
+        old->release(old, old->release_arg);
 }
 
 unsigned mgw_server_session_count(const struct mgw_server *srv)

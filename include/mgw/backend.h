@@ -104,6 +104,11 @@ struct mgw_backend_ops {
 struct mgw_backend {
     const struct mgw_backend_ops *ops;
     void *impl;
+    /* Sessions using this backend (session.c). A backend replaced at reload is released
+     * through `release` (if set) when the last of its sessions ends. */
+    unsigned sessions;
+    void (*release)(struct mgw_backend *b, void *arg);
+    void *release_arg;
 };
 
 /* The built-in null backend: wants every event, answers continue, accepts at EOM. */

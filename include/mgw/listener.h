@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 enum mgw_listen_kind {
     MGW_LISTEN_INET = 1,
@@ -42,11 +43,19 @@ struct mgw_listener;
 
 #define MGW_DEFAULT_UNIX_MODE 0660
 
+/* How unix sockets are created: permissions, and owner/group ((uid_t)-1 / (gid_t)-1 =
+ * leave as created; changing them needs the privilege to chown). */
+struct mgw_unix_opts {
+    unsigned mode;
+    uid_t uid;
+    gid_t gid;
+};
+
 /* Bind, listen, and hand every accepted connection to `srv`. Returns NULL with a reason
  * in err on failure. */
 struct mgw_listener *mgw_listener_new(struct event_base *base, const char *spec,
-                                      unsigned unix_mode, struct mgw_server *srv, char *err,
-                                      size_t errlen);
+                                      const struct mgw_unix_opts *unix_opts,
+                                      struct mgw_server *srv, char *err, size_t errlen);
 
 /* Stop accepting and close; removes the unix socket file we created. NULL-safe. */
 struct mgw_listener *mgw_listener_free(struct mgw_listener *l);

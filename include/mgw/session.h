@@ -62,6 +62,12 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
 
 unsigned mgw_server_session_count(const struct mgw_server *srv);
 
+/* Reload: sessions adopted from now on use `backend` and `cfg`; running sessions finish
+ * on the backend they started with. The previous backend's `release` callback runs
+ * when its last session ends (at once if it has none). Both are borrowed. */
+void mgw_server_replace(struct mgw_server *srv, const struct mgw_server_config *cfg,
+                        struct mgw_backend *backend);
+
 /* Called (on the loop thread) every time the session count drops to 0. */
 void mgw_server_set_empty_cb(struct mgw_server *srv, void (*cb)(void *arg), void *arg);
 
