@@ -868,12 +868,19 @@ static void release_answers(struct answer *ans, size_t n)
 static void log_drops(struct bsession *bs, const struct mgw_policy_drop *drops, size_t n)
 {
     for (size_t k = 0; k < n; k++) {
-        /* A shadow filter's modifications are never applied: that is no news. */
-        if (drops[k].reason != MGW_POLICY_DROP_SHADOW)
-            log_warn(bs->sid, "modification dropped", "filter=%s mod=%s reason=%s",
-                     bs->b->filters[drops[k].filter].conf.name,
-                     mgw_milter_cmd_name(drops[k].msg->cmd, MGW_MILTER_FROM_MILTER),
-                     mgw_policy_drop_name(drops[k].reason));
+        /* A shadow filter's modifications are never applied, and a refused message
+         * keeps none: that is no news. Everything else is a filter's mistake or a
+         * conflict between filters, worth a warning. */
+        enum mgw_log_level lvl = drops[k].reason == MGW_POLICY_DROP_SHADOW ||
+                                         drops[k].reason == MGW_POLICY_DROP_REFUSED
+                                     ? MGW_LOG_DEBUG
+                                     : MGW_LOG_WARN;
+
+        if (mgw_log_enabled(lvl))
+            mgw_log(lvl, bs->sid, "modification dropped", "filter=%s mod=%s reason=%s",
+                    bs->b->filters[drops[k].filter].conf.name,
+                    mgw_milter_cmd_name(drops[k].msg->cmd, MGW_MILTER_FROM_MILTER),
+                    mgw_policy_drop_name(drops[k].reason));
         mgw_metrics_mods_dropped(bs->b->filters[drops[k].filter].metric, drops[k].reason, 1);
     }
 }

@@ -806,6 +806,9 @@ int mgw_filter_run(const struct mgw_filter *f)
          .key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
          .value.integer = 1000},
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_MAX_PING_STRIKES, .value.integer = 0},
+        /* gRPC sets SO_REUSEPORT by default: a second filter on a busy port would start
+         * and silently share it. Fail instead. */
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0},
     };
     grpc_channel_args chargs = {.num_args = sizeof args / sizeof args[0], .args = args};
     g.server = grpc_server_create(&chargs, NULL);
