@@ -1251,6 +1251,18 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     return (struct mgw_bridge *)b;
 }
 
+void mgw_bridge_on_ready(struct mgw_bridge *mb, void (*ready)(void *arg), void *arg)
+{
+    struct bridge *b = (struct bridge *)mb;
+
+    if (b->describing == 0) {
+        ready(arg);
+        return;
+    }
+    b->ready = ready;
+    b->ready_arg = arg;
+}
+
 size_t mgw_bridge_ready_count(const struct mgw_bridge *mb, size_t *total)
 {
     const struct bridge *b = (const struct bridge *)mb;

@@ -1,13 +1,20 @@
 /*
- * main.c - miltergw: command line, event loop, listeners, signals, teardown.
+ * main.c - miltergw: configuration, event loop, listeners, signals, reload, teardown.
+ *
+ * SIGHUP builds a new configuration (file + the same flags); new filters get their own
+ * bridge, and new sessions switch to it only once every filter in it has answered
+ * Describe, so a reload never makes a message wait. Running sessions finish on the
+ * backend they started with, which is freed after the last of them. A bad file keeps the
+ * old configuration. Channels to unchanged targets share their connections: gRPC pools
+ * subchannels by target and arguments. Listener changes need a restart.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
-#include <errno.h>
 #include <event2/event.h>
-#include <getopt.h>
+#include <grp.h>
 #include <grpc/grpc.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,267 +22,200 @@
 
 #include "mgw/backend.h"
 #include "mgw/backend_grpc.h"
-#include "mgw/filter_conf.h"
+#include "mgw/cli.h"
 #include "mgw/listener.h"
 #include "mgw/log.h"
+#include "mgw/metrics.h"
 #include "mgw/metrics_http.h"
 #include "mgw/session.h"
 #include "mgw/xmalloc.h"
 
-#define MAX_LISTENERS 16
-#define MAX_FILTERS 32
-#define MGW_DEFAULT_DRAIN_TIMEOUT_MS (30u * 1000u)
-
-struct options {
-    const char *listen[MAX_LISTENERS];
-    int nlisten;
-    unsigned unix_mode;
-    unsigned drain_timeout_ms;
-    const char *http;      /* HTTP listener (metrics, health) or NULL */
-    enum { READY_ANY, READY_ALL, READY_NONE } ready_requires;
-    struct mgw_server_config server;
-    struct mgw_filter_conf filters[MAX_FILTERS];
-    size_t nfilters;
+/* A configuration with the backend built for it. */
+struct generation {
+    struct mgw_config *cfg;
+    struct mgw_bridge *bridge; /* NULL: null backend */
+    struct mgw_backend *backend;
 };
 
 struct runtime {
-    const struct options *o;
+    struct mgw_cli cli;
     struct event_base *base;
-    struct event *drain_timer;
-    struct mgw_bridge *bridge;
-    struct mgw_http *http;
     struct mgw_server *srv;
-    struct mgw_listener *listeners[MAX_LISTENERS];
+    struct generation cur, next; /* next: a reload waiting for its filters */
+    struct mgw_listener *listeners[MGW_CONFIG_MAX_LISTEN];
     int nlisteners;
+    struct mgw_http *http;
+    struct event *drain_timer;
     int status;
 };
 
-static void usage(FILE *f)
+static void generation_release(struct mgw_backend *b, void *arg);
+
+static void apply_logging(const struct mgw_config *c)
 {
-    fprintf(f,
-            "usage: miltergw [options]\n"
-            "  -l, --listen SPEC         milter socket (repeatable): inet:HOST:PORT,\n"
-            "                            inet:PORT@HOST, inet6:[ADDR]:PORT, unix:PATH\n"
-            "  -f, --filter NAME=TARGET[,on_error=tempfail|accept|reject][,timeout=DUR]\n"
-            "               [,eom_timeout=DUR][,mode=shadow]\n"
-            "                            gRPC filter service (repeatable; order = merge order);\n"
-            "                            TARGET: HOST:PORT, dns:///HOST:PORT, ipv4:..., unix:PATH;\n"
-            "                            DUR: 500ms, 10s, 1m (defaults: timeout 10s, eom 60s)\n"
-            "      --unix-mode MODE      permissions of unix sockets, octal (default 0660)\n"
-            "      --max-connections N   concurrent MTA connections (default %u, 0 = no limit)\n"
-            "      --max-frame BYTES     largest milter frame accepted (default %u)\n"
-            "      --idle-timeout SECS   close an MTA connection silent this long (default %u)\n"
-            "      --drain-timeout SECS  on SIGTERM, how long messages in progress may take\n"
-            "                            to finish before their connections are closed (default %u)\n"
-            "      --log-level LEVEL     error, warn, info (default) or debug\n"
-            "      --log-format FORMAT   logfmt (default) or json\n"
-            "      --http HOST:PORT      serve /metrics, /healthz, /readyz there (e.g.\n"
-            "                            127.0.0.1:9090; default: no HTTP listener)\n"
-            "      --ready-requires WHAT /readyz needs any (default), all or none of the\n"
-            "                            filter channels READY\n"
-            "  -V, --version             print the version and exit\n"
-            "  -h, --help                print this help and exit\n"
-            "With no --filter, miltergw is a null milter: it continues every event and\n"
-            "accepts every message.\n",
-            MGW_DEFAULT_MAX_CONNECTIONS, MGW_MILTER_DEFAULT_MAX_FRAME,
-            MGW_DEFAULT_IDLE_TIMEOUT_MS / 1000, MGW_DEFAULT_DRAIN_TIMEOUT_MS / 1000);
+    mgw_log_set_level(c->log_level);
+    mgw_log_set_format(c->log_format);
 }
 
-/* Parse an unsigned number within [min, max] in `base`; exits 2 on error. */
-static unsigned long number(const char *opt, const char *s, int base, unsigned long min,
-                            unsigned long max)
+/* The backend for g->cfg: a bridge when there are filters, else the null milter. */
+static int generation_start(struct runtime *rt, struct generation *g)
 {
-    char *end;
-    unsigned long v;
-
-    errno = 0;
-    v = strtoul(s, &end, base);
-    if (errno != 0 || *s == '\0' || *end != '\0' || *s == '-' || v < min || v > max) {
-        fprintf(stderr, "miltergw: %s: \"%s\" is not a number in [%lu, %lu]\n", opt, s, min,
-                max);
-        exit(2);
-    }
-    return v;
-}
-
-static void parse_args(int argc, char **argv, struct options *o)
-{
-    enum { OPT_UNIX_MODE = 256, OPT_MAX_CONN, OPT_MAX_FRAME, OPT_IDLE, OPT_LOG_LEVEL,
-           OPT_LOG_FORMAT, OPT_DRAIN, OPT_HTTP, OPT_READY };
-    static const struct option longopts[] = {
-        {"listen", required_argument, NULL, 'l'},
-        {"filter", required_argument, NULL, 'f'},
-        {"unix-mode", required_argument, NULL, OPT_UNIX_MODE},
-        {"max-connections", required_argument, NULL, OPT_MAX_CONN},
-        {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
-        {"idle-timeout", required_argument, NULL, OPT_IDLE},
-        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
-        {"drain-timeout", required_argument, NULL, OPT_DRAIN},
-        {"http", required_argument, NULL, OPT_HTTP},
-        {"ready-requires", required_argument, NULL, OPT_READY},
-        {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    enum mgw_log_level level;
-    enum mgw_log_format format;
     char err[512];
-    int c;
 
-    while ((c = getopt_long(argc, argv, "l:f:Vh", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'l':
-            if (o->nlisten == MAX_LISTENERS) {
-                fprintf(stderr, "miltergw: at most %d --listen\n", MAX_LISTENERS);
-                exit(2);
-            }
-            o->listen[o->nlisten++] = optarg;
-            break;
-        case 'f':
-            if (o->nfilters == MAX_FILTERS) {
-                fprintf(stderr, "miltergw: at most %d --filter\n", MAX_FILTERS);
-                exit(2);
-            }
-            if (mgw_filter_conf_parse(optarg, &o->filters[o->nfilters], err, sizeof err) < 0) {
-                fprintf(stderr, "miltergw: %s\n", err);
-                exit(2);
-            }
-            for (size_t i = 0; i < o->nfilters; i++) {
-                if (strcmp(o->filters[i].name, o->filters[o->nfilters].name) == 0) {
-                    fprintf(stderr, "miltergw: --filter: duplicate name \"%s\"\n",
-                            o->filters[i].name);
-                    exit(2);
-                }
-            }
-            o->nfilters++;
-            break;
-        case OPT_UNIX_MODE: o->unix_mode = (unsigned)number("--unix-mode", optarg, 8, 0, 0777); break;
-        case OPT_MAX_CONN:
-            o->server.max_connections = (unsigned)number("--max-connections", optarg, 10, 0, 1000000);
-            break;
-        case OPT_MAX_FRAME:
-            /* Below 64 KiB + 1 the MTA's ordinary body chunks would not fit. */
-            o->server.max_frame = (uint32_t)number("--max-frame", optarg, 10, 65536, 0x7fffffff);
-            break;
-        case OPT_IDLE:
-            o->server.idle_timeout_ms = (unsigned)number("--idle-timeout", optarg, 10, 0, 86400) * 1000;
-            break;
-        case OPT_LOG_LEVEL:
-            if (mgw_log_parse_level(optarg, &level) < 0) {
-                fprintf(stderr, "miltergw: --log-level: unknown level \"%s\"\n", optarg);
-                exit(2);
-            }
-            mgw_log_set_level(level);
-            break;
-        case OPT_HTTP: o->http = optarg; break;
-        case OPT_READY:
-            if (strcmp(optarg, "any") == 0)
-                o->ready_requires = READY_ANY;
-            else if (strcmp(optarg, "all") == 0)
-                o->ready_requires = READY_ALL;
-            else if (strcmp(optarg, "none") == 0)
-                o->ready_requires = READY_NONE;
-            else {
-                fprintf(stderr, "miltergw: --ready-requires: any, all or none\n");
-                exit(2);
-            }
-            break;
-        case OPT_DRAIN:
-            o->drain_timeout_ms = (unsigned)number("--drain-timeout", optarg, 10, 0, 3600) * 1000;
-            break;
-        case OPT_LOG_FORMAT:
-            if (mgw_log_parse_format(optarg, &format) < 0) {
-                fprintf(stderr, "miltergw: --log-format: logfmt or json, not \"%s\"\n", optarg);
-                exit(2);
-            }
-            mgw_log_set_format(format);
-            break;
-        case 'V': printf("miltergw %s\n", MGW_VERSION); exit(0);
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); exit(2);
+    if (g->cfg->nfilters == 0) {
+        g->backend = mgw_backend_null_new();
+    } else {
+        g->bridge = mgw_bridge_new(rt->base, g->cfg->filters, g->cfg->nfilters, NULL, NULL, err,
+                                   sizeof err);
+        if (g->bridge == NULL) {
+            log_error(0, "cannot start filters", "error=\"%s\"", err);
+            return -1;
         }
+        g->backend = mgw_bridge_backend(g->bridge);
     }
-    if (optind < argc) {
-        fprintf(stderr, "miltergw: unexpected argument \"%s\"\n", argv[optind]);
-        exit(2);
-    }
-    if (o->nlisten == 0) {
-        fprintf(stderr, "miltergw: at least one --listen is required\n");
-        usage(stderr);
-        exit(2);
-    }
+    g->backend->release = generation_release;
+    g->backend->release_arg = g->bridge;
+    return 0;
 }
 
-/* /readyz: the milter listeners are up, we are not draining, and enough filter channels
- * are READY. Kubernetes stops routing to an unready pod. */
+/* `ready` runs once every filter of g is described (at once for the null milter). */
+static void generation_when_ready(struct runtime *rt, struct generation *g, void (*ready)(void *))
+{
+    if (g->bridge != NULL)
+        mgw_bridge_on_ready(g->bridge, ready, rt);
+    else
+        ready(rt);
+}
+
+static void generation_release(struct mgw_backend *b, void *bridge)
+{
+    if (bridge != NULL)
+        mgw_bridge_free(bridge);
+    else
+        mgw_backend_free(b);
+}
+
+static void generation_free(struct generation *g)
+{
+    if (g->backend != NULL)
+        generation_release(g->backend, g->bridge);
+    g->cfg = mgw_config_unref(g->cfg);
+    g->backend = NULL;
+    g->bridge = NULL;
+}
+
+/* /readyz: listeners up, not draining, enough filter channels READY. */
 static int is_ready(void *arg, char *why, size_t whylen)
 {
     struct runtime *rt = arg;
     size_t total = 0, ready;
 
-    if (mgw_server_draining(rt->srv)) {
-        snprintf(why, whylen, "draining");
-        return 0;
-    }
-    if (rt->nlisteners == 0) {
-        snprintf(why, whylen, "milter listeners not open yet");
-        return 0;
-    }
-    if (rt->bridge == NULL || rt->o->ready_requires == READY_NONE)
+    if (mgw_server_draining(rt->srv))
+        return snprintf(why, whylen, "draining"), 0;
+    if (rt->nlisteners == 0)
+        return snprintf(why, whylen, "milter listeners not open yet"), 0;
+    if (rt->cur.bridge == NULL || rt->cur.cfg->http_ready == MGW_CONFIG_READY_NONE)
         return 1;
-    ready = mgw_bridge_ready_count(rt->bridge, &total);
-    if ((rt->o->ready_requires == READY_ALL && ready < total) ||
-        (rt->o->ready_requires == READY_ANY && ready == 0)) {
-        snprintf(why, whylen, "%zu of %zu filter channels ready", ready, total);
-        return 0;
-    }
+    ready = mgw_bridge_ready_count(rt->cur.bridge, &total);
+    if ((rt->cur.cfg->http_ready == MGW_CONFIG_READY_ALL && ready < total) || ready == 0)
+        return snprintf(why, whylen, "%zu of %zu filter channels ready", ready, total), 0;
     return 1;
 }
 
-static int open_listeners(struct runtime *rt)
+static int unix_opts(const struct mgw_config *c, struct mgw_unix_opts *o)
 {
-    char err[512];
+    o->mode = c->unix_mode;
+    o->uid = (uid_t)-1;
+    o->gid = (gid_t)-1;
+    if (c->unix_owner != NULL) {
+        struct passwd *pw = getpwnam(c->unix_owner);
 
-    for (int i = 0; i < rt->o->nlisten; i++) {
-        struct mgw_unix_opts uo = {.mode = rt->o->unix_mode, .uid = (uid_t)-1,
-                                   .gid = (gid_t)-1};
-
-        rt->listeners[i] = mgw_listener_new(rt->base, rt->o->listen[i], &uo, rt->srv, err,
-                                            sizeof err);
-        if (rt->listeners[i] == NULL) {
-            log_error(0, "cannot listen", "listen=%s error=\"%s\"", rt->o->listen[i], err);
-            return -1;
-        }
-        rt->nlisteners++;
+        if (pw == NULL)
+            return log_error(0, "unknown user", "unix_socket.owner=%s", c->unix_owner), -1;
+        o->uid = pw->pw_uid;
     }
-    log_info(0, "started", "version=%s filters=%zu", MGW_VERSION, rt->o->nfilters);
+    if (c->unix_group != NULL) {
+        struct group *gr = getgrnam(c->unix_group);
+
+        if (gr == NULL)
+            return log_error(0, "unknown group", "unix_socket.group=%s", c->unix_group), -1;
+        o->gid = gr->gr_gid;
+    }
     return 0;
 }
 
-/* Every filter has answered Describe (or failed to): negotiation can be answered. */
-static void on_filters_ready(void *arg)
+/* The first generation is ready: open the doors. */
+static void on_started(void *arg)
 {
     struct runtime *rt = arg;
+    const struct mgw_config *c = rt->cur.cfg;
+    struct mgw_unix_opts uo;
+    char err[512];
 
-    if (open_listeners(rt) < 0) {
-        rt->status = 1;
-        event_base_loopexit(rt->base, NULL);
+    if (unix_opts(c, &uo) < 0)
+        goto fail;
+    for (size_t i = 0; i < c->nlisten; i++) {
+        rt->listeners[i] = mgw_listener_new(rt->base, c->listen[i], &uo, rt->srv, err, sizeof err);
+        if (rt->listeners[i] == NULL) {
+            log_error(0, "cannot listen", "listen=%s error=\"%s\"", c->listen[i], err);
+            goto fail;
+        }
+        rt->nlisteners++;
     }
+    log_info(0, "started", "version=%s filters=%zu", MGW_VERSION, c->nfilters);
+    return;
+fail:
+    rt->status = 1;
+    event_base_loopexit(rt->base, NULL);
 }
 
-static void stop_now(struct runtime *rt, const char *reason)
+/* A reloaded generation is ready: new sessions use it from now on. */
+static void on_reloaded(void *arg)
 {
-    mgw_server_close_all(rt->srv, reason);
-    event_base_loopexit(rt->base, NULL);
+    struct runtime *rt = arg;
+    struct generation old = rt->cur;
+
+    rt->cur = rt->next;
+    memset(&rt->next, 0, sizeof rt->next);
+    mgw_server_replace(rt->srv, &rt->cur.cfg->server, rt->cur.backend);
+    mgw_config_unref(old.cfg); /* its backend goes with its last session */
+    mgw_metrics_config_reload(true);
+    log_info(0, "configuration reloaded", "filters=%zu", rt->cur.cfg->nfilters);
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    struct runtime *rt = arg;
+    char err[1024];
+
+    if (rt->next.cfg != NULL || mgw_server_draining(rt->srv)) {
+        log_warn(0, "reload ignored", "reason=%s", rt->next.cfg ? "reload_in_progress" : "draining");
+        return;
+    }
+    if (mgw_cli_config(&rt->cli, &rt->next.cfg, err, sizeof err) < 0) {
+        log_error(0, "reload failed, keeping the running configuration", "error=\"%s\"", err);
+        mgw_metrics_config_reload(false);
+        return;
+    }
+    if (rt->next.cfg->nlisten != rt->cur.cfg->nlisten ||
+        (rt->next.cfg->http_listen == NULL) != (rt->cur.cfg->http_listen == NULL))
+        log_warn(0, "listener changes need a restart", "");
+    apply_logging(rt->next.cfg);
+    mgw_metrics_filters_retire();
+    if (generation_start(rt, &rt->next) < 0) {
+        for (size_t i = 0; i < rt->cur.cfg->nfilters; i++)
+            mgw_metrics_filter_register(rt->cur.cfg->filters[i].name);
+        generation_free(&rt->next);
+        mgw_metrics_config_reload(false);
+        return;
+    }
+    generation_when_ready(rt, &rt->next, on_reloaded);
 }
 
 static void on_drained(void *arg)
 {
-    struct runtime *rt = arg;
-
     log_info(0, "drained", "");
-    event_base_loopexit(rt->base, NULL);
+    event_base_loopexit(((struct runtime *)arg)->base, NULL);
 }
 
 static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
@@ -283,26 +223,25 @@ static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
     struct runtime *rt = arg;
 
     log_warn(0, "drain timeout", "sessions=%u", mgw_server_session_count(rt->srv));
-    stop_now(rt, "drain_timeout");
+    mgw_server_close_all(rt->srv, "drain_timeout");
+    event_base_loopexit(rt->base, NULL);
 }
 
 /* First SIGTERM/SIGINT: stop accepting and drain (messages in progress finish, bounded
- * by the drain timeout). A second one stops at once. */
+ * by the drain timeout); /readyz turns unready at once. A second one stops now. */
 static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct runtime *rt = arg;
-    struct timeval tv = {rt->o->drain_timeout_ms / 1000, (rt->o->drain_timeout_ms % 1000) * 1000};
+    unsigned ms = rt->cur.cfg->drain_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 
+    log_info(0, "stopping", "signal=%s sessions=%u drain_timeout_ms=%u",
+             sig == SIGTERM ? "TERM" : "INT", mgw_server_session_count(rt->srv), ms);
     if (mgw_server_draining(rt->srv)) {
-        log_info(0, "stopping now", "signal=%s sessions=%u", sig == SIGTERM ? "TERM" : "INT",
-                 mgw_server_session_count(rt->srv));
-        stop_now(rt, "shutdown");
+        mgw_server_close_all(rt->srv, "shutdown");
+        event_base_loopexit(rt->base, NULL);
         return;
     }
-    log_info(0, "stopping", "signal=%s sessions=%u drain_timeout_ms=%u",
-             sig == SIGTERM ? "TERM" : "INT", mgw_server_session_count(rt->srv),
-             rt->o->drain_timeout_ms);
-    /* Stop accepting first so no session starts while the others end. */
     for (int i = 0; i < rt->nlisteners; i++)
         rt->listeners[i] = mgw_listener_free(rt->listeners[i]);
     rt->nlisteners = 0;
@@ -314,72 +253,62 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
-    static struct options o = {.unix_mode = MGW_DEFAULT_UNIX_MODE,
-                               .drain_timeout_ms = MGW_DEFAULT_DRAIN_TIMEOUT_MS,
-                               .server = {.max_connections = MGW_DEFAULT_MAX_CONNECTIONS,
-                                          .max_frame = MGW_MILTER_DEFAULT_MAX_FRAME,
-                                          .idle_timeout_ms = MGW_DEFAULT_IDLE_TIMEOUT_MS}};
-    struct runtime rt = {.o = &o, .status = 0};
-    struct mgw_backend *null_backend = NULL, *backend;
-    struct mgw_bridge *bridge = NULL;
-    struct event *sigterm, *sigint;
+    static struct runtime rt;
+    struct event *sig[3];
+    static const int signals[3] = {SIGTERM, SIGINT, SIGHUP};
     sigset_t handled;
+    char err[1024];
 
-    parse_args(argc, argv, &o);
+    mgw_cli_parse(argc, argv, &rt.cli);
+    if (mgw_cli_config(&rt.cli, &rt.cur.cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "miltergw: %s\n", err);
+        return 2;
+    }
+    if (rt.cli.check_config) {
+        printf("configuration ok: %zu listener(s), %zu filter(s)\n", rt.cur.cfg->nlisten,
+               rt.cur.cfg->nfilters);
+        mgw_config_unref(rt.cur.cfg);
+        mgw_cli_clear(&rt.cli);
+        return 0;
+    }
+    apply_logging(rt.cur.cfg);
     /* An MTA that hangs up mid-write must cost one session, not the process. */
     signal(SIGPIPE, SIG_IGN);
-    /* gRPC's threads inherit the signal mask: block what the event loop handles before
+    /* gRPC's threads inherit the signal mask: block what the loop handles before
      * grpc_init(), unblock it on this thread only (GRPC_CORE.md §11). */
     sigemptyset(&handled);
-    sigaddset(&handled, SIGTERM);
-    sigaddset(&handled, SIGINT);
-    sigaddset(&handled, SIGHUP);
+    for (int i = 0; i < 3; i++)
+        sigaddset(&handled, signals[i]);
     pthread_sigmask(SIG_BLOCK, &handled, NULL);
-    if (o.nfilters > 0)
-        grpc_init();
+    grpc_init();
 
     rt.base = event_base_new();
     if (rt.base == NULL)
         mgw_panic("event_base_new failed");
-    if (o.nfilters > 0) {
-        char err[512];
-
-        bridge = rt.bridge = mgw_bridge_new(rt.base, o.filters, o.nfilters, on_filters_ready,
-                                            &rt, err, sizeof err);
-        if (bridge == NULL) {
-            log_error(0, "cannot start filters", "error=\"%s\"", err);
-            event_base_free(rt.base);
-            for (size_t i = 0; i < o.nfilters; i++)
-                mgw_filter_conf_clear(&o.filters[i]);
-            grpc_shutdown_blocking();
-            return 1;
-        }
-        backend = mgw_bridge_backend(bridge);
-    } else {
-        backend = null_backend = mgw_backend_null_new();
+    if (generation_start(&rt, &rt.cur) < 0) {
+        rt.status = 1;
+        goto out;
     }
-    rt.srv = mgw_server_new(rt.base, &o.server, backend);
-    sigterm = evsignal_new(rt.base, SIGTERM, on_stop_signal, &rt);
-    sigint = evsignal_new(rt.base, SIGINT, on_stop_signal, &rt);
-    event_add(sigterm, NULL);
-    event_add(sigint, NULL);
+    rt.srv = mgw_server_new(rt.base, &rt.cur.cfg->server, rt.cur.backend);
+    for (int i = 0; i < 3; i++) {
+        sig[i] = evsignal_new(rt.base, signals[i], signals[i] == SIGHUP ? on_sighup : on_stop_signal,
+                              &rt);
+        event_add(sig[i], NULL);
+    }
     pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
-    if (o.http != NULL) {
+    if (rt.cur.cfg->http_listen != NULL) {
         struct mgw_http_hooks hooks = {.ready = is_ready, .arg = &rt};
-        char err[512];
 
-        rt.http = mgw_http_new(rt.base, o.http, &hooks, err, sizeof err);
+        rt.http = mgw_http_new(rt.base, rt.cur.cfg->http_listen, &hooks, err, sizeof err);
         if (rt.http == NULL) {
-            log_error(0, "cannot listen", "listen=http:%s error=\"%s\"", o.http, err);
+            log_error(0, "cannot listen", "listen=http:%s error=\"%s\"", rt.cur.cfg->http_listen,
+                      err);
             rt.status = 1;
         }
     }
-
-    if (rt.status != 0)
-        ;
-    else if (o.nfilters == 0 && open_listeners(&rt) < 0)
-        rt.status = 1;
-    else if (event_base_dispatch(rt.base) < 0)
+    if (rt.status == 0)
+        generation_when_ready(&rt, &rt.cur, on_started);
+    if (rt.status == 0 && event_base_dispatch(rt.base) < 0)
         mgw_panic("event loop failed");
     if (rt.status == 0)
         log_info(0, "stopped", "");
@@ -387,17 +316,16 @@ int main(int argc, char **argv)
     for (int i = 0; i < rt.nlisteners; i++)
         mgw_listener_free(rt.listeners[i]);
     rt.http = mgw_http_free(rt.http);
-    rt.srv = mgw_server_free(rt.srv);
-    bridge = rt.bridge = mgw_bridge_free(bridge);
-    mgw_backend_free(null_backend);
-    event_free(sigterm);
-    event_free(sigint);
+    rt.srv = mgw_server_free(rt.srv); /* replaced backends go with their last sessions */
+    for (int i = 0; i < 3; i++)
+        event_free(sig[i]);
     if (rt.drain_timer != NULL)
         event_free(rt.drain_timer);
+out:
+    generation_free(&rt.next);
+    generation_free(&rt.cur);
     event_base_free(rt.base);
-    for (size_t i = 0; i < o.nfilters; i++)
-        mgw_filter_conf_clear(&o.filters[i]);
-    if (o.nfilters > 0)
-        grpc_shutdown_blocking();
+    mgw_cli_clear(&rt.cli);
+    grpc_shutdown_blocking();
     return rt.status;
 }

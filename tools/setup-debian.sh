@@ -9,7 +9,7 @@ apt-get update
 apt-get install -y --no-install-recommends \
     build-essential cmake pkg-config clang libclang-rt-14-dev \
     libevent-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
-    libgrpc-dev libcmocka-dev libcyaml-dev \
+    libgrpc-dev libcmocka-dev libcyaml-dev libyaml-dev \
     postfix swaks miltertest libmilter-dev \
     python3 python3-grpcio python3-protobuf protobuf-compiler-grpc \
     procps ca-certificates

@@ -21,7 +21,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 if command -v clang >/dev/null 2>&1; then
     echo "== libFuzzer targets"
     CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMGW_FUZZ=ON -DMGW_SANITIZE=ON
-    cmake --build build-fuzz -j "$jobs" --target fuzz_milter_decode
+    cmake --build build-fuzz -j "$jobs" --target fuzz_milter_decode fuzz_config
     ctest --test-dir build-fuzz -L fuzz --output-on-failure
     # How much fuzzing that was: libFuzzer's final statistics, from ctest's log.
     grep -hE '^(stat::number_of_executed_units|Done [0-9]+ runs)' \

@@ -41,6 +41,10 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
 /* The backend to give mgw_server_new(); owned by the bridge. */
 struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *b);
 
+/* Call `ready` once every filter has answered Describe or failed to (now, if that is
+ * already so): the same moment as mgw_bridge_new()'s `ready`, set later. */
+void mgw_bridge_on_ready(struct mgw_bridge *b, void (*ready)(void *arg), void *arg);
+
 /* How many filter channels are READY now (for /readyz); *total gets the filter count. */
 size_t mgw_bridge_ready_count(const struct mgw_bridge *b, size_t *total);
 
