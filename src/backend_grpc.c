@@ -247,7 +247,13 @@ static void recompute_needs(struct bridge *b)
         decls[i] = b->filters[i].decl;
         decls[i].shadow = b->filters[i].conf.shadow;
         /* Not implemented yet: refused recipients and header leading space need the
-         * bridge to translate for filters that did not ask; never request them. */
+         * bridge to translate for filters that did not ask; never request them, and say
+         * so rather than pretend. */
+        if (decls[i].rejected_recipients || decls[i].header_leading_space)
+            log_warn(0, "filter asks for something not supported yet; ignored",
+                     "filter=%s rejected_recipients=%d header_leading_space=%d",
+                     b->filters[i].conf.name, decls[i].rejected_recipients,
+                     decls[i].header_leading_space);
         decls[i].rejected_recipients = false;
         decls[i].header_leading_space = false;
     }
