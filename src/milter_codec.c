@@ -621,3 +621,19 @@ ssize_t mgw_milter_encoded_len(const struct mgw_milter_msg *m)
 
     return rc != 0 ? rc : (ssize_t)need;
 }
+
+uint32_t mgw_milter_mod_action(uint8_t reply)
+{
+    switch (reply) {
+    case MGW_SMFIR_ADDHEADER:
+    case MGW_SMFIR_INSHEADER: return MGW_SMFIF_ADDHDRS;
+    case MGW_SMFIR_CHGHEADER: return MGW_SMFIF_CHGHDRS;
+    case MGW_SMFIR_REPLBODY: return MGW_SMFIF_CHGBODY;
+    case MGW_SMFIR_ADDRCPT: return MGW_SMFIF_ADDRCPT;
+    case MGW_SMFIR_ADDRCPT_PAR: return MGW_SMFIF_ADDRCPT_PAR;
+    case MGW_SMFIR_DELRCPT: return MGW_SMFIF_DELRCPT;
+    case MGW_SMFIR_CHGFROM: return MGW_SMFIF_CHGFROM;
+    case MGW_SMFIR_QUARANTINE: return MGW_SMFIF_QUARANTINE;
+    default: return 0;
+    }
+}

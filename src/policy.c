@@ -201,21 +201,6 @@ struct item {
     size_t group; /* CHGHEADER: seq of the first op on the same name */
 };
 
-static uint32_t action_for(uint8_t cmd)
-{
-    switch (cmd) {
-    case MGW_SMFIR_ADDHEADER:
-    case MGW_SMFIR_INSHEADER: return MGW_SMFIF_ADDHDRS;
-    case MGW_SMFIR_CHGHEADER: return MGW_SMFIF_CHGHDRS;
-    case MGW_SMFIR_REPLBODY: return MGW_SMFIF_CHGBODY;
-    case MGW_SMFIR_ADDRCPT: return MGW_SMFIF_ADDRCPT;
-    case MGW_SMFIR_ADDRCPT_PAR: return MGW_SMFIF_ADDRCPT_PAR;
-    case MGW_SMFIR_DELRCPT: return MGW_SMFIF_DELRCPT;
-    case MGW_SMFIR_CHGFROM: return MGW_SMFIF_CHGFROM;
-    case MGW_SMFIR_QUARANTINE: return MGW_SMFIF_QUARANTINE;
-    default: return 0;
-    }
-}
 
 /*
  * Check a frame against the filter's actions; on success *emit is what to send. An
@@ -225,7 +210,7 @@ static uint32_t action_for(uint8_t cmd)
 static enum mgw_policy_drop_reason police(const struct mgw_milter_msg *m, uint32_t actions,
                                           struct mgw_milter_msg *emit)
 {
-    uint32_t need = action_for(m->cmd);
+    uint32_t need = mgw_milter_mod_action(m->cmd);
 
     *emit = *m;
     if (need == 0)

@@ -248,22 +248,6 @@ static void send_simple(struct mgw_session *s, uint8_t cmd)
     session_send(s, &m, 1);
 }
 
-/* The action bit a modification needs; 0 for frames that are not modifications. */
-static uint32_t mod_action(uint8_t cmd)
-{
-    switch (cmd) {
-    case MGW_SMFIR_ADDHEADER:
-    case MGW_SMFIR_INSHEADER: return MGW_SMFIF_ADDHDRS;
-    case MGW_SMFIR_CHGHEADER: return MGW_SMFIF_CHGHDRS;
-    case MGW_SMFIR_REPLBODY: return MGW_SMFIF_CHGBODY;
-    case MGW_SMFIR_ADDRCPT: return MGW_SMFIF_ADDRCPT;
-    case MGW_SMFIR_ADDRCPT_PAR: return MGW_SMFIF_ADDRCPT_PAR;
-    case MGW_SMFIR_DELRCPT: return MGW_SMFIF_DELRCPT;
-    case MGW_SMFIR_CHGFROM: return MGW_SMFIF_CHGFROM;
-    case MGW_SMFIR_QUARANTINE: return MGW_SMFIF_QUARANTINE;
-    default: return 0;
-    }
-}
 
 /* Whether `reply` is a usable SMTP reply for verdict `kind`: three digits whose class
  * matches (4xx for tempfail, 5xx for reject), then a space, a dash or the end. The MTA
@@ -341,7 +325,7 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
     if (v->nmods + 1 > sizeof stackbuf / sizeof stackbuf[0])
         out = mgw_xcalloc(v->nmods + 1, sizeof *out);
     for (size_t i = 0; i < v->nmods; i++) {
-        uint32_t need = mod_action(v->mods[i].cmd);
+        uint32_t need = mgw_milter_mod_action(v->mods[i].cmd);
 
         if (cmd != MGW_SMFIC_BODYEOB || need == 0 || !(s->negotiated.actions & need)) {
             log_warn(s->sid, "modification dropped", "mod=%s event=%s reason=%s",

@@ -269,6 +269,11 @@ struct mgw_strlist mgw_milter_list_make(const char *data, size_t len);
 ssize_t mgw_milter_encode(const struct mgw_milter_msg *m, uint8_t *buf, size_t cap);
 ssize_t mgw_milter_encoded_len(const struct mgw_milter_msg *m);
 
+/* The SMFIF_* action a modification reply needs (h and i: ADDHDRS, m: CHGHDRS,
+ * b: CHGBODY, +: ADDRCPT, 2: ADDRCPT_PAR, -: DELRCPT, e: CHGFROM, q: QUARANTINE), or 0
+ * for a reply that is not a modification. */
+uint32_t mgw_milter_mod_action(uint8_t reply);
+
 /* Printable name of a command/reply byte, e.g. "HELO", "REPLYCODE", "?" if unknown. */
 const char *mgw_milter_cmd_name(uint8_t cmd, enum mgw_milter_dir dir);
 

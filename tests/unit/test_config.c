@@ -21,43 +21,14 @@
 
 #include <cmocka.h>
 
+#include "table.h"
+
 #include "mgw/config.h"
 #include "mgw/error.h"
 #include "mgw/listener.h"
 #include "mgw/milter_codec.h"
 
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-static int failures;
-
-static void case_failed(const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void case_failed(const char *name, const char *fmt, ...)
-{
-    char text[1500];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    print_error("FAIL %s: %s\n", name, text);
-    failures++;
-}
-
-static void end_table(void)
-{
-    int n = failures;
-
-    failures = 0;
-    if (n > 0)
-        fail_msg("%d case(s) failed", n);
-}
-
-static const char *str_or_null(const char *s)
-{
-    return s ? s : "(null)";
-}
 
 /* ---- Fixtures in a temporary directory ---- */
 

@@ -25,49 +25,20 @@
 
 #include <cmocka.h>
 
+#include "table.h"
+
 #include "miltergw/v1/filter.pb-c.h"
 #include "mgw/error.h"
 #include "mgw/filter_proto.h"
 #include "mgw/milter_codec.h"
 #include "mgw/policy.h"
 
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 /* A string view initializer over a literal. */
 #define S(lit) {(lit), sizeof(lit) - 1}
 
 /* ---- failure collection ---- */
 
-static int failures;
-
-static void case_failed(const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void case_failed(const char *name, const char *fmt, ...)
-{
-    char text[2000];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    print_error("FAIL %s: %s\n", name, text);
-    failures++;
-}
-
-static void end_table(void)
-{
-    int n = failures;
-
-    failures = 0;
-    if (n > 0)
-        fail_msg("%d case(s) failed", n);
-}
-
-static const char *str_or_null(const char *s)
-{
-    return s ? s : "(null)";
-}
 
 /* ---- scratch arena: one per test, released after every case ---- */
 

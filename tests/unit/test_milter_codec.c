@@ -20,6 +20,8 @@
 
 #include <cmocka.h>
 
+#include "table.h"
+
 #include "mgw/error.h"
 #include "mgw/milter_codec.h"
 
@@ -232,29 +234,6 @@ static const char *rc_name(ssize_t r)
     return r >= 0 ? "bytes" : mgw_strerror((int)r);
 }
 
-/* Report one failed case without stopping the table; the test fails at its end. */
-static int failures;
-
-static void case_failed(const char *name, const char *fmt, ...)
-{
-    char text[700];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    print_error("FAIL %s: %s\n", name, text);
-    failures++;
-}
-
-static void end_table(void)
-{
-    int n = failures;
-
-    failures = 0;
-    if (n > 0)
-        fail_msg("%d case(s) failed", n);
-}
 
 /* ---- Round-trip table: every command and every reply ---- */
 

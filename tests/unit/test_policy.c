@@ -19,10 +19,11 @@
 
 #include <cmocka.h>
 
+#include "table.h"
+
 #include "mgw/error.h"
 #include "mgw/policy.h"
 
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 /* A string view initializer over a literal. */
 #define S(lit)                                                                                     \
@@ -85,29 +86,6 @@
 #define EV(x)   MGW_POLICY_EV_##x
 #define NONE    MGW_POLICY_NONE
 
-/* Report one failed case without stopping the table; the test fails at its end. */
-static int failures;
-
-static void case_failed(const char *name, const char *fmt, ...)
-{
-    char text[1200];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    print_error("FAIL %s: %s\n", name, text);
-    failures++;
-}
-
-static void end_table(void)
-{
-    int n = failures;
-
-    failures = 0;
-    if (n > 0)
-        fail_msg("%d case(s) failed", n);
-}
 
 static const char *kname(enum mgw_verdict_kind k)
 {
