@@ -73,7 +73,8 @@ struct mgw_session {
     struct mgw_macros macro_views;
 
     uint8_t awaiting;     /* command whose answer is at the backend, or 0 */
-    int in_drain;         /* frame guard: session_drain() is on the stack */
+    int in_drain;         /* session_drain() is on the stack */
+    int guard;            /* frame guard: a callback of ours is on the stack */
     int dead;             /* closed while a callback was on the stack: free on unwind */
     uint64_t messages;    /* completed messages on this connection */
     const char *close_reason; /* static string, for the metrics at free */
@@ -161,7 +162,7 @@ static void session_close(struct mgw_session *s, enum mgw_log_level level, const
         bufferevent_enable(s->bev, EV_WRITE);
         return;
     }
-    if (s->in_drain)
+    if (s->in_drain || s->guard)
         s->dead = 1;
     else
         session_free(s);
@@ -361,9 +362,15 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
         s->messages++;
         message_reset(s, 0);
     }
+    /* drain_check() may end the session: keep it alive until we are done with it. */
+    s->guard++;
     drain_check(s);
-    if (s->state == MGW_SESSION_CLOSING)
+    s->guard--;
+    if (s->state == MGW_SESSION_CLOSING) {
+        if (s->dead && !s->in_drain && !s->guard)
+            session_free(s);
         return;
+    }
     bufferevent_enable(s->bev, EV_READ);
     /* Frames may already wait in the input buffer; the socket will not signal them. */
     if (!s->in_drain)
@@ -690,7 +697,7 @@ static void session_drain(struct mgw_session *s)
             evbuffer_drain(in, (size_t)r);
     }
     s->in_drain--;
-    if (s->dead && s->in_drain == 0)
+    if (s->dead && s->in_drain == 0 && s->guard == 0)
         session_free(s);
 }
 

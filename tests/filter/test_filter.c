@@ -104,6 +104,7 @@ struct session {
     int cancelled;             /* RECV_CLOSE_ON_SERVER target */
     int outstanding;           /* batches started and not completed */
     bool recv_armed, send_busy, recv_done, dead, status_started, silent, first_recv;
+    bool from_match; /* --only-from: the current message's MAIL FROM is listed */
     struct out *head, *tail;
     size_t heap_idx;
     int64_t due;
@@ -609,6 +610,12 @@ static void on_event(struct session *s, const Miltergw__V1__Event *ev)
         return; /* SessionStart, Abort: never answered */
 
     unsigned bit = TF_BIT((unsigned)st);
+    if (st == TF_MAIL && tf.n_only_from > 0) {
+        s->from_match = false;
+        for (size_t i = 0; i < tf.n_only_from; i++)
+            if (tf_addr_match(ev->mail->address, tf.only_from[i]))
+                s->from_match = true;
+    }
     if (tf.crash_at & bit)
         _exit(CRASH_EXIT);
     if (tf.never_at & bit)
@@ -616,23 +623,26 @@ static void on_event(struct session *s, const Miltergw__V1__Event *ev)
     if (s->silent || !(s->events & bit) || (s->observe & bit))
         return;
 
+    /* --only-from: a message not from a listed sender gets plain CONTINUE, at once. */
+    bool applies = tf.n_only_from == 0 || s->from_match;
     int64_t now = now_ns();
     Miltergw__V1__Reply r = MILTERGW__V1__REPLY__INIT;
-    if (tf.progress && st == TF_EOM) {
+    if (applies && tf.progress && st == TF_EOM) {
         r.event_id = ev->event_id;
         r.verdict = MILTERGW__V1__VERDICT__VERDICT_PROGRESS;
         enqueue(s, &r, now);
     }
     r.event_id = ev->event_id + ((tf.bogus_at & bit) ? BOGUS_ID_OFFSET : 0);
-    r.verdict = decide((unsigned)st, ev);
+    r.verdict = applies ? decide((unsigned)st, ev) : MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
     if (tf.has_response && (r.verdict == MILTERGW__V1__VERDICT__VERDICT_REJECT ||
                             r.verdict == MILTERGW__V1__VERDICT__VERDICT_TEMPFAIL))
         r.response = &tf.response;
-    if (st == TF_EOM) {
+    if (applies && st == TF_EOM) {
         r.n_modifications = tf.n_mods;
         r.modifications = tf.mod_ptrs;
     }
-    enqueue(s, &r, now + ((tf.delay_at & bit) ? (int64_t)tf.delay_ms * 1000000 : 0));
+    enqueue(s, &r,
+            now + ((applies && (tf.delay_at & bit)) ? (int64_t)tf.delay_ms * 1000000 : 0));
 }
 
 static void on_recv(struct session *s, int ok)
@@ -881,6 +891,69 @@ static void teardown(void)
     tf_opts_free();
 }
 
+/* The whole of a PEM file as a NUL-terminated string (malloc'd), or NULL with a message. */
+static char *read_pem(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t len = 0, cap = 0, n;
+
+    if (f == NULL) {
+        fprintf(stderr, "mgw_test_filter: %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    do {
+        if (cap - len < 4096) {
+            cap = cap ? 2 * cap : 8192;
+            char *p = realloc(buf, cap);
+            if (p == NULL)
+                abort();
+            buf = p;
+        }
+        n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+    } while (n > 0);
+    if (ferror(f)) {
+        fprintf(stderr, "mgw_test_filter: %s: read error\n", path);
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* Server TLS from --tls-cert/--tls-key, with --tls-client-ca: mutual TLS (a client
+ * certificate is required and verified against those roots). NULL if a file is unusable;
+ * bad PEM contents show up as a handshake failure. */
+static grpc_server_credentials *tls_credentials(void)
+{
+    char *cert = read_pem(tf.tls_cert);
+    char *key = cert ? read_pem(tf.tls_key) : NULL;
+    char *roots = key && tf.tls_client_ca ? read_pem(tf.tls_client_ca) : NULL;
+    grpc_server_credentials *creds = NULL;
+
+    if (cert && key && (roots || !tf.tls_client_ca)) {
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+        /* The config copies the strings. */
+        grpc_ssl_server_certificate_config *cfg =
+            grpc_ssl_server_certificate_config_create(roots, &pair, 1);
+        grpc_ssl_server_credentials_options *o =
+            grpc_ssl_server_credentials_create_options_using_config(
+                roots ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                      : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+                cfg);
+        creds = grpc_ssl_server_credentials_create_with_options(o);
+        if (creds == NULL)
+            fputs("mgw_test_filter: cannot make TLS server credentials\n", stderr);
+    }
+    free(cert);
+    free(key);
+    free(roots);
+    return creds;
+}
+
 int main(int argc, char **argv)
 {
     static sigset_t sigs;
@@ -924,7 +997,13 @@ int main(int argc, char **argv)
     g.cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(g.server, g.cq, NULL);
 
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = tf.tls_cert ? tls_credentials() : NULL;
+    if (tf.tls_cert != NULL && creds == NULL) {
+        teardown();
+        return 1;
+    }
+    if (creds == NULL)
+        creds = grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(g.server, tf.listen, creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {

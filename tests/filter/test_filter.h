@@ -58,6 +58,12 @@ struct tf_opts {
     const char *filter_version;
     const char *record;
 
+    /* TLS (server side): PEM files; NULL = plaintext. tls_client_ca also makes the server
+     * require and verify a client certificate (mutual TLS). */
+    const char *tls_cert;
+    const char *tls_key;
+    const char *tls_client_ca;
+
     /* Declaration (Describe answer). Masks are TF_BIT(stage) sets. */
     unsigned events;
     unsigned observe;
@@ -76,6 +82,10 @@ struct tf_opts {
     size_t n_tempfail_rcpt;
     const char *reject_rcpt[TF_MAX_LIST];
     size_t n_reject_rcpt;
+    /* --only-from: verdicts from MAIL on, delays, progress and modifications apply only to
+     * messages whose MAIL FROM is one of these; empty = every message. */
+    const char *only_from[TF_MAX_LIST];
+    size_t n_only_from;
 
     /* Custom SMTP response for reject/tempfail; sent only if has_response. */
     bool has_response;

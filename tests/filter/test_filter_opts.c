@@ -53,6 +53,10 @@ static const char usage_text[] =
     "  --listen ADDR           127.0.0.1:PORT (0 = pick one; the default is 127.0.0.1:0),\n"
     "                          [::1]:PORT, or unix:PATH\n"
     "  --record FILE           append one line per event received (see below)\n"
+    "  --tls-cert FILE --tls-key FILE\n"
+    "                          serve TLS with this PEM certificate (chain) and key\n"
+    "  --tls-client-ca FILE    with TLS: require a client certificate and verify it\n"
+    "                          against these PEM roots (mutual TLS)\n"
     "Declaration (Describe):\n"
     "  --name N                filter name (default test-filter)\n"
     "  --filter-version V      filter version (default: miltergw's)\n"
@@ -75,6 +79,10 @@ static const char usage_text[] =
     "  --code N --xcode X.Y.Z --text TEXT (+, one per line)\n"
     "                          SMTP response sent with REJECT/TEMPFAIL (default: none)\n"
     "  --skip-body             answer SKIP to body chunks\n"
+    "  --only-from ADDR +      verdicts from MAIL on (rcpt lists included), delays,\n"
+    "                          --progress and modifications apply only to messages whose\n"
+    "                          MAIL FROM is ADDR (<> and case ignored); other messages,\n"
+    "                          and connect/helo before the first MAIL, get CONTINUE at once\n"
     "  (precedence at one stage: rcpt lists, discard, reject, tempfail, accept, skip)\n"
     "Modifications (sent, in flag order, with the final EOM answer):\n"
     "  --add-header NAME:VALUE +\n"
@@ -364,6 +372,10 @@ enum {
     O_CRASH,
     O_BOGUS,
     O_BOGUS_AT,
+    O_TLS_CERT,
+    O_TLS_KEY,
+    O_TLS_CLIENT_CA,
+    O_ONLY_FROM,
 };
 
 static const struct option long_opts[] = {
@@ -402,6 +414,10 @@ static const struct option long_opts[] = {
     {"crash-at", required_argument, NULL, O_CRASH},
     {"bogus-reply", no_argument, NULL, O_BOGUS},
     {"bogus-at", required_argument, NULL, O_BOGUS_AT},
+    {"tls-cert", required_argument, NULL, O_TLS_CERT},
+    {"tls-key", required_argument, NULL, O_TLS_KEY},
+    {"tls-client-ca", required_argument, NULL, O_TLS_CLIENT_CA},
+    {"only-from", required_argument, NULL, O_ONLY_FROM},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -564,12 +580,20 @@ void tf_opts_parse(int argc, char **argv)
         case O_CRASH: tf.crash_at |= parse_stage_list(optarg, "--crash-at"); break;
         case O_BOGUS: tf.bogus_at = TF_ALL_STAGES; break;
         case O_BOGUS_AT: tf.bogus_at |= parse_stage_list(optarg, "--bogus-at"); break;
+        case O_TLS_CERT: tf.tls_cert = optarg; break;
+        case O_TLS_KEY: tf.tls_key = optarg; break;
+        case O_TLS_CLIENT_CA: tf.tls_client_ca = optarg; break;
+        case O_ONLY_FROM: push_str(tf.only_from, &tf.n_only_from, optarg, "--only-from"); break;
         case 'h': fputs(usage_text, stdout); exit(0);
         default: fputs("(see --help)\n", stderr); exit(2);
         }
     }
     if (optind != argc)
         usage_error("unexpected argument \"%s\"", argv[optind]);
+    if ((tf.tls_cert == NULL) != (tf.tls_key == NULL))
+        usage_error("%s", "--tls-cert and --tls-key go together");
+    if (tf.tls_client_ca != NULL && tf.tls_cert == NULL)
+        usage_error("%s", "--tls-client-ca needs --tls-cert and --tls-key");
     tf.observe &= tf.events;
     if (!tf.actions_given)
         tf.actions = needed_actions();
