@@ -10,6 +10,7 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
+#include <errno.h>
 #include <event2/event.h>
 #include <grp.h>
 #include <grpc/grpc.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mgw/backend.h"
 #include "mgw/backend_grpc.h"
@@ -265,6 +267,21 @@ int main(int argc, char **argv)
         return 2;
     }
     if (rt.cli.check_config) {
+        /* Also what only the start would find out: TLS files must be readable. */
+        for (size_t i = 0; i < rt.cur.cfg->nfilters; i++) {
+            const struct mgw_filter_conf *f = &rt.cur.cfg->filters[i];
+            const char *files[] = {f->tls_ca, f->tls_cert, f->tls_key};
+
+            for (size_t k = 0; f->tls && k < 3; k++) {
+                if (files[k] != NULL && access(files[k], R_OK) != 0) {
+                    fprintf(stderr, "miltergw: filter %s: cannot read %s: %s\n", f->name,
+                            files[k], strerror(errno));
+                    mgw_config_unref(rt.cur.cfg);
+                    mgw_cli_clear(&rt.cli);
+                    return 2;
+                }
+            }
+        }
         printf("configuration ok: %zu listener(s), %zu filter(s)\n", rt.cur.cfg->nlisten,
                rt.cur.cfg->nfilters);
         mgw_config_unref(rt.cur.cfg);

@@ -284,16 +284,19 @@ static enum mgw_verdict_kind sanitize_kind(struct mgw_session *s, uint8_t cmd,
     return kind;
 }
 
-/* Messages by final verdict: every end of message, and the refusals or accepts that end
- * a message before it (a refusal at RCPT refuses one recipient, not the message). */
+/* Messages by final verdict: every end of message, and the verdicts that end a message
+ * before it. At RCPT a reject or tempfail refuses one recipient only, but an accept or a
+ * discard acts on the whole message. */
 static void count_message(uint8_t cmd, enum mgw_verdict_kind kind,
                           const struct mgw_milter_msg *mods, size_t nmods)
 {
     bool quarantined = false;
 
     if (cmd != MGW_SMFIC_BODYEOB) {
-        if (strchr("MTLNB", cmd) == NULL || kind == MGW_VERDICT_CONTINUE ||
-            kind == MGW_VERDICT_SKIP)
+        if (kind == MGW_VERDICT_CONTINUE || kind == MGW_VERDICT_SKIP)
+            return;
+        if (strchr("MTLNB", cmd) == NULL &&
+            !(cmd == MGW_SMFIC_RCPT && (kind == MGW_VERDICT_ACCEPT || kind == MGW_VERDICT_DISCARD)))
             return;
     }
     for (size_t i = 0; i < nmods; i++)

@@ -4,7 +4,8 @@
  *
  * Stands in for real filter services in the integration tests and the benchmarks; its
  * behaviour comes from flags (test_filter_opts.c, `--help`). It is not an example of how to
- * write a filter: see examples/ for that.
+ * write a filter: see examples/ for that. It serves plaintext, or TLS with --tls-cert and
+ * --tls-key, and mutual TLS (a verified client certificate required) with --tls-client-ca.
  *
  * Threads. The main thread owns every call and all state: it loops in
  * grpc_completion_queue_next() on one NEXT completion queue, so no state needs a lock. A

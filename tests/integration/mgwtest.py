@@ -1170,3 +1170,200 @@ def main(argv=None):
         sys.exit(128 + (_got_signal or signal.SIGINT))
     _run_cleanups()
     sys.exit(0 if ok else 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Operations: miltergw run from a YAML file, its HTTP endpoints, metrics, TLS material
+
+
+def _yaml_scalar(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    s = str(v)
+    if re.match(r"^[A-Za-z0-9_./-]+$", s) and s.lower() not in ("true", "false", "yes", "no", "null", "on", "off", "~"):
+        return s
+    return json.dumps(s)  # a JSON string is a YAML double-quoted scalar
+
+
+def yaml_dump(obj, indent=0):
+    """Block-style YAML for dicts, lists and scalars (one key a line, so a file:line in a
+    config error points somewhere useful). Strings that need it are double-quoted."""
+    pad = "  " * indent
+    lines = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append("%s%s:" % (pad, k))
+                lines.append(yaml_dump(v, indent + 1))
+            elif isinstance(v, dict):
+                lines.append("%s%s: {}" % (pad, k))
+            elif isinstance(v, list):
+                lines.append("%s%s: []" % (pad, k))
+            else:
+                lines.append("%s%s: %s" % (pad, k, _yaml_scalar(v)))
+    elif isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, (dict, list)) and item:
+                sub = yaml_dump(item, indent + 1).split("\n")
+                sub[0] = pad + "- " + sub[0][len(pad) + 2:]
+                lines.extend(sub)
+            else:
+                lines.append("%s- %s" % (pad, _yaml_scalar(item) if not isinstance(item, (dict, list))
+                                         else ("{}" if isinstance(item, dict) else "[]")))
+    else:
+        lines.append(pad + _yaml_scalar(obj))
+    return "\n".join(lines)
+
+
+def write_file(path, text, mode=0o644):
+    """Write text atomically (temp file + rename in the same directory), so a process
+    reading it (a SIGHUP reload) never sees half of it."""
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def http_get(host, port, path, timeout=5):
+    """GET http://host:port/path -> (status, body text). No proxies, no redirects."""
+    import http.client
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        c.close()
+
+
+_PROM_RE = re.compile(r'^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$')
+_PROM_LABEL_RE = re.compile(r'([A-Za-z_]\w*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text):
+    """Prometheus text format -> {(name, ((label, value), ...) sorted): float}."""
+    out = {}
+    for ln in text.splitlines():
+        if not ln or ln.startswith("#"):
+            continue
+        m = _PROM_RE.match(ln)
+        if not m:
+            raise AssertionError("unparsable metrics line: %r" % ln)
+        labels = tuple(sorted((k, re.sub(r"\\(.)", r"\1", v)) for k, v in _PROM_LABEL_RE.findall(m.group(2) or "")))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+class MiltergwFile(Miltergw):
+    """miltergw run as `miltergw -c CONFIG [args]`: listeners, HTTP and filters come from
+    the file (written by the test, e.g. with yaml_dump()). `port` is the milter port the
+    file's `listen` uses (for port_listening), or None. Started on construction: waits for
+    msg=started (the milter listeners are open). If the file has an http.listen (port 0
+    is fine), .http_port is the real port from the `msg=listening listen=http:H:P` line."""
+
+    def __init__(self, config_path, binary=None, args=(), tmpdir=None, start=True,
+                 ready_timeout=15, port=None):
+        self.binary = binary or MILTERGW
+        if not self.binary:
+            raise RuntimeError("no miltergw binary (pass --miltergw PATH)")
+        self.config_path = config_path
+        self.args = list(args)
+        self.tmpdir = tmpdir or make_tmpdir("gw")
+        self.port = port
+        self.host = "127.0.0.1"
+        self.listen = "inet:%s:%d" % (self.host, port) if port else None
+        self.spec = self.listen
+        self.log_path = os.path.join(self.tmpdir, "miltergw-%d.log" % time.monotonic_ns())
+        self.proc = Proc([self.binary, "-c", config_path] + self.args, self.log_path, name="miltergw")
+        self.ready_timeout = ready_timeout
+        self.http_host = None
+        self.http_port = None
+        if start:
+            self.start()
+
+    def start(self):
+        self.proc.start()
+        wait_for(lambda: self.has_log(msg="started") or not self.proc.alive(),
+                 self.ready_timeout, lambda: "miltergw to log msg=started; log:\n%s" % self.proc.log_tail())
+        if not self.proc.alive():
+            raise AssertionError("miltergw exited with %s before starting; log:\n%s"
+                                 % (self.proc.p.returncode, self.proc.log_tail()))
+        for r in self.find_log(msg="listening"):
+            m = re.match(r"^http:(.*):(\d+)$", r.get("listen", ""))
+            if m:
+                self.http_host, self.http_port = m.group(1).strip("[]"), int(m.group(2))
+        if self.port:
+            wait_for(lambda: port_listening(self.port), 5, "miltergw port %d to listen" % self.port)
+        return self
+
+    def signal(self, sig):
+        self.proc.p.send_signal(sig)
+
+    def reload(self, timeout=10):
+        """SIGHUP and wait for `configuration reloaded` or `reload failed` after it; returns
+        that log record."""
+        mark = self.log_mark()
+        self.signal(signal.SIGHUP)
+        return wait_for(lambda: [r for r in self.records(mark)
+                                 if r.get("msg") in ("configuration reloaded",
+                                                     "reload failed, keeping the running configuration")],
+                        timeout, lambda: "reload result in the log; tail:\n%s" % self.proc.log_tail())[0]
+
+    def http(self, path, timeout=5):
+        if self.http_port is None:
+            raise AssertionError("miltergw has no HTTP listener")
+        return http_get(self.http_host, self.http_port, path, timeout)
+
+    def metrics(self):
+        status, body = self.http("/metrics")
+        if status != 200:
+            raise AssertionError("/metrics answered %d: %s" % (status, body))
+        return parse_prometheus(body)
+
+    def metric(self, name, metrics=None, **labels):
+        """The value of one series (None if absent); metrics: a parse to reuse."""
+        m = self.metrics() if metrics is None else metrics
+        return m.get((name, tuple(sorted((k, str(v)) for k, v in labels.items()))))
+
+
+def make_tls_files(d, server_name="filter.test"):
+    """A test PKI under directory d, made with openssl: ca.pem/ca.key, server.pem/server.key
+    (CN and SAN DNS:server_name, serverAuth, signed by ca), client.pem/client.key (clientAuth,
+    signed by ca) and other-ca.pem/other-ca.key (an unrelated CA). EC P-256, valid 2 days.
+    Returns {name: path}."""
+    def run(*argv):
+        r = subprocess.run(["openssl"] + list(argv), cwd=d, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError("openssl %s failed:\n%s" % (" ".join(argv), r.stdout.decode("utf-8", "replace")))
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        run("req", "-x509", *ec, "-keyout", ca + ".key", "-out", ca + ".pem", "-days", "2",
+            "-subj", "/CN=mgwtest %s" % ca, "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    exts = {
+        "server": "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                  "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:%s\n" % server_name,
+        "client": "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                  "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:gateway.test\n",
+    }
+    for name, ext in exts.items():
+        with open(os.path.join(d, name + ".ext"), "w") as f:
+            f.write(ext)
+        cn = server_name if name == "server" else "gateway.test"
+        run("req", *ec, "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + cn)
+        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", name + ".ext", "-out", name + ".pem")
+    files = {}
+    for name in ("ca", "other-ca", "server", "client"):
+        for ext in ("pem", "key"):
+            p = os.path.join(d, "%s.%s" % (name, ext))
+            os.chmod(p, 0o644)
+            files["%s.%s" % (name, ext)] = p
+    return files
