@@ -1367,3 +1367,48 @@ def make_tls_files(d, server_name="filter.test"):
             os.chmod(p, 0o644)
             files["%s.%s" % (name, ext)] = p
     return files
+
+
+def postfix_with_milter_per_test(test_class, tmpdir, first_octet):
+    """One private Postfix for a whole test class in which every test method gets its own
+    miltergw: test i sends from client address 127.0.0.(first_octet + i), and Postfix
+    picks the milter by client address (a cidr smtpd_milter_maps) at a gateway port
+    reserved here. Returns (postfix, {test method name: (client address, gateway port)})."""
+    names = unittest.TestLoader().getTestCaseNames(test_class)
+    slots, used = {}, set()
+    for i, name in enumerate(names):
+        port = free_port()
+        while port in used:
+            port = free_port()
+        used.add(port)
+        slots[name] = ("127.0.0.%d" % (first_octet + i), port)
+    map_path = os.path.join(tmpdir, "milter_map.cidr")
+    with open(map_path, "w") as f:
+        for ip, port in slots.values():
+            f.write("%s inet:127.0.0.1:%d\n" % (ip, port))
+    os.chmod(map_path, 0o644)
+    pf = PrivatePostfix("", extra_main_cf={"smtpd_milter_maps": "cidr:" + map_path})
+    return pf, slots
+
+
+def stop_and_check(gw, filters, gw_already_stopped=False):
+    """Stop a test's gateway (expecting exit 0 on SIGTERM) and its test filters by PID,
+    then fail with everything that went wrong: a bad exit code, a `level=error` line in
+    the gateway's log. Meant for addCleanup()."""
+    problems = []
+    if gw is not None:
+        if not gw_already_stopped:
+            try:
+                gw.stop(expect=0)
+            except AssertionError as e:
+                problems.append(str(e))
+        errors = gw.error_lines()
+        if errors:
+            problems.append("level=error in the miltergw log:\n" + "\n".join(errors))
+    for f in filters:
+        try:
+            f.stop()
+        except AssertionError as e:
+            problems.append(str(e))
+    if problems:
+        raise AssertionError("\n\n".join(problems))

@@ -45,21 +45,7 @@ class BridgeCase(unittest.TestCase):
         if not mgwtest.TEST_FILTER:
             raise unittest.SkipTest("no --test-filter PATH given")
         cls.tmp = mgwtest.make_tmpdir("bridge")
-        names = unittest.TestLoader().getTestCaseNames(cls)
-        cls.slots = {}
-        used = set()
-        for i, name in enumerate(names):
-            port = mgwtest.free_port()
-            while port in used:
-                port = mgwtest.free_port()
-            used.add(port)
-            cls.slots[name] = ("127.0.0.%d" % (cls.first_octet + i), port)
-        map_path = os.path.join(cls.tmp, "milter_map.cidr")
-        with open(map_path, "w") as f:
-            for ip, port in cls.slots.values():
-                f.write("%s inet:127.0.0.1:%d\n" % (ip, port))
-        os.chmod(map_path, 0o644)
-        cls.pf = mgwtest.PrivatePostfix("", extra_main_cf={"smtpd_milter_maps": "cidr:" + map_path})
+        cls.pf, cls.slots = mgwtest.postfix_with_milter_per_test(cls, cls.tmp, cls.first_octet)
 
     @classmethod
     def tearDownClass(cls):
@@ -73,22 +59,7 @@ class BridgeCase(unittest.TestCase):
         self.addCleanup(self._stop_processes)
 
     def _stop_processes(self):
-        problems = []
-        if self.gw is not None:
-            try:
-                self.gw.stop(expect=0)
-            except AssertionError as e:
-                problems.append(str(e))
-            errors = self.gw.error_lines()
-            if errors:
-                problems.append("level=error in the miltergw log:\n" + "\n".join(errors))
-        for f in self.filters:
-            try:
-                f.stop()
-            except AssertionError as e:
-                problems.append(str(e))
-        if problems:
-            raise AssertionError("\n\n".join(problems))
+        mgwtest.stop_and_check(self.gw, self.filters, False)
 
     # -- processes
     def filter(self, *args, name="a"):

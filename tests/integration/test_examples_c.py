@@ -55,20 +55,7 @@ class ExampleCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = mgwtest.make_tmpdir("exc")
-        names = unittest.TestLoader().getTestCaseNames(cls)
-        cls.slots, used = {}, set()
-        for i, name in enumerate(names):
-            port = mgwtest.free_port()
-            while port in used:
-                port = mgwtest.free_port()
-            used.add(port)
-            cls.slots[name] = ("127.0.0.%d" % (100 + i), port)
-        map_path = os.path.join(cls.tmp, "milter_map.cidr")
-        with open(map_path, "w") as f:
-            for ip, port in cls.slots.values():
-                f.write("%s inet:127.0.0.1:%d\n" % (ip, port))
-        os.chmod(map_path, 0o644)
-        cls.pf = mgwtest.PrivatePostfix("", extra_main_cf={"smtpd_milter_maps": "cidr:" + map_path})
+        cls.pf, cls.slots = mgwtest.postfix_with_milter_per_test(cls, cls.tmp, 100)
 
     @classmethod
     def tearDownClass(cls):

@@ -92,23 +92,7 @@ class OpsCase(unittest.TestCase):
         self.addCleanup(self._stop_processes)
 
     def _stop_processes(self):
-        problems = []
-        if self.gw is not None:
-            if not self.gw_stopped:
-                try:
-                    self.gw.stop(expect=0)
-                except AssertionError as e:
-                    problems.append(str(e))
-            errors = self.gw.error_lines()
-            if errors:
-                problems.append("level=error in the miltergw log:\n" + "\n".join(errors))
-        for f in self.filters:
-            try:
-                f.stop()
-            except AssertionError as e:
-                problems.append(str(e))
-        if problems:
-            raise AssertionError("\n\n".join(problems))
+        mgwtest.stop_and_check(self.gw, self.filters, self.gw_stopped)
 
     # -- processes
     def filter(self, *args, name="a"):
