@@ -12,7 +12,8 @@ apt-get install -y --no-install-recommends \
     libgrpc-dev libcmocka-dev libcyaml-dev libyaml-dev \
     postfix swaks miltertest libmilter-dev \
     python3 python3-grpcio python3-protobuf protobuf-compiler-grpc \
-    procps ca-certificates
+    procps ca-certificates \
+    podman buildah skopeo runc slirp4netns catatonit debootstrap shellcheck
 # The Node.js example filter needs node and npm; many images ship them already (and a
 # packaged node that bundles npm conflicts with Debian's npm), so only install if absent.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

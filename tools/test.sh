@@ -29,3 +29,12 @@ if command -v clang >/dev/null 2>&1; then
 else
     echo "== clang not found: fuzz targets skipped"
 fi
+
+# Deployment artifacts: the container images built and run with podman, the Kubernetes
+# manifests validated offline and the mail pod run with podman kube play (needs root).
+echo "== deployment artifacts (tests/deploy/run.sh)"
+if [ "$(id -u)" = 0 ]; then
+    tests/deploy/run.sh
+else
+    echo "== deploy tests skipped: they need root (run tools/test.sh as root)"
+fi
