@@ -43,16 +43,10 @@ class Failed(Exception):
 
 def prepare(tmp):
     """Python stubs into tmp; node_modules for the Node example. Returns the stubs dir."""
-    protoc, plugin = shutil.which("protoc") or "/usr/bin/protoc", "/usr/bin/grpc_python_plugin"
-    for path in (protoc, plugin):
-        if not os.access(path, os.X_OK):
-            raise Failed("%s missing: run tools/setup-debian.sh" % path)
-    stubs = os.path.join(tmp, "stubs")
-    os.mkdir(stubs)
-    subprocess.run([protoc, "-I", os.path.join(REPO, "proto"), "--python_out=" + stubs,
-                    "--grpc_out=" + stubs, "--plugin=protoc-gen-grpc=" + plugin,
-                    os.path.join(REPO, "proto", "miltergw", "v1", "filter.proto")],
-                   check=True, timeout=60)
+    try:
+        stubs = mgwtest.generate_python_stubs(tmp)
+    except RuntimeError as e:
+        raise Failed(str(e))
     node_dir = os.path.join(REPO, "examples", "node")
     if not (shutil.which("node") and shutil.which("npm")):
         raise Failed("node and npm are needed for the Node.js example: run tools/setup-debian.sh")

@@ -1412,3 +1412,48 @@ def stop_and_check(gw, filters, gw_already_stopped=False):
             problems.append(str(e))
     if problems:
         raise AssertionError("\n\n".join(problems))
+
+
+def generate_python_stubs(tmp):
+    """The Python stubs of filter.proto, made as examples/python/README.md says, into
+    tmp/stubs; returns that directory."""
+    protoc, plugin = shutil.which("protoc") or "/usr/bin/protoc", "/usr/bin/grpc_python_plugin"
+    for path in (protoc, plugin):
+        if not os.access(path, os.X_OK):
+            raise RuntimeError("%s missing: run tools/setup-debian.sh" % path)
+    repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    stubs = os.path.join(tmp, "stubs")
+    os.mkdir(stubs)
+    subprocess.run([protoc, "-I", os.path.join(repo, "proto"), "--python_out=" + stubs,
+                    "--grpc_out=" + stubs, "--plugin=protoc-gen-grpc=" + plugin,
+                    os.path.join(repo, "proto", "miltergw", "v1", "filter.proto")],
+                   check=True, timeout=60)
+    return stubs
+
+
+def smtp_text(reply):
+    """(code, text) of an smtplib reply, text as str."""
+    code, text = reply
+    return code, text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def smtp_transaction(s, mail_from, rcpts, msg):
+    """One transaction on an open smtplib connection, tolerant of refusals: returns
+    {'mail': (code, text), 'rcpt': [(code, text)...], 'data_cmd': 354 or the refusal
+    code of DATA, or None, 'data': (code, text) of the final '.', or None}."""
+    res = {"mail": smtp_text(s.mail(mail_from)), "rcpt": [], "data_cmd": None, "data": None}
+    if res["mail"][0] != 250:
+        s.rset()
+        return res
+    for r in rcpts:
+        res["rcpt"].append(smtp_text(s.rcpt(r)))
+    if not any(c == 250 for c, _ in res["rcpt"]):
+        s.rset()
+        return res
+    try:
+        res["data"] = smtp_text(s.data(msg))
+        res["data_cmd"] = 354
+    except smtplib.SMTPDataError as e:
+        res["data_cmd"] = e.smtp_code
+        s.rset()
+    return res

@@ -92,33 +92,15 @@ class BridgeCase(unittest.TestCase):
         try:
             s.ehlo()
             for mail_from, rcpts, msg in messages:
-                res = {"mail": _txt(s.mail(mail_from)), "rcpt": [], "data_cmd": None, "data": None}
-                results.append(res)
-                self._transaction(s, res, rcpts, msg)
+                res = mgwtest.smtp_transaction(s, mail_from, rcpts, msg)
                 res["t"] = time.monotonic()
+                results.append(res)
         finally:
             try:
                 s.quit()
             except (smtplib.SMTPException, OSError):
                 s.close()
         return results
-
-    @staticmethod
-    def _transaction(s, res, rcpts, msg):
-        if res["mail"][0] != 250:
-            s.rset()
-            return
-        for r in rcpts:
-            res["rcpt"].append(_txt(s.rcpt(r)))
-        if not any(c == 250 for c, _ in res["rcpt"]):
-            s.rset()
-            return
-        try:
-            res["data"] = _txt(s.data(msg))
-            res["data_cmd"] = 354
-        except smtplib.SMTPDataError as e:
-            res["data_cmd"] = e.smtp_code
-            s.rset()
 
     # -- checks
     def context(self):
@@ -152,10 +134,6 @@ class BridgeCase(unittest.TestCase):
         found = [m for m in self.pf.delivered() if any(n == "Received" and rx.search(v) for n, v in m.headers)]
         self.assertEqual(found, [], "message %s was delivered" % qid)
 
-
-def _txt(r):
-    code, text = r
-    return code, text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
 def swaks_replies(transcript, command):

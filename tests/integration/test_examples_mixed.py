@@ -49,18 +49,7 @@ LATER = (451, "4.7.1 Recipient temporarily refused")
 
 
 def generate_stubs(tmp):
-    """The Python stubs, as examples/python/README.md generates them, into tmp/stubs."""
-    protoc, plugin = shutil.which("protoc") or "/usr/bin/protoc", "/usr/bin/grpc_python_plugin"
-    for path in (protoc, plugin):
-        if not os.access(path, os.X_OK):
-            raise AssertionError("%s missing: apt-get install protobuf-compiler-grpc" % path)
-    stubs = os.path.join(tmp, "stubs")
-    os.mkdir(stubs)
-    subprocess.run([protoc, "-I", os.path.join(REPO, "proto"), "--python_out=" + stubs,
-                    "--grpc_out=" + stubs, "--plugin=protoc-gen-grpc=" + plugin,
-                    os.path.join(REPO, "proto", "miltergw", "v1", "filter.proto")],
-                   check=True, timeout=60)
-    return stubs
+    return mgwtest.generate_python_stubs(tmp)
 
 
 def npm_ci():

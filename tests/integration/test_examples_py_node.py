@@ -391,17 +391,7 @@ class PythonExamples(ExamplesMixin, unittest.TestCase):
 
     @classmethod
     def prepare(cls):
-        # the command of examples/python/README.md, into a temp dir
-        protoc, plugin = shutil.which("protoc") or "/usr/bin/protoc", "/usr/bin/grpc_python_plugin"
-        for path in (protoc, plugin):
-            if not os.access(path, os.X_OK):
-                raise AssertionError("%s missing: apt-get install protobuf-compiler-grpc" % path)
-        cls.stubs = os.path.join(cls.tmp, "stubs")
-        os.mkdir(cls.stubs)
-        subprocess.run([protoc, "-I", os.path.join(REPO, "proto"), "--python_out=" + cls.stubs,
-                        "--grpc_out=" + cls.stubs, "--plugin=protoc-gen-grpc=" + plugin,
-                        os.path.join(REPO, "proto", "miltergw", "v1", "filter.proto")],
-                       check=True, timeout=60)
+        cls.stubs = mgwtest.generate_python_stubs(cls.tmp)
 
     @classmethod
     def filter_env(cls):

@@ -73,10 +73,6 @@ def tearDownModule():
         PF.stop()
 
 
-def _txt(r):
-    code, text = r
-    return code, text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-
 
 class OpsCase(unittest.TestCase):
     """Per test: a 127.0.0.N source address, a miltergw port, a temp dir, the filters and
@@ -131,22 +127,7 @@ class OpsCase(unittest.TestCase):
         try:
             s.ehlo()
             for mail_from, rcpts, msg in messages:
-                res = {"mail": _txt(s.mail(mail_from)), "rcpt": [], "data_cmd": None, "data": None}
-                results.append(res)
-                if res["mail"][0] != 250:
-                    s.rset()
-                    continue
-                for r in rcpts:
-                    res["rcpt"].append(_txt(s.rcpt(r)))
-                if not any(c == 250 for c, _ in res["rcpt"]):
-                    s.rset()
-                    continue
-                try:
-                    res["data"] = _txt(s.data(msg))
-                    res["data_cmd"] = 354
-                except smtplib.SMTPDataError as e:
-                    res["data_cmd"] = e.smtp_code
-                    s.rset()
+                results.append(mgwtest.smtp_transaction(s, mail_from, rcpts, msg))
         finally:
             try:
                 s.quit()
