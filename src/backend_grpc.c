@@ -186,18 +186,6 @@ static uint64_t sid_of(const struct stream *st)
     return st->bs ? st->bs->sid : 0;
 }
 
-static grpc_byte_buffer *pack(const ProtobufCMessage *m)
-{
-    size_t n = protobuf_c_message_get_packed_size(m);
-    grpc_slice s = grpc_slice_malloc(n);
-    grpc_byte_buffer *bb;
-
-    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
-    bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    return bb;
-}
-
 static grpc_slice pack_slice(const ProtobufCMessage *m)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
@@ -205,6 +193,15 @@ static grpc_slice pack_slice(const ProtobufCMessage *m)
 
     protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
     return s;
+}
+
+static grpc_byte_buffer *pack(const ProtobufCMessage *m)
+{
+    grpc_slice s = pack_slice(m);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1); /* takes its own ref */
+
+    grpc_slice_unref(s);
+    return bb;
 }
 
 /* Unpack a received buffer (one slice without copy when possible; GRPC_CORE.md §3). */
@@ -802,7 +799,8 @@ static void log_shadow(struct bsession *bs, size_t i)
                  a->pa.nmods);
 }
 
-/* Send one packed event to every filter that takes part; returns how many must answer. */
+/* Send one packed event to every filter that takes part; filters that must answer are
+ * marked pending (and counted in bs->waiting) when the MTA wants a reply. */
 static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply)
 {
     uint32_t bit = mgw_policy_event_bit(cmd);

@@ -531,6 +531,9 @@ static void handle_optneg(struct mgw_session *s, const struct mgw_milter_msg *m)
               s->offered.version, s->offered.actions, s->offered.protocol,
               s->negotiated.version, s->negotiated.actions, s->negotiated.protocol);
     session_send(s, &reply, 1);
+    /* The lists were borrowed from the backend for this answer only: a reload frees them. */
+    memset(s->negotiated.symlist, 0, sizeof s->negotiated.symlist);
+    memset(s->needs.symlist, 0, sizeof s->needs.symlist);
     await_connect(s);
 }
 
