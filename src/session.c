@@ -48,6 +48,12 @@
 #define READ_SLACK 65536
 /* How long a closing session may take to flush its last answer to the MTA. */
 #define LINGER_MS 5000
+/* An answer scratch buffer bigger than this (a replaced body) is freed once sent, so a
+ * session does not keep the largest answer it ever sent for the rest of its life. */
+#define WBUF_KEEP 65536
+/* The first protocol version with INSHEADER and PROGRESS: Sendmail 8.12 speaks 2 and
+ * knows neither. */
+#define VERSION_INS_PROGRESS 3
 
 struct stage_macros {
     char *data; /* owned copy of the D packet's name/value pairs */
@@ -72,6 +78,7 @@ struct mgw_session {
     struct stage_macros macros[MGW_STAGE_COUNT];
     struct mgw_macros macro_views;
 
+    unsigned idle_ms;     /* idle timeout between messages, from the config at adopt */
     uint8_t awaiting;     /* command whose answer is at the backend, or 0 */
     int in_drain;         /* session_drain() is on the stack */
     int guard;            /* frame guard: a callback of ours is on the stack */
@@ -99,7 +106,6 @@ struct mgw_server {
 
 static void session_drain(struct mgw_session *s);
 static void session_free(struct mgw_session *s);
-static void drain_check(struct mgw_session *s);
 
 static const char *const state_names[] = {
     "negotiate", "connect", "idle", "mail", "rcpt", "data",
@@ -113,13 +119,37 @@ const char *mgw_session_state_name(enum mgw_session_state st)
     return "?";
 }
 
+static int state_in_message(enum mgw_session_state st)
+{
+    return st >= MGW_SESSION_MAIL && st <= MGW_SESSION_EOM;
+}
+
+/* The idle timeout runs only between messages. Inside one the MTA is silent for as long
+ * as its SMTP client takes: Postfix sends DATA, then nothing until the whole message has
+ * arrived, and it bounds a slow client itself (smtpd_timeout per read). Timing out there
+ * would tempfail slow senders forever, or let them bypass the filters under
+ * milter_default_action=accept. A dead MTA host is found by TCP keepalive. */
+static void idle_timer_arm(struct mgw_session *s)
+{
+    struct timeval tv = {s->idle_ms / 1000, (s->idle_ms % 1000) * 1000};
+
+    if (s->idle_ms == 0)
+        return;
+    bufferevent_set_timeouts(s->bev, state_in_message(s->state) ? NULL : &tv, NULL);
+}
+
 static void session_enter_state(struct mgw_session *s, enum mgw_session_state to)
 {
+    int was_in_message = state_in_message(s->state);
+
     if (s->state == to)
         return;
     log_debug(s->sid, "state", "from=%s to=%s", mgw_session_state_name(s->state),
               mgw_session_state_name(to));
     s->state = to;
+    /* CLOSING sets its own (linger) timeout. */
+    if (to != MGW_SESSION_CLOSING && was_in_message != state_in_message(to))
+        idle_timer_arm(s);
 }
 
 /* ---- closing ---- */
@@ -196,12 +226,25 @@ static void macros_store(struct mgw_session *s, int stage, const struct mgw_strl
     s->macro_views.stage[stage] = m->list;
 }
 
+static enum mgw_session_state message_state(uint8_t cmd, int *repeatable);
+
 /* A message ended (EOM answered, ABORT, or a new transaction began without ABORT).
- * `keep_envfrom` is set when the MAIL that starts the next message is already here: its
- * D M arrived just before it. */
-static void message_reset(struct mgw_session *s, int keep_envfrom)
+ * `next_cmd` is the command that begins the next message when it is already here (0
+ * if none): the macros of its stage and earlier ones arrived just before it and belong
+ * to the new message. */
+static void message_reset(struct mgw_session *s, uint8_t next_cmd)
 {
-    macros_clear(s, keep_envfrom ? MGW_STAGE_ENVRCPT : MGW_STAGE_ENVFROM, MGW_STAGE_EOH);
+    static const uint8_t stage_cmd[] = {
+        [MGW_STAGE_ENVFROM] = MGW_SMFIC_MAIL, [MGW_STAGE_ENVRCPT] = MGW_SMFIC_RCPT,
+        [MGW_STAGE_DATA] = MGW_SMFIC_DATA,    [MGW_STAGE_EOM] = MGW_SMFIC_BODYEOB,
+        [MGW_STAGE_EOH] = MGW_SMFIC_EOH,
+    };
+    int rep;
+    enum mgw_session_state next = next_cmd ? message_state(next_cmd, &rep) : MGW_SESSION_IDLE;
+
+    for (int st = MGW_STAGE_ENVFROM; st <= MGW_STAGE_EOH; st++)
+        if (next_cmd == 0 || message_state(stage_cmd[st], &rep) > next)
+            macros_clear(s, st, st);
     session_enter_state(s, MGW_SESSION_IDLE);
 }
 
@@ -240,6 +283,11 @@ static void session_send(struct mgw_session *s, const struct mgw_milter_msg *msg
     if (bufferevent_write(s->bev, buf, total) != 0)
         session_fail(s, MGW_EIO, "cannot queue reply");
     mgw_metrics_add(MGW_METRIC_BYTES_OUT, total);
+    if (s->wcap > WBUF_KEEP) {
+        free(s->wbuf);
+        s->wbuf = NULL;
+        s->wcap = 0;
+    }
 }
 
 static void send_simple(struct mgw_session *s, uint8_t cmd)
@@ -304,6 +352,48 @@ static void count_message(uint8_t cmd, enum mgw_verdict_kind kind,
     mgw_metrics_message(kind, quarantined);
 }
 
+/* The largest frame the MTA reads: its data size, raised only by a negotiated MDS bit.
+ * Sendmail treats a bigger frame as a failed milter; body chunks never exceed 65535. */
+static size_t mta_max_data(const struct mgw_session *s)
+{
+    if (s->negotiated.protocol & MGW_SMFIP_MDS_1M)
+        return MGW_MILTER_MDS_1M;
+    if (s->negotiated.protocol & MGW_SMFIP_MDS_256K)
+        return MGW_MILTER_MDS_256K;
+    return 65535;
+}
+
+/* Why modification `m` may not go to the MTA in answer to `cmd`, or NULL if it may: the
+ * last line of defence behind the backend's own policing, so that nothing we send makes
+ * the MTA drop the connection and apply its default action to the whole message. */
+static const char *mod_illegal(const struct mgw_session *s, uint8_t cmd,
+                               const struct mgw_milter_msg *m)
+{
+    uint32_t need = mgw_milter_mod_action(m->cmd);
+
+    if (cmd != MGW_SMFIC_BODYEOB)
+        return "not_end_of_message";
+    if (need == 0 || !(s->negotiated.actions & need))
+        return "action_not_negotiated";
+    if (m->cmd == MGW_SMFIR_INSHEADER && s->negotiated.version < VERSION_INS_PROGRESS)
+        return "mta_version";
+    if ((size_t)mgw_milter_encoded_len(m) - MGW_MILTER_HDR_LEN > mta_max_data(s))
+        return "too_large";
+    return NULL;
+}
+
+/* After a callback of ours that may have ended the session: free it if it died and
+ * nothing else of ours is on the stack. Returns 1 if the session is gone or closing. */
+static int session_unguard(struct mgw_session *s)
+{
+    s->guard--;
+    if (s->state != MGW_SESSION_CLOSING)
+        return 0;
+    if (s->dead && !s->in_drain && !s->guard)
+        session_free(s);
+    return 1;
+}
+
 static void session_on_done(void *arg, const struct mgw_verdict *v)
 {
     static const uint8_t verdict_cmd[] = {
@@ -329,13 +419,12 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
     if (v->nmods + 1 > sizeof stackbuf / sizeof stackbuf[0])
         out = mgw_xcalloc(v->nmods + 1, sizeof *out);
     for (size_t i = 0; i < v->nmods; i++) {
-        uint32_t need = mgw_milter_mod_action(v->mods[i].cmd);
+        const char *why = mod_illegal(s, cmd, &v->mods[i]);
 
-        if (cmd != MGW_SMFIC_BODYEOB || need == 0 || !(s->negotiated.actions & need)) {
+        if (why != NULL) {
             log_warn(s->sid, "modification dropped", "mod=%s event=%s reason=%s",
                      mgw_milter_cmd_name(v->mods[i].cmd, MGW_MILTER_FROM_MILTER),
-                     mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA),
-                     cmd != MGW_SMFIC_BODYEOB ? "not_end_of_message" : "action_not_negotiated");
+                     mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA), why);
             continue;
         }
         out[n++] = v->mods[i];
@@ -357,6 +446,8 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
     log_debug(s->sid, "answer", "event=%s verdict=%s mods=%zu",
               mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA), mgw_verdict_name(kind), n - 1);
     count_message(cmd, kind, out, n - 1);
+    /* Sending may end the session (a failed write): keep it alive until we are done. */
+    s->guard++;
     session_send(s, out, n);
     if (out != stackbuf)
         free(out);
@@ -365,15 +456,8 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
         s->messages++;
         message_reset(s, 0);
     }
-    /* drain_check() may end the session: keep it alive until we are done with it. */
-    s->guard++;
-    drain_check(s);
-    s->guard--;
-    if (s->state == MGW_SESSION_CLOSING) {
-        if (s->dead && !s->in_drain && !s->guard)
-            session_free(s);
+    if (session_unguard(s))
         return;
-    }
     bufferevent_enable(s->bev, EV_READ);
     /* Frames may already wait in the input buffer; the socket will not signal them. */
     if (!s->in_drain)
@@ -384,17 +468,12 @@ static void session_on_progress(void *arg)
 {
     struct mgw_session *s = arg;
 
-    if (s->awaiting != 0 && s->state != MGW_SESSION_CLOSING)
-        send_simple(s, MGW_SMFIR_PROGRESS);
-}
-
-/* While draining, a session ends as soon as no message is in progress and no answer is
- * owed: the MTA then sees the connection close between messages, not in one. */
-static void drain_check(struct mgw_session *s)
-{
-    if (s->srv->draining && s->awaiting == 0 && s->state <= MGW_SESSION_IDLE &&
-        s->state != MGW_SESSION_CLOSING)
-        session_close(s, MGW_LOG_INFO, "shutdown", "draining");
+    if (s->awaiting == 0 || s->state == MGW_SESSION_CLOSING ||
+        s->negotiated.version < VERSION_INS_PROGRESS)
+        return;
+    s->guard++;
+    send_simple(s, MGW_SMFIR_PROGRESS);
+    session_unguard(s);
 }
 
 /* ---- forwarding events ---- */
@@ -485,6 +564,7 @@ static enum mgw_session_state message_state(uint8_t cmd, int *repeatable)
 {
     *repeatable = cmd == MGW_SMFIC_RCPT || cmd == MGW_SMFIC_HEADER || cmd == MGW_SMFIC_BODY;
     switch (cmd) {
+    case MGW_SMFIC_MAIL: return MGW_SESSION_MAIL;
     case MGW_SMFIC_RCPT: return MGW_SESSION_RCPT;
     case MGW_SMFIC_DATA: return MGW_SESSION_DATA;
     case MGW_SMFIC_HEADER: return MGW_SESSION_HEADERS;
@@ -497,7 +577,7 @@ static enum mgw_session_state message_state(uint8_t cmd, int *repeatable)
 
 static int in_message(const struct mgw_session *s)
 {
-    return s->state >= MGW_SESSION_MAIL && s->state <= MGW_SESSION_EOM;
+    return state_in_message(s->state);
 }
 
 static void out_of_order(struct mgw_session *s, uint8_t cmd)
@@ -507,6 +587,17 @@ static void out_of_order(struct mgw_session *s, uint8_t cmd)
     snprintf(detail, sizeof detail, "%s not allowed in state %s",
              mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA), mgw_session_state_name(s->state));
     session_fail(s, MGW_EORDER, detail);
+}
+
+/* The MTA began a new message (or ended the SMTP transaction) without ABORT. `next_cmd`
+ * as for message_reset(). */
+static void implicit_abort(struct mgw_session *s, uint8_t next_cmd)
+{
+    log_debug(s->sid, "implicit abort", "next=%s state=%s",
+              next_cmd ? mgw_milter_cmd_name(next_cmd, MGW_MILTER_FROM_MTA) : "-",
+              mgw_session_state_name(s->state));
+    forward_abort(s);
+    message_reset(s, next_cmd);
 }
 
 static void handle_optneg(struct mgw_session *s, const struct mgw_milter_msg *m)
@@ -547,6 +638,15 @@ static void handle_macro(struct mgw_session *s, const struct mgw_milter_msg *m)
                   m->u.macro.stage_cmd);
         return;
     }
+    /* With MAIL negotiated away, its macros (which the MTA sends anyway) are what says a
+     * message began: it is inside a message, not idle, from here on; and one that comes
+     * inside a message begins the next (no ABORT came for the last). */
+    if (stage == MGW_STAGE_ENVFROM && (s->negotiated.protocol & MGW_SMFIP_NOMAIL) &&
+        s->state >= MGW_SESSION_IDLE) {
+        if (in_message(s))
+            implicit_abort(s, MGW_SMFIC_MAIL);
+        session_enter_state(s, MGW_SESSION_MAIL);
+    }
     macros_store(s, stage, &m->u.macro.pairs);
 }
 
@@ -560,6 +660,15 @@ static void handle_message_cmd(struct mgw_session *s, const struct mgw_milter_ms
         session_enter_state(s, MGW_SESSION_MAIL);
     /* Stages may be skipped (NO* flags) but never revisited; RCPT, header and body
      * chunks may repeat. EOM always closes the message. */
+    if (in_message(s) && s->state != MGW_SESSION_EOM &&
+        (to < s->state || (to == s->state && !repeatable)) &&
+        (s->negotiated.protocol & MGW_SMFIP_NOMAIL)) {
+        /* Without MAIL, a command that goes back begins the next message: the MTA ended
+         * this one without ABORT (Sendmail does after a refusal before end of message).
+         * libmilter resets here too, rather than fail the rest of the connection. */
+        implicit_abort(s, m->cmd);
+        session_enter_state(s, MGW_SESSION_MAIL);
+    }
     if (!in_message(s) || s->state == MGW_SESSION_EOM || to < s->state ||
         (to == s->state && !repeatable)) {
         out_of_order(s, m->cmd);
@@ -602,12 +711,8 @@ static void handle_command(struct mgw_session *s, const struct mgw_milter_msg *m
         }
         /* A new HELO or MAIL inside a message resets it (SMTP RSET semantics); Postfix
          * sends ABORT first, other MTAs may not. */
-        if (in_message(s)) {
-            log_debug(s->sid, "implicit abort", "event=%s",
-                      mgw_milter_cmd_name(m->cmd, MGW_MILTER_FROM_MTA));
-            forward_abort(s);
-            message_reset(s, m->cmd == MGW_SMFIC_MAIL);
-        }
+        if (in_message(s))
+            implicit_abort(s, m->cmd == MGW_SMFIC_MAIL ? MGW_SMFIC_MAIL : 0);
         if (m->cmd == MGW_SMFIC_MAIL)
             session_enter_state(s, MGW_SESSION_MAIL);
         forward(s, m);
@@ -633,7 +738,6 @@ static void handle_command(struct mgw_session *s, const struct mgw_milter_msg *m
             forward_abort(s);
             message_reset(s, 0);
         }
-        drain_check(s);
         break;
     case MGW_SMFIC_QUIT_NC:
         /* A new SMTP connection follows on this socket: new backend session, no macros. */
@@ -805,8 +909,11 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
 
     /* Replies are small and latency-bound; see the Nagle note at the top. */
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
-        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
+        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* No idle timeout runs inside a message: keepalive finds a vanished MTA host. */
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    }
     evutil_make_socket_nonblocking(fd);
     evutil_make_socket_closeonexec(fd);
 
@@ -816,12 +923,8 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
         mgw_panic("session: libevent allocation failed");
     bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, s->dec.max_frame + MGW_MILTER_HDR_LEN + READ_SLACK);
-    if (srv->cfg.idle_timeout_ms) {
-        struct timeval tv = {srv->cfg.idle_timeout_ms / 1000,
-                             (srv->cfg.idle_timeout_ms % 1000) * 1000};
-
-        bufferevent_set_timeouts(s->bev, &tv, NULL);
-    }
+    s->idle_ms = srv->cfg.idle_timeout_ms;
+    idle_timer_arm(s);
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->nsessions++;
     mgw_metrics_session_opened();
@@ -861,6 +964,17 @@ void mgw_server_replace(struct mgw_server *srv, const struct mgw_server_config *
         old->release(old, old->release_arg);
 }
 
+size_t mgw_server_buffered_bytes(const struct mgw_server *srv)
+{
+    const struct mgw_session *s;
+    size_t n = 0;
+
+    TAILQ_FOREACH(s, &srv->sessions, link)
+        n += s->wcap + evbuffer_get_length(bufferevent_get_input(s->bev)) +
+             evbuffer_get_length(bufferevent_get_output(s->bev));
+    return n;
+}
+
 unsigned mgw_server_session_count(const struct mgw_server *srv)
 {
     return srv->nsessions;
@@ -887,20 +1001,11 @@ void mgw_server_close_all(struct mgw_server *srv, const char *reason)
 
 void mgw_server_drain(struct mgw_server *srv)
 {
-    struct mgw_session *s, *next;
-
     srv->draining = 1;
     mgw_metrics_set(MGW_METRIC_DRAINING, 1);
-    if (srv->nsessions == 0) {
-        if (srv->empty_cb != NULL)
-            srv->empty_cb(srv->empty_arg);
-        return;
-    }
-    /* The last session to go calls the empty callback from session_free(). */
-    for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
-        next = TAILQ_NEXT(s, link);
-        drain_check(s);
-    }
+    /* Otherwise the last session to go calls it from session_free(). */
+    if (srv->nsessions == 0 && srv->empty_cb != NULL)
+        srv->empty_cb(srv->empty_arg);
 }
 
 int mgw_server_draining(const struct mgw_server *srv)

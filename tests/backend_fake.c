@@ -16,6 +16,8 @@ struct fake_session {
     uint8_t pending_cmd;
     mgw_backend_done_cb done;
     void *arg;
+    mgw_backend_progress_cb progress;
+    void *progress_arg;
 };
 
 static void fake_needs(void *impl, struct mgw_backend_needs *out)
@@ -31,6 +33,10 @@ static void fake_fire(evutil_socket_t fd, short what, void *p)
     const struct fake_answer *a = &fs->f->answer[fs->pending_cmd & 127];
     struct mgw_verdict v = {.kind = MGW_VERDICT_CONTINUE};
 
+    for (int i = 0; a->set && i < a->progress; i++) {
+        fs->progress(fs->progress_arg);
+        fs->f->progress_sent++;
+    }
     if (a->set) {
         v.kind = a->kind;
         v.reply = a->reply;
@@ -50,6 +56,8 @@ static void *fake_open(void *impl, const struct mgw_session_info *info,
     struct fake_session *fs = calloc(1, sizeof *fs);
 
     fs->f = f;
+    fs->progress = progress;
+    fs->progress_arg = arg;
     fs->timer = evtimer_new(f->evbase, fake_fire, fs);
     f->opens++;
     f->open_sessions++;

@@ -23,6 +23,7 @@ struct fake_answer {
     const char *reply;
     struct mgw_milter_msg mods[FAKE_MAX_MODS];
     size_t nmods;
+    int progress; /* PROGRESS calls made before answering */
 };
 
 struct fake_event {

@@ -8,9 +8,11 @@
  *
  * Per session: negotiation (versions 2..6, never claiming more than offered), macros
  * stored per stage and cleared at message and connection boundaries, several messages
- * per connection, QUIT_NC, an idle timeout, a frame cap, and one write per answer
- * (modifications and final reply together) on a TCP_NODELAY socket. A malformed frame or
- * an out-of-order command ends that one session with a log line naming the reason.
+ * per connection, QUIT_NC, an idle timeout between messages, a frame cap, and one write
+ * per answer (modifications and final reply together) on a TCP_NODELAY socket. A
+ * malformed frame or an out-of-order command ends that one session with a log line
+ * naming the reason; with MAIL negotiated away, a message command that goes back begins
+ * the next message (implicit abort), as in libmilter.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -19,6 +21,7 @@
 
 #include <event2/util.h>
 #include <stdint.h>
+#include <stddef.h>
 
 #include "mgw/backend.h"
 
@@ -27,11 +30,14 @@ struct event_base;
 struct mgw_server_config {
     uint32_t max_frame;        /* cap on a frame's length field; 0 = default (1 MiB + 5) */
     unsigned max_connections;  /* 0 = unlimited */
-    unsigned idle_timeout_ms;  /* MTA silent this long while we wait for it; 0 = none */
+    unsigned idle_timeout_ms;  /* MTA silent this long between messages; 0 = none. Never
+                                * applies inside a message, where the MTA legitimately waits
+                                * for its SMTP client for as long as that takes. */
 };
 
 #define MGW_DEFAULT_MAX_CONNECTIONS 10000u
-#define MGW_DEFAULT_IDLE_TIMEOUT_MS (300u * 1000u) /* Postfix's milter_content_timeout */
+/* libmilter's default: longer than any SMTP session the MTA itself would keep idle. */
+#define MGW_DEFAULT_IDLE_TIMEOUT_MS (7210u * 1000u)
 
 enum mgw_session_state {
     MGW_SESSION_NEGOTIATE = 0, /* waiting for OPTNEG */
@@ -62,6 +68,10 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
 
 unsigned mgw_server_session_count(const struct mgw_server *srv);
 
+/* Bytes the sessions hold in their own buffers (answer scratch, unread input, unsent
+ * output): what a large answer leaves behind, for tests. */
+size_t mgw_server_buffered_bytes(const struct mgw_server *srv);
+
 /* Reload: sessions adopted from now on use `backend` and `cfg`; running sessions finish
  * on the backend they started with. The previous backend's `release` callback runs
  * when its last session ends (at once if it has none). Both are borrowed. */
@@ -74,9 +84,11 @@ void mgw_server_set_empty_cb(struct mgw_server *srv, void (*cb)(void *arg), void
 /* End every session now (reason is logged), e.g. at shutdown. */
 void mgw_server_close_all(struct mgw_server *srv, const char *reason);
 
-/* Start draining: sessions between messages end now; a session in the middle of a
- * message ends as soon as that message is answered or aborted. The empty callback fires
- * when the last one is gone. New sessions should not be adopted (close the listeners). */
+/* Start draining: running sessions go on (more messages included) until the MTA ends
+ * them; the caller bounds that with its drain timeout and mgw_server_close_all(). Closing
+ * between messages would hand the next message on that SMTP connection the MTA's
+ * milter_default_action. The empty callback fires when the last one is gone. New
+ * sessions should not be adopted (close the listeners). */
 void mgw_server_drain(struct mgw_server *srv);
 int mgw_server_draining(const struct mgw_server *srv);
 

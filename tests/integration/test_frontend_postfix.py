@@ -4,7 +4,9 @@
 Usage: /usr/bin/python3 test_frontend_postfix.py --miltergw PATH [unittest options]
 """
 import os
+import smtplib
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +118,42 @@ class FrontendPostfix(unittest.TestCase):
         self.assertEqual(warnings, [], "Postfix complained about the milter")
         self.gw.stop(expect=0)
         self.assertEqual(self.gw.error_lines(), [])
+
+
+class SlowClient(unittest.TestCase):
+    """A client slower than the idle timeout inside DATA: Postfix sends the milter nothing
+    between DATA and the first header until the whole message has arrived."""
+
+    def test_slow_data_is_filtered_not_timed_out(self):
+        gw = mgwtest.Miltergw(args=("--idle-timeout", "1s"))
+        try:
+            pf = mgwtest.PrivatePostfix(gw.spec)
+        except BaseException:
+            gw.stop(expect=None)
+            raise
+        try:
+            msg, hdrs, body = make_message("slow client", BODY)
+            head, _, rest = msg.partition(b"\r\n\r\n")
+            s = smtplib.SMTP(pf.host, pf.port, local_hostname="slow.example", timeout=30)
+            try:
+                s.ehlo()
+                self.assertEqual(s.mail("sender@example.org")[0], 250)
+                self.assertEqual(s.rcpt("rcpt@example.com")[0], 250)
+                self.assertEqual(s.docmd("DATA")[0], 354)
+                s.send(head + b"\r\n\r\n")
+                time.sleep(2.5)  # the client is slow: this is the premise, not a wait
+                s.send(rest + b"\r\n.\r\n")
+                code, text = s.getreply()
+                self.assertEqual(code, 250, text)
+                s.quit()
+            finally:
+                s.close()
+            got = pf.wait_delivered_id(queue_id(text.decode()))
+            self.assertEqual(got.header("Subject"), "slow client")
+            self.assertFalse(gw.has_log(reason="idle_timeout"), gw.proc.log_tail())
+        finally:
+            pf.stop()
+            gw.stop(expect=None)
 
 
 if __name__ == "__main__":

@@ -734,19 +734,52 @@ static int no_session_left(struct harness *h)
     return mgw_server_session_count(h->srv) == 0;
 }
 
-static void drain_ends_idle_sessions_now_and_busy_ones_after_their_message(void **state)
+/* What the session wrote to one MTA socket so far, read and decoded incrementally. */
+struct replies {
+    uint8_t in[1 << 21];
+    size_t len, off;
+    struct mgw_milter_decoder dec;
+    char letters[256];
+    size_t n;
+};
+
+/* Read what is there and return every reply letter so far ("Occ..."). */
+static const char *replies_on(struct replies *rp, int fd)
+{
+    ssize_t r;
+
+    rp->dec.dir = MGW_MILTER_FROM_MILTER;
+    while ((r = recv(fd, rp->in + rp->len, sizeof rp->in - rp->len, MSG_DONTWAIT)) > 0)
+        rp->len += (size_t)r;
+    while (rp->off < rp->len && rp->n < sizeof rp->letters - 1) {
+        struct mgw_milter_msg m;
+
+        r = mgw_milter_decode(&rp->dec, rp->in + rp->off, rp->len - rp->off, &m);
+        if (r == MGW_PARTIAL)
+            break;
+        assert_true(r > 0);
+        rp->letters[rp->n++] = (char)m.cmd;
+        rp->off += (size_t)r;
+    }
+    rp->letters[rp->n] = '\0';
+    return rp->letters;
+}
+
+static void write_script(int fd, const struct script *sc)
+{
+    assert_int_equal(write(fd, sc->buf, sc->len), (ssize_t)sc->len);
+}
+
+static void drain_lets_running_sessions_finish_their_messages(void **state)
 {
     struct harness *h = *state;
     struct mgw_server_config cfg = {0};
     static struct script idle, busy, rest;
+    static struct replies ra, rb;
     int a[2], b[2];
-    uint8_t in[4096];
-    size_t inlen = 0, off = 0;
-    ssize_t n;
-    int got_accept = 0;
-    struct mgw_milter_decoder dec = {.dir = MGW_MILTER_FROM_MILTER};
 
     h->srv = mgw_server_new(h->base, &cfg, &h->fake.base);
+    mgw_server_set_empty_cb(h->srv, on_empty, h->base);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
     assert_int_equal(mgw_server_adopt(h->srv, a[0], "idle"), 0);
@@ -756,32 +789,37 @@ static void drain_ends_idle_sessions_now_and_busy_ones_after_their_message(void 
     put_greeting(&busy);
     put_str_cmd(&busy, MGW_SMFIC_MAIL, "<a@x>");
     put_str_cmd(&busy, MGW_SMFIC_RCPT, "<b@y>");
-    assert_int_equal(write(a[1], idle.buf, idle.len), (ssize_t)idle.len);
-    assert_int_equal(write(b[1], busy.buf, busy.len), (ssize_t)busy.len);
+    write_script(a[1], &idle);
+    write_script(b[1], &busy);
     loop_until(h, saw_rcpt, "both sessions to reach their last command");
 
+    /* Neither is closed by the drain: the one between messages may carry another. */
     mgw_server_drain(h->srv);
-    loop_until(h, one_session_left, "the idle session to be closed");
-    assert_int_equal(h->fake.closes, 1);
-
-    /* The message in progress completes and is answered; then that session ends too. */
+    assert_int_equal(mgw_server_session_count(h->srv), 2);
     put_simple(&rest, MGW_SMFIC_DATA);
     put_simple(&rest, MGW_SMFIC_EOH);
     put_body(&rest, MGW_SMFIC_BODYEOB, "");
-    assert_int_equal(write(b[1], rest.buf, rest.len), (ssize_t)rest.len);
-    loop_until(h, no_session_left, "the busy session to finish and close");
-    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_BODYEOB), 1);
-    while ((n = recv(b[1], in + inlen, sizeof in - inlen, MSG_DONTWAIT)) > 0)
-        inlen += (size_t)n;
-    while (off < inlen) {
-        struct mgw_milter_msg m;
-        ssize_t r = mgw_milter_decode(&dec, in + off, inlen - off, &m);
+    write_script(b[1], &rest);
+    rest.len = 0;
+    put_message(&rest, "<next@x>");
+    write_script(a[1], &rest);
+    memset(&ra, 0, sizeof ra);
+    memset(&rb, 0, sizeof rb);
+    for (int i = 0; i < 1000 && (strlen(replies_on(&ra, a[1])) < 11 ||
+                                 strlen(replies_on(&rb, b[1])) < 8); i++)
+        event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_BODYEOB), 2);
+    assert_int_equal(mgw_server_session_count(h->srv), 2);
+    assert_string_equal(replies_on(&rb, b[1]), "Occccc" "ca");
+    assert_string_equal(replies_on(&ra, a[1]), "Occ" "ccccccca");
 
-        assert_true(r > 0);
-        got_accept += m.cmd == MGW_SMFIR_ACCEPT;
-        off += (size_t)r;
-    }
-    assert_int_equal(got_accept, 1);
+    /* They end when their MTA ends them; the empty callback fires after the last. */
+    rest.len = 0;
+    put_simple(&rest, MGW_SMFIC_QUIT);
+    write_script(a[1], &rest);
+    loop_until(h, one_session_left, "the first session to quit");
+    write_script(b[1], &rest);
+    loop_until(h, no_session_left, "the second session to quit");
     close(a[1]);
     close(b[1]);
     h->mta = -1;
@@ -835,6 +873,229 @@ static void idle_mta_is_disconnected(void **state)
     assert_int_equal(h->fake.closes, 1);
 }
 
+static void stop_loop(evutil_socket_t fd, short what, void *arg)
+{
+    event_base_loopbreak(arg);
+}
+
+/* Run the loop for `ms` of wall time: for the things that must NOT happen meanwhile. */
+static void run_for(struct harness *h, unsigned ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct event *t = evtimer_new(h->base, stop_loop, h->base);
+
+    evtimer_add(t, &tv);
+    event_base_dispatch(h->base);
+    event_free(t);
+}
+
+static void mta_silent_inside_a_message_is_not_timed_out(void **state)
+{
+    struct harness *h = *state;
+    struct mgw_server_config cfg = {.idle_timeout_ms = 50};
+    static struct script sc;
+    static struct replies rp;
+    int sv[2];
+
+    /* Postfix sends DATA, then nothing until its client has sent the whole message. */
+    h->srv = mgw_server_new(h->base, &cfg, &h->fake.base);
+    mgw_server_set_empty_cb(h->srv, on_empty, h->base);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(mgw_server_adopt(h->srv, sv[0], "slow"), 0);
+    h->mta = sv[1];
+    sc.len = 0;
+    put_greeting(&sc);
+    put_str_cmd(&sc, MGW_SMFIC_MAIL, "<a@x>");
+    put_str_cmd(&sc, MGW_SMFIC_RCPT, "<b@y>");
+    put_simple(&sc, MGW_SMFIC_DATA);
+    write_script(h->mta, &sc);
+    run_for(h, 400);
+    assert_int_equal(mgw_server_session_count(h->srv), 1);
+    assert_int_equal(h->fake.closes, 0);
+
+    /* Once the message is answered the MTA is between messages: the timeout runs again. */
+    sc.len = 0;
+    put_simple(&sc, MGW_SMFIC_EOH);
+    put_body(&sc, MGW_SMFIC_BODYEOB, "");
+    write_script(h->mta, &sc);
+    run_for(h, 5000); /* ended early by the empty callback */
+    assert_int_equal(mgw_server_session_count(h->srv), 0);
+    memset(&rp, 0, sizeof rp);
+    assert_string_equal(replies_on(&rp, h->mta), "Occ" "cccca");
+}
+
+static void without_mail_a_command_that_goes_back_begins_the_next_message(void **state)
+{
+    struct harness *h = *state;
+    static struct script sc;
+
+    /* No filter wants MAIL; the MTA refuses message 1 at DATA and sends no ABORT. */
+    h->fake.needs.protocol = MGW_SMFIP_NOMAIL;
+    h->fake.answer[MGW_SMFIC_DATA] = (struct fake_answer){.set = 1, .kind = MGW_VERDICT_REJECT};
+    sc.len = 0;
+    put_greeting(&sc);
+    put_macro(&sc, 'R', "{rcpt_addr}\0one@y\0", sizeof "{rcpt_addr}\0one@y\0" - 1);
+    put_str_cmd(&sc, MGW_SMFIC_RCPT, "<one@y>");
+    put_simple(&sc, MGW_SMFIC_DATA);
+    put_macro(&sc, 'R', "{rcpt_addr}\0two@y\0", sizeof "{rcpt_addr}\0two@y\0" - 1);
+    put_str_cmd(&sc, MGW_SMFIC_RCPT, "<two@y>");
+    put_simple(&sc, MGW_SMFIC_QUIT);
+    run(h, &sc, NULL);
+    assert_replies(h, "Occ" "cr" "c");
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_ABORT), 1);
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_RCPT), 2);
+    /* The new RCPT's macros, which came just before it, survive the reset. */
+    assert_string_equal(fake_nth(&h->fake, MGW_SMFIC_RCPT, 1)->macros, "{rcpt_addr}=two@y;");
+}
+
+static void without_mail_its_macros_begin_the_message(void **state)
+{
+    struct harness *h = *state;
+    struct mgw_server_config cfg = {.idle_timeout_ms = 50};
+    static struct script sc;
+    int sv[2];
+
+    /* The MTA still sends D M for the MAIL it does not send: inside a message from there,
+     * so the idle timeout stops, and the next D M without ABORT begins the next message. */
+    h->fake.needs.protocol = MGW_SMFIP_NOMAIL;
+    h->fake.answer[MGW_SMFIC_DATA] = (struct fake_answer){.set = 1, .kind = MGW_VERDICT_REJECT};
+    h->srv = mgw_server_new(h->base, &cfg, &h->fake.base);
+    mgw_server_set_empty_cb(h->srv, on_empty, h->base);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(mgw_server_adopt(h->srv, sv[0], "nomail"), 0);
+    h->mta = sv[1];
+    sc.len = 0;
+    put_greeting(&sc);
+    put_macro(&sc, 'M', "{mail_addr}\0a@x\0", sizeof "{mail_addr}\0a@x\0" - 1);
+    put_str_cmd(&sc, MGW_SMFIC_RCPT, "<one@y>");
+    put_simple(&sc, MGW_SMFIC_DATA);
+    put_macro(&sc, 'M', "{mail_addr}\0b@x\0", sizeof "{mail_addr}\0b@x\0" - 1);
+    write_script(h->mta, &sc);
+    run_for(h, 400);
+    assert_int_equal(mgw_server_session_count(h->srv), 1);
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_ABORT), 1);
+    sc.len = 0;
+    put_str_cmd(&sc, MGW_SMFIC_RCPT, "<two@y>");
+    put_simple(&sc, MGW_SMFIC_QUIT);
+    write_script(h->mta, &sc);
+    run_for(h, 5000); /* ended early by the empty callback */
+    assert_int_equal(mgw_server_session_count(h->srv), 0);
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_RCPT), 2);
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_ABORT), 1);
+}
+
+static void header_mod(struct mgw_milter_msg *m, uint8_t cmd, const char *name,
+                       const char *value, size_t vlen)
+{
+    m->cmd = cmd;
+    m->u.header.index = 1;
+    m->u.header.name = (struct mgw_str){name, strlen(name)};
+    m->u.header.value = (struct mgw_str){value, vlen};
+}
+
+static void version_2_mta_gets_no_insheader_or_progress(void **state)
+{
+    struct harness *h = *state;
+    static struct script sc;
+    struct fake_answer *a = &h->fake.answer[MGW_SMFIC_BODYEOB];
+
+    h->fake.needs.actions = MGW_SMFIF_ADDHDRS;
+    *a = (struct fake_answer){.set = 1, .kind = MGW_VERDICT_ACCEPT, .nmods = 2, .progress = 1};
+    header_mod(&a->mods[0], MGW_SMFIR_INSHEADER, "X-First", "1", 1);
+    header_mod(&a->mods[1], MGW_SMFIR_ADDHEADER, "X-Last", "2", 1);
+    sc.len = 0;
+    put_optneg(&sc, 2, 0x3F, 0x7F);
+    put_connect(&sc, "x");
+    put_message(&sc, "<a@x>");
+    put_simple(&sc, MGW_SMFIC_QUIT);
+    run(h, &sc, NULL);
+    assert_int_equal(h->fake.progress_sent, 1);
+    assert_replies(h, "O" "c" "ccccccc" "ha");
+    assert_string_equal(h->replies[9].u.header.name.ptr, "X-Last");
+}
+
+static void progress_and_insheader_reach_a_version_6_mta(void **state)
+{
+    struct harness *h = *state;
+    static struct script sc;
+    struct fake_answer *a = &h->fake.answer[MGW_SMFIC_BODYEOB];
+
+    h->fake.needs.actions = MGW_SMFIF_ADDHDRS;
+    *a = (struct fake_answer){.set = 1, .kind = MGW_VERDICT_ACCEPT, .nmods = 1, .progress = 1};
+    header_mod(&a->mods[0], MGW_SMFIR_INSHEADER, "X-First", "1", 1);
+    sc.len = 0;
+    put_greeting(&sc);
+    put_message(&sc, "<a@x>");
+    put_simple(&sc, MGW_SMFIC_QUIT);
+    run(h, &sc, NULL);
+    assert_replies(h, "Occ" "ccccccc" "pia");
+}
+
+static void modification_frames_beyond_the_mta_data_size_are_dropped(void **state)
+{
+    struct harness *h = *state;
+    static struct script sc;
+    static char big[70000];
+    struct fake_answer *a = &h->fake.answer[MGW_SMFIC_BODYEOB];
+
+    memset(big, 'v', sizeof big);
+    h->fake.needs.actions = MGW_SMFIF_ADDHDRS;
+    *a = (struct fake_answer){.set = 1, .kind = MGW_VERDICT_ACCEPT, .nmods = 2};
+    header_mod(&a->mods[0], MGW_SMFIR_ADDHEADER, "X-Big", big, sizeof big);
+    header_mod(&a->mods[1], MGW_SMFIR_ADDHEADER, "X-Small", big, 1000);
+    sc.len = 0;
+    put_optneg(&sc, 6, MGW_SMFI_CURR_ACTS, MGW_SMFI_CURR_PROT & ~(MGW_SMFIP_MDS_256K | MGW_SMFIP_MDS_1M));
+    put_connect(&sc, "x");
+    put_str_cmd(&sc, MGW_SMFIC_HELO, "h");
+    put_message(&sc, "<a@x>");
+    put_simple(&sc, MGW_SMFIC_QUIT);
+    run(h, &sc, NULL);
+    assert_replies(h, "Occ" "ccccccc" "ha");
+    assert_string_equal(h->replies[10].u.header.name.ptr, "X-Small");
+}
+
+static struct replies big_replies;
+
+static int answered_eom(struct harness *h)
+{
+    return fake_count(&h->fake, MGW_SMFIC_BODYEOB) == 1 &&
+           strchr(replies_on(&big_replies, h->mta), 'a') != NULL;
+}
+
+static void answer_buffer_shrinks_after_a_large_answer(void **state)
+{
+    struct harness *h = *state;
+    struct mgw_server_config cfg = {0};
+    static struct script sc;
+    static uint8_t body[60000];
+    struct fake_answer *a = &h->fake.answer[MGW_SMFIC_BODYEOB];
+    int sv[2];
+
+    /* 16 chunks of a replaced body: about 1 MiB in one answer. */
+    memset(body, 'b', sizeof body);
+    h->fake.needs.actions = MGW_SMFIF_CHGBODY;
+    *a = (struct fake_answer){.set = 1, .kind = MGW_VERDICT_ACCEPT, .nmods = FAKE_MAX_MODS};
+    for (int i = 0; i < FAKE_MAX_MODS; i++) {
+        a->mods[i].cmd = MGW_SMFIR_REPLBODY;
+        a->mods[i].u.body.data = body;
+        a->mods[i].u.body.len = sizeof body;
+    }
+    memset(&big_replies, 0, sizeof big_replies);
+    h->srv = mgw_server_new(h->base, &cfg, &h->fake.base);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(mgw_server_adopt(h->srv, sv[0], "big"), 0);
+    h->mta = sv[1];
+    sc.len = 0;
+    put_greeting(&sc);
+    put_message(&sc, "<a@x>");
+    write_script(h->mta, &sc);
+    for (int i = 0; i < 5000 && !answered_eom(h); i++)
+        event_base_loop(h->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_true(answered_eom(h));
+    /* Everything was sent and read: what remains is the session's own keep. */
+    assert_true(mgw_server_buffered_bytes(h->srv) < 65536);
+}
+
 #define SYNC_AND_ASYNC(fn)                                                                 \
     cmocka_unit_test_setup_teardown(fn, setup, teardown),                                  \
         cmocka_unit_test_setup_teardown(fn##_async, setup, teardown)
@@ -853,7 +1114,7 @@ ASYNC_VARIANT(modifications_go_before_the_final_reply_and_are_policed)
 ASYNC_VARIANT(illegal_verdicts_are_made_legal)
 ASYNC_VARIANT(quit_nc_starts_a_new_connection_on_the_same_socket)
 ASYNC_VARIANT(stages_negotiated_away_may_be_absent)
-ASYNC_VARIANT(drain_ends_idle_sessions_now_and_busy_ones_after_their_message)
+ASYNC_VARIANT(drain_lets_running_sessions_finish_their_messages)
 
 int main(void)
 {
@@ -877,10 +1138,24 @@ int main(void)
         SYNC_AND_ASYNC(quit_nc_starts_a_new_connection_on_the_same_socket),
         cmocka_unit_test_setup_teardown(unknown_smtp_command_is_forwarded, setup, teardown),
         SYNC_AND_ASYNC(stages_negotiated_away_may_be_absent),
-        SYNC_AND_ASYNC(drain_ends_idle_sessions_now_and_busy_ones_after_their_message),
+        SYNC_AND_ASYNC(drain_lets_running_sessions_finish_their_messages),
         cmocka_unit_test_setup_teardown(max_connections_refuses_the_extra_connection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(idle_mta_is_disconnected, setup, teardown),
+        cmocka_unit_test_setup_teardown(mta_silent_inside_a_message_is_not_timed_out, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            without_mail_a_command_that_goes_back_begins_the_next_message, setup, teardown),
+        cmocka_unit_test_setup_teardown(without_mail_its_macros_begin_the_message, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(version_2_mta_gets_no_insheader_or_progress, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(progress_and_insheader_reach_a_version_6_mta, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            modification_frames_beyond_the_mta_data_size_are_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(answer_buffer_shrinks_after_a_large_answer, setup,
+                                        teardown),
     };
 
     /* Session close lines are expected here; keep the test output readable. */
