@@ -586,13 +586,17 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
                            const char **why)
 {
     bool ok;
-    size_t nframes = 0;
+    size_t nframes = 0, seen_body = 0;
 
     memset(out, 0, sizeof *out);
     out->kind = kind_of(r->verdict, &ok);
     if (!ok) {
         *why = r->verdict == MILTERGW__V1__VERDICT__VERDICT_UNSPECIFIED ? "reply without verdict"
                                                                        : "unknown verdict";
+        return MGW_EPROTO;
+    }
+    if (out->kind == MGW_VERDICT_DISCARD && (cmd == MGW_SMFIC_CONNECT || cmd == MGW_SMFIC_HELO)) {
+        *why = "discard before MAIL: there is no message to discard";
         return MGW_EPROTO;
     }
     if (r->response != NULL && (r->response->code != 0 || r->response->n_lines > 0 ||
@@ -618,7 +622,16 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
         return 0;
     out->mods = mgw_proto_scratch_alloc(sc, nframes * sizeof *out->mods);
     for (size_t i = 0; i < r->n_modifications; i++) {
-        size_t n = translate_mod(r->modifications[i], sc, &out->mods[out->nmods]);
+        const Miltergw__V1__Modification *m = r->modifications[i];
+        size_t n;
+
+        if (m->modification_case == MILTERGW__V1__MODIFICATION__MODIFICATION_REPLACE_BODY) {
+            if (seen_body++) {
+                out->bodies_dropped++;
+                continue;
+            }
+        }
+        n = translate_mod(m, sc, &out->mods[out->nmods]);
 
         /* A frame the wire cannot carry (a NUL inside a header value) is dropped here: it
          * must never reach the MTA session's encoder. A NUL inside a `string` field cannot
@@ -635,6 +648,5 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
         if (n == 0)
             out->mods_invalid++;
     }
-    (void)cmd;
     return 0;
 }

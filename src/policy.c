@@ -202,6 +202,16 @@ struct item {
 };
 
 
+bool mgw_policy_header_name_valid(const char *name, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)name[i] < 33 || (unsigned char)name[i] > 126 || name[i] == ':')
+            return false;
+    return true;
+}
+
 /*
  * Check a frame against the filter's actions; on success *emit is what to send. An
  * add-recipient without args is the same request whichever frame carries it, and the
@@ -214,6 +224,10 @@ static enum mgw_policy_drop_reason police(const struct mgw_milter_msg *m, uint32
 
     *emit = *m;
     if (need == 0)
+        return MGW_POLICY_DROP_INVALID;
+    if ((m->cmd == MGW_SMFIR_ADDHEADER || m->cmd == MGW_SMFIR_INSHEADER ||
+         m->cmd == MGW_SMFIR_CHGHEADER) &&
+        !mgw_policy_header_name_valid(m->u.header.name.ptr, m->u.header.name.len))
         return MGW_POLICY_DROP_INVALID;
     if (actions & need)
         return MGW_POLICY_KEPT;
@@ -533,7 +547,7 @@ const char *mgw_policy_drop_name(enum mgw_policy_drop_reason r)
         [MGW_POLICY_KEPT] = "kept",
         [MGW_POLICY_DROP_NOT_EOM] = "not_end_of_message",
         [MGW_POLICY_DROP_SHADOW] = "shadow",
-        [MGW_POLICY_DROP_INVALID] = "not_a_modification",
+        [MGW_POLICY_DROP_INVALID] = "invalid",
         [MGW_POLICY_DROP_UNDECLARED] = "undeclared_action",
         [MGW_POLICY_DROP_FAILED] = "filter_failed",
         [MGW_POLICY_DROP_REFUSED] = "message_refused",

@@ -92,13 +92,16 @@ struct mgw_proto_answer {
     /* Problems that do not make the reply out of contract, for the log: the first one. */
     const char *warning;
     size_t mods_invalid; /* modifications that could not be encoded (e.g. NUL in a name) */
+    size_t bodies_dropped; /* ReplaceBody after the first of this reply (the first wins) */
 };
 
 /*
  * Translate a final (non-PROGRESS) Reply to event `cmd`. Returns 0, or MGW_EPROTO with
- * a reason in *why when the reply is out of contract (verdict missing or unknown).
+ * a reason in *why when the reply is out of contract: verdict missing or unknown, or a
+ * DISCARD at CONNECT or HELO (no message to discard; the MTAs refuse it there).
  * Modifications on an event other than 'E' are translated anyway: the policy drops and
- * counts them.
+ * counts them. Only the first ReplaceBody of a reply is kept: the MTA would append a
+ * second one to the first.
  */
 int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
                            struct mgw_proto_scratch *s, struct mgw_proto_answer *out,

@@ -38,7 +38,9 @@
  * 5. Modifications exist only at end of message ('E'); anywhere else every one is dropped
  *    (NOT_EOM). At 'E' each frame goes through these checks, first match drops it:
  *      SHADOW      the filter is in shadow mode (its mods are logged, never applied);
- *      INVALID     the frame is not a modification (h i m b + 2 - e q);
+ *      INVALID     the frame is not a modification (h i m b + 2 - e q), or names a
+ *                  header that is no RFC 5322 field name (see below): Postfix drops
+ *                  the milter for an empty CHGHEADER name, losing every later frame;
  *      UNDECLARED  the filter's `actions` lack the one the frame needs:
  *                  h i ADDHDRS, m CHGHDRS, b CHGBODY, + ADDRCPT, 2 ADDRCPT_PAR,
  *                  - DELRCPT, e CHGFROM, q QUARANTINE. An add-recipient without ESMTP
@@ -154,6 +156,11 @@ enum mgw_policy_drop_reason {
     MGW_POLICY_DROP_DUPLICATE_RCPT,
     MGW_POLICY_DROP_COUNT
 };
+
+/* An RFC 5322 field name: one or more printable US-ASCII characters (33-126) except
+ * ':'. Anything else (empty, a space, a colon, a control or 8-bit byte) would make the
+ * MTA write a broken header or give up on the milter. */
+bool mgw_policy_header_name_valid(const char *name, size_t len);
 
 /* Stable snake_case name of a reason, for logs and metric labels ("body_conflict"). */
 const char *mgw_policy_drop_name(enum mgw_policy_drop_reason r);

@@ -903,6 +903,33 @@ static void test_smtp_responses_at_the_documented_limits_fit(void **state)
     end_table();
 }
 
+/* There is no message to discard before MAIL: the MTAs refuse DISCARD there, so the
+ * filter broke its contract and gets its failure policy. */
+static void test_discard_before_mail_is_out_of_contract(void **state)
+{
+    static const struct {
+        uint8_t cmd;
+        int want_rc;
+    } cases[] = {{'C', MGW_EPROTO}, {'H', MGW_EPROTO}, {'M', 0}, {'R', 0}, {'E', 0}};
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        Miltergw__V1__Reply r = MILTERGW__V1__REPLY__INIT;
+        struct mgw_proto_answer a;
+        const char *why = NULL;
+        int rc;
+
+        r.verdict = MILTERGW__V1__VERDICT__VERDICT_DISCARD;
+        rc = mgw_proto_reply_answer(&r, cases[i].cmd, &sc, &a, &why);
+        if (rc != cases[i].want_rc)
+            case_failed("discard", "at '%c': rc %d, want %d", cases[i].cmd, rc, cases[i].want_rc);
+        if (rc != 0 && (why == NULL || strstr(why, "discard before MAIL") == NULL))
+            case_failed("discard", "at '%c': why \"%s\"", cases[i].cmd, str_or_null(why));
+        scratch_release();
+    }
+    end_table();
+}
+
 /* ---- Replies: modifications ---- */
 
 /* A Modification to build, as a table row. */
@@ -1142,6 +1169,9 @@ static void test_modifications_become_milter_frames(void **state)
          {M_CHGH(1, "X-Nul", "\0")}, "", 1},
         {"modifications on another event than EOM are translated anyway", 'H',
          {M_ADDH("X-Early", "1")}, "h X-Early=1", 0},
+        {"a second replace-body in one reply is dropped: the first wins", 'E',
+         {M_BODY("A\r\n"), M_ADDH("X-A", "1"), M_BODY("B\r\n"), M_BODY("C\r\n")},
+         "b 3 A\\r\\n | h X-A=1", 0},
     };
 
     (void)state;
@@ -1178,6 +1208,8 @@ static void test_modifications_become_milter_frames(void **state)
         if (a.mods_invalid != cases[i].want_invalid)
             case_failed(n, "mods_invalid: got %zu, want %zu", a.mods_invalid,
                         cases[i].want_invalid);
+        if (a.bodies_dropped != (strstr(n, "second replace-body") ? 2u : 0u))
+            case_failed(n, "bodies_dropped: got %zu", a.bodies_dropped);
         if (a.kind != MGW_VERDICT_CONTINUE || a.reply != NULL)
             case_failed(n, "verdict: got %s reply=%s, want continue without reply",
                         mgw_verdict_name(a.kind), str_or_null(a.reply));
@@ -1618,6 +1650,7 @@ int main(void)
         cmocka_unit_test(test_body_chunks_carry_their_bytes),
         cmocka_unit_test(test_session_start_describes_the_session),
         cmocka_unit_test(test_verdicts_translate_or_are_out_of_contract),
+        cmocka_unit_test(test_discard_before_mail_is_out_of_contract),
         cmocka_unit_test(test_smtp_responses_are_formatted),
         cmocka_unit_test(test_smtp_responses_at_the_documented_limits_fit),
         cmocka_unit_test(test_modifications_become_milter_frames),
