@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
@@ -106,6 +107,8 @@ struct session {
     int outstanding;           /* batches started and not completed */
     bool recv_armed, send_busy, recv_done, dead, status_started, silent, first_recv;
     bool from_match; /* --only-from: the current message's MAIL FROM is listed */
+    char *echo_value;  /* --echo-header: the current message's SRC header, owned */
+    size_t echo_len;
     struct out *head, *tail;
     size_t heap_idx;
     int64_t due;
@@ -128,6 +131,9 @@ static struct {
 } g = {.record_fd = -1};
 
 static atomic_int g_stop;
+/* --control: set by the signal thread on SIGUSR1, read by the main thread per event. */
+static atomic_uint g_ctl_delay_ms;
+static atomic_bool g_ctl_bogus;
 
 static void *xcalloc(size_t n, size_t size)
 {
@@ -429,6 +435,7 @@ static void session_free(struct session *s)
         grpc_byte_buffer_destroy(s->recv_bb);
     grpc_call_unref(s->call);
     free(s->sid);
+    free(s->echo_value);
     free(s);
     g.live--;
 }
@@ -607,6 +614,17 @@ static void on_event(struct session *s, const Miltergw__V1__Event *ev)
         }
     }
     record_event(s, ev, kind);
+    if (tf.echo_name && (st == TF_MAIL || ev->event_case == MILTERGW__V1__EVENT__EVENT_ABORT)) {
+        free(s->echo_value);
+        s->echo_value = NULL;
+    }
+    if (tf.echo_name && st == TF_HEADER && strcasecmp(ev->header->name, tf.echo_src) == 0) {
+        free(s->echo_value);
+        s->echo_len = ev->header->value.len;
+        s->echo_value = xcalloc(1, s->echo_len + 1);
+        if (s->echo_len)
+            memcpy(s->echo_value, ev->header->value.data, s->echo_len);
+    }
     if (st < 0)
         return; /* SessionStart, Abort: never answered */
 
@@ -633,17 +651,35 @@ static void on_event(struct session *s, const Miltergw__V1__Event *ev)
         r.verdict = MILTERGW__V1__VERDICT__VERDICT_PROGRESS;
         enqueue(s, &r, now);
     }
-    r.event_id = ev->event_id + ((tf.bogus_at & bit) ? BOGUS_ID_OFFSET : 0);
+    bool bogus = (tf.bogus_at & bit) || atomic_load(&g_ctl_bogus);
+    r.event_id = ev->event_id + (bogus ? BOGUS_ID_OFFSET : 0);
     r.verdict = applies ? decide((unsigned)st, ev) : MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
     if (tf.has_response && (r.verdict == MILTERGW__V1__VERDICT__VERDICT_REJECT ||
                             r.verdict == MILTERGW__V1__VERDICT__VERDICT_TEMPFAIL))
         r.response = &tf.response;
+    Miltergw__V1__Modification *mods[TF_MAX_LIST + 1];
+    Miltergw__V1__Modification echo = MILTERGW__V1__MODIFICATION__INIT;
+    Miltergw__V1__AddHeader echo_hdr = MILTERGW__V1__ADD_HEADER__INIT;
     if (applies && st == TF_EOM) {
+        memcpy(mods, tf.mod_ptrs, tf.n_mods * sizeof mods[0]);
         r.n_modifications = tf.n_mods;
-        r.modifications = tf.mod_ptrs;
+        r.modifications = mods;
+        if (tf.echo_name && s->echo_value) {
+            echo_hdr.name = (char *)tf.echo_name;
+            echo_hdr.value.data = (uint8_t *)s->echo_value;
+            echo_hdr.value.len = s->echo_len;
+            echo.modification_case = MILTERGW__V1__MODIFICATION__MODIFICATION_ADD_HEADER;
+            echo.add_header = &echo_hdr;
+            mods[r.n_modifications++] = &echo;
+        }
     }
-    enqueue(s, &r,
-            now + ((applies && (tf.delay_at & bit)) ? (int64_t)tf.delay_ms * 1000000 : 0));
+    int64_t delay = (applies && (tf.delay_at & bit)) ? (int64_t)tf.delay_ms * 1000000 : 0;
+    delay += (int64_t)atomic_load(&g_ctl_delay_ms) * 1000000;
+    enqueue(s, &r, now + delay); /* packs r at once: the stack storage above may go */
+    if (st == TF_EOM && s->echo_value) {
+        free(s->echo_value);
+        s->echo_value = NULL;
+    }
 }
 
 static void on_recv(struct session *s, int ok)
@@ -862,11 +898,48 @@ static void run(void)
     }
 }
 
+/* --control: read the control file (on SIGUSR1, in the signal thread). Unknown words are
+ * reported and ignored; a missing file leaves the settings as they are. */
+static void read_control(void)
+{
+    char buf[512];
+    FILE *f = fopen(tf.control, "r");
+    if (f == NULL) {
+        fprintf(stderr, "mgw_test_filter: --control %s: %s\n", tf.control, strerror(errno));
+        return;
+    }
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    unsigned delay = atomic_load(&g_ctl_delay_ms);
+    bool bogus = atomic_load(&g_ctl_bogus);
+    char *save = NULL;
+    for (char *w = strtok_r(buf, " \t\r\n", &save); w; w = strtok_r(NULL, " \t\r\n", &save)) {
+        if (strncmp(w, "delay-ms=", 9) == 0)
+            delay = (unsigned)strtoul(w + 9, NULL, 10);
+        else if (strncmp(w, "bogus=", 6) == 0)
+            bogus = strtoul(w + 6, NULL, 10) != 0;
+        else
+            fprintf(stderr, "mgw_test_filter: --control: unknown word \"%s\"\n", w);
+    }
+    atomic_store(&g_ctl_delay_ms, delay);
+    atomic_store(&g_ctl_bogus, bogus);
+    printf("control delay-ms=%u bogus=%d\n", delay, bogus ? 1 : 0);
+    fflush(stdout);
+}
+
 static void *signal_main(void *arg)
 {
     int sig;
-    while (sigwait(arg, &sig) != 0)
-        ;
+    for (;;) {
+        if (sigwait(arg, &sig) != 0)
+            continue;
+        if (sig == SIGUSR1) {
+            read_control();
+            continue;
+        }
+        break;
+    }
     atomic_store(&g_stop, 1);
     grpc_server_shutdown_and_notify(g.server, g.cq, &g.shutdown_tag);
     grpc_server_cancel_all_calls(g.server);
@@ -965,6 +1038,8 @@ int main(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    if (tf.control)
+        sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* before grpc_init: its threads inherit it */
 
     if (tf.record) {

@@ -87,6 +87,12 @@ struct tf_opts {
     const char *only_from[TF_MAX_LIST];
     size_t n_only_from;
 
+    /* --control FILE: re-read on SIGUSR1 (runtime delay and bogus toggles). */
+    const char *control;
+    /* --echo-header NAME:SRC: at EOM add NAME with the value of the message's SRC header. */
+    const char *echo_name, *echo_src;
+    char *echo_copy; /* owned */
+
     /* Custom SMTP response for reject/tempfail; sent only if has_response. */
     bool has_response;
     Miltergw__V1__SmtpResponse response;

@@ -103,6 +103,13 @@ static const char usage_text[] =
     "  --crash-at LIST         _exit(70) when such an event arrives (after recording it)\n"
     "  --bogus-reply           answer every event with an event_id it never got (id+1000000)\n"
     "  --bogus-at LIST         the same, only at these stages\n"
+    "  --control FILE          on SIGUSR1 read FILE (words, all optional): delay-ms=N adds\n"
+    "                          N ms to every final answer from then on (0: none), bogus=1\n"
+    "                          answers every event with a wrong event_id (0: off); then\n"
+    "                          prints \"control delay-ms=N bogus=B\" on stdout\n"
+    "Echo (for soak tests):\n"
+    "  --echo-header NAME:SRC  at EOM add header NAME whose value is the message's last\n"
+    "                          SRC header (case ignored; not added if there was none)\n"
     "  -h, --help\n"
     "\n"
     "Record lines (one write(2) each, O_APPEND; safe to share a file between filters):\n"
@@ -376,6 +383,8 @@ enum {
     O_TLS_KEY,
     O_TLS_CLIENT_CA,
     O_ONLY_FROM,
+    O_CONTROL,
+    O_ECHO_HEADER,
 };
 
 static const struct option long_opts[] = {
@@ -418,6 +427,8 @@ static const struct option long_opts[] = {
     {"tls-key", required_argument, NULL, O_TLS_KEY},
     {"tls-client-ca", required_argument, NULL, O_TLS_CLIENT_CA},
     {"only-from", required_argument, NULL, O_ONLY_FROM},
+    {"control", required_argument, NULL, O_CONTROL},
+    {"echo-header", required_argument, NULL, O_ECHO_HEADER},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -584,6 +595,16 @@ void tf_opts_parse(int argc, char **argv)
         case O_TLS_KEY: tf.tls_key = optarg; break;
         case O_TLS_CLIENT_CA: tf.tls_client_ca = optarg; break;
         case O_ONLY_FROM: push_str(tf.only_from, &tf.n_only_from, optarg, "--only-from"); break;
+        case O_CONTROL: tf.control = optarg; break;
+        case O_ECHO_HEADER: {
+            free(tf.echo_copy);
+            tf.echo_copy = strdup(optarg);
+            tf.echo_src = cut(tf.echo_copy, ':');
+            tf.echo_name = tf.echo_copy;
+            if (tf.echo_src == NULL || *tf.echo_src == '\0' || *tf.echo_name == '\0')
+                usage_error("bad --echo-header \"%s\" (want NAME:SRC)", optarg);
+            break;
+        }
         case 'h': fputs(usage_text, stdout); exit(0);
         default: fputs("(see --help)\n", stderr); exit(2);
         }
@@ -596,7 +617,8 @@ void tf_opts_parse(int argc, char **argv)
         usage_error("%s", "--tls-client-ca needs --tls-cert and --tls-key");
     tf.observe &= tf.events;
     if (!tf.actions_given)
-        tf.actions = needed_actions();
+        tf.actions = needed_actions() |
+                     (tf.echo_name ? ACTION_BIT(MILTERGW__V1__ACTION__ACTION_ADD_HEADER) : 0);
     for (unsigned st = 0; st < TF_NSTAGES; st++)
         if (tf.macro_req[st].n_names > 0)
             tf.macro_ptrs[tf.n_macro_ptrs++] = &tf.macro_req[st];
@@ -608,6 +630,7 @@ void tf_opts_free(void)
         free(tf.mods[i].copy);
     for (size_t i = 0; i < tf.n_macro_copies; i++)
         free(tf.macro_copies[i]);
+    free(tf.echo_copy);
     memset(&tf, 0, sizeof tf);
 }
 
