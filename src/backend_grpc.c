@@ -10,7 +10,14 @@
  * one SEND_MESSAGE in flight (an outbound queue behind it), one RECV_MESSAGE always
  * armed, RECV_STATUS from the start, a count of outstanding batches (completions arrive
  * in any order: the stream is freed when it reaches 0 after the session let go of it),
- * a FIFO of event ids the filter owes a reply for, and a deadline timer.
+ * a FIFO of the events the filter owes a reply for, each with its deadline, and one
+ * timer for the nearest deadline: the oldest owed reply, or the send in flight (a filter
+ * that takes no event within its timeout, e.g. a channel stuck connecting, fails too).
+ * The outbound queue is bounded in bytes (max_queue): events the MTA does not wait for
+ * (observe-only, shadow, NR_*) could otherwise pile up at MTA speed.
+ *
+ * Shadow filters are never waited for: their replies are logged as they arrive, against
+ * the event they answer, and their deadlines still break them.
  *
  * Failure of one filter (status, end of stream, out-of-contract reply, deadline) cancels
  * its call and marks its stream broken: it gets its on_error verdict for the current
@@ -78,9 +85,17 @@ struct filter {
     int watching;
 };
 
+struct owed {
+    uint64_t id;
+    uint64_t due_ms; /* monotonic deadline of the reply */
+    uint8_t cmd;
+};
+
 struct stream {
     struct filter *f;
     struct bsession *bs; /* NULL once the MTA connection let go */
+    uint64_t sid;        /* of that connection, for logs after it let go */
+    uint64_t linger_due_ms; /* once detached: when a half-closed stream is cancelled */
     grpc_call *call;
     int batches;
     struct mgw_grpc_tag recv_tag, send_tag, status_tag, close_tag;
@@ -91,12 +106,14 @@ struct stream {
     grpc_byte_buffer **queue; /* messages waiting for the send slot */
     size_t nqueue, capqueue;
     grpc_byte_buffer *sending;
+    size_t queued_bytes;  /* in queue[] and sending */
+    uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
     int initial_sent, close_wanted, close_sent, broken, finished;
     /* Liveness in the current message / connection (policy effects). */
     int retired_msg, retired_conn, skip_body;
-    uint64_t owed[MAX_OWED];
+    struct owed owed[MAX_OWED];
     size_t nowed;
-    struct event *timer; /* event deadline while attached; linger after */
+    struct event *timer; /* nearest deadline while attached; linger after */
     TAILQ_ENTRY(stream) link;
 };
 
@@ -162,6 +179,19 @@ static double seconds_since(const struct timespec *t0)
     return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
+static uint64_t now_ms(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
+}
+
+static unsigned timeout_of(const struct filter *f, uint8_t cmd)
+{
+    return cmd == MGW_SMFIC_BODYEOB ? f->conf.eom_timeout_ms : f->conf.timeout_ms;
+}
+
 static enum mgw_metrics_filter_error error_kind(const char *reason)
 {
     if (strcmp(reason, "unavailable") == 0)
@@ -172,6 +202,8 @@ static enum mgw_metrics_filter_error error_kind(const char *reason)
         return MGW_METRICS_FERR_TIMEOUT;
     if (strcmp(reason, "out_of_contract") == 0)
         return MGW_METRICS_FERR_OUT_OF_CONTRACT;
+    if (strcmp(reason, "queue_full") == 0)
+        return MGW_METRICS_FERR_QUEUE_FULL;
     return MGW_METRICS_FERR_STREAM_BROKEN;
 }
 
@@ -183,7 +215,7 @@ static const char *event_name(uint8_t cmd)
 
 static uint64_t sid_of(const struct stream *st)
 {
-    return st->bs ? st->bs->sid : 0;
+    return st->sid;
 }
 
 static grpc_slice pack_slice(const ProtobufCMessage *m)
@@ -296,9 +328,12 @@ static void describe_done(struct mgw_grpc_tag *tag, int ok)
         recompute_needs(b);
     } else {
         char *details = grpc_slice_to_c_string(f->describe_details);
+        char q[300];
 
-        log_warn(0, "filter describe failed", "filter=%s target=%s status=%d detail=\"%s\" using=%s",
-                 f->conf.name, f->conf.target, (int)f->describe_status, details,
+        /* Status details come from the filter (or a proxy): never raw into a log line. */
+        log_warn(0, "filter describe failed", "filter=%s target=%s status=%d detail=%s using=%s",
+                 f->conf.name, f->conf.target, (int)f->describe_status,
+                 mgw_log_quote(q, sizeof q, details, strlen(details)),
                  f->described ? "previous_declaration" : "default_declaration");
         gpr_free(details);
     }
@@ -400,6 +435,13 @@ static void watch_done(struct mgw_grpc_tag *tag, int ok)
 
 /* ---- streams ---- */
 
+static void arm_timer(struct stream *st, unsigned ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    evtimer_add(st->timer, &tv);
+}
+
 static void stream_free_if_done(struct stream *st)
 {
     struct bridge *b = st->f->b;
@@ -421,6 +463,26 @@ static void stream_free_if_done(struct stream *st)
         event_free(st->timer);
     TAILQ_REMOVE(&b->streams, st, link);
     free(st);
+}
+
+/* Arm the timer for the nearest deadline (owed reply, send in flight, linger once
+ * detached), or stop it. */
+static void deadline_update(struct stream *st)
+{
+    uint64_t due = st->linger_due_ms, now;
+
+    if (st->broken || (st->bs == NULL && st->linger_due_ms == 0))
+        return;
+    if (st->nowed > 0 && (due == 0 || st->owed[0].due_ms < due))
+        due = st->owed[0].due_ms;
+    if (st->sending != NULL && st->send_due_ms != 0 && (due == 0 || st->send_due_ms < due))
+        due = st->send_due_ms;
+    if (due == 0) {
+        evtimer_del(st->timer);
+        return;
+    }
+    now = now_ms();
+    arm_timer(st, due > now ? (unsigned)(due - now) : 0);
 }
 
 static void start_batch(struct stream *st, const grpc_op *ops, size_t n, struct mgw_grpc_tag *tag)
@@ -471,12 +533,27 @@ static void send_next(struct stream *st)
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n].data.send_message.send_message = st->sending;
     n++;
+    st->send_due_ms = now_ms() + st->f->conf.timeout_ms;
     start_batch(st, ops, n, &st->send_tag);
+    deadline_update(st);
 }
 
-/* Queue one message; takes over the caller's reference to `msg`. */
+/* Queue one message; takes over the caller's reference to `msg`. A filter already
+ * max_queue bytes behind fails instead: its failure policy, not the gateway's memory. */
 static void stream_send(struct stream *st, grpc_slice msg)
 {
+    size_t len = GRPC_SLICE_LENGTH(msg);
+
+    if (st->queued_bytes + len > st->f->conf.max_queue) {
+        char detail[120];
+
+        grpc_slice_unref(msg);
+        snprintf(detail, sizeof detail, "%zu bytes not yet taken by the filter, max_queue %u",
+                 st->queued_bytes + len, st->f->conf.max_queue);
+        stream_fail(st, "queue_full", detail);
+        return;
+    }
+    st->queued_bytes += len;
     if (st->nqueue == st->capqueue) {
         st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
         st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
@@ -490,13 +567,19 @@ static void on_send(struct mgw_grpc_tag *tag, int ok)
 {
     struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, send_tag));
 
-    st->batches--;
+    /* The batch count stays up (our hold) until we are done: what we call may end the
+     * MTA session and detach the stream, which must not free it under us. */
+    st->queued_bytes -= grpc_byte_buffer_length(st->sending);
     grpc_byte_buffer_destroy(st->sending);
     st->sending = NULL;
-    if (!ok)
+    st->send_due_ms = 0;
+    if (!ok) {
         stream_fail(st, "stream_broken", "send failed");
-    else
+    } else {
         send_next(st);
+        deadline_update(st);
+    }
+    st->batches--;
     stream_free_if_done(st);
 }
 
@@ -527,7 +610,7 @@ static void on_recv(struct mgw_grpc_tag *tag, int ok)
     struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, recv_tag));
     grpc_byte_buffer *bb = st->recv_buf;
 
-    st->batches--;
+    /* This batch's count is our hold until the end (see on_send). */
     st->recv_buf = NULL;
     if (!ok || bb == NULL) {
         /* End of stream: the status (arriving separately) says why. */
@@ -546,6 +629,7 @@ static void on_recv(struct mgw_grpc_tag *tag, int ok)
         if (!st->finished && !st->f->b->shutting_down)
             recv_arm(st);
     }
+    st->batches--;
     stream_free_if_done(st);
 }
 
@@ -553,7 +637,6 @@ static void on_status(struct mgw_grpc_tag *tag, int ok)
 {
     struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, status_tag));
 
-    st->batches--;
     st->finished = 1;
     if (st->status != GRPC_STATUS_OK && !st->broken && st->bs != NULL) {
         char *details = grpc_slice_to_c_string(st->status_details);
@@ -564,28 +647,30 @@ static void on_status(struct mgw_grpc_tag *tag, int ok)
         stream_fail(st, st->status == GRPC_STATUS_UNAVAILABLE ? "unavailable" : "stream_broken",
                     detail);
     }
+    st->batches--; /* our hold until here (see on_send) */
     stream_free_if_done(st);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct stream *st = arg;
+    char detail[80];
+    uint64_t now;
 
-    if (st->bs == NULL) {
-        /* Linger expired: the filter never ended the half-closed stream. */
+    now = now_ms();
+    if (st->nowed > 0 && st->owed[0].due_ms <= now) {
+        snprintf(detail, sizeof detail, "no answer to %s within %s", event_name(st->owed[0].cmd),
+                 st->owed[0].cmd == MGW_SMFIC_BODYEOB ? "eom_timeout" : "timeout");
+        stream_fail(st, "timeout", detail);
+    } else if (st->sending != NULL && st->send_due_ms != 0 && st->send_due_ms <= now) {
+        stream_fail(st, "timeout", "the filter took no event within timeout");
+    } else if (st->linger_due_ms != 0 && st->linger_due_ms <= now) {
+        /* The filter never ended the half-closed stream. */
         if (st->call != NULL && !st->finished)
             grpc_call_cancel(st->call, NULL);
-        return;
+    } else {
+        deadline_update(st); /* woke early: a deadline moved */
     }
-    stream_fail(st, "timeout", st->bs->cmd == MGW_SMFIC_BODYEOB ? "no answer within eom_timeout"
-                                                                  : "no answer within timeout");
-}
-
-static void arm_timer(struct stream *st, unsigned ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-
-    evtimer_add(st->timer, &tv);
 }
 
 static struct stream *stream_open(struct bsession *bs, struct filter *f)
@@ -596,6 +681,7 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
 
     st->f = f;
     st->bs = bs;
+    st->sid = bs->sid;
     grpc_metadata_array_init(&st->md_initial);
     grpc_metadata_array_init(&st->md_trailing);
     st->status_details = grpc_empty_slice();
@@ -631,15 +717,17 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
     return st;
 }
 
-/* The MTA connection lets go: half-close (Quit), and cancel if the filter lingers. */
+/* The MTA connection lets go: half-close (Quit), and cancel if the filter lingers. Owed
+ * replies keep their deadlines meanwhile (a shadow filter's still get logged). */
 static void stream_detach(struct stream *st)
 {
     st->bs = NULL;
     evtimer_del(st->timer);
     if (st->call != NULL && !st->finished && !st->broken) {
         st->close_wanted = 1;
+        st->linger_due_ms = now_ms() + LINGER_MS;
         send_next(st);
-        arm_timer(st, LINGER_MS);
+        deadline_update(st);
     }
     stream_free_if_done(st);
 }
@@ -671,6 +759,7 @@ static void answer_failed(struct bsession *bs, size_t i)
 static void stream_fail(struct stream *st, const char *reason, const char *detail)
 {
     struct bsession *bs = st->bs;
+    char q[400];
 
     if (st->broken)
         return;
@@ -679,12 +768,11 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
     evtimer_del(st->timer);
     if (st->call != NULL && !st->finished)
         grpc_call_cancel(st->call, NULL);
-    if (bs == NULL)
-        return;
-    log_warn(bs->sid, "filter failed", "filter=%s reason=%s event=%s on_error=%s detail=\"%s\"",
-             st->f->conf.name, reason, bs->active ? event_name(bs->cmd) : "-",
-             mgw_on_error_name(st->f->conf.on_error), detail);
-    if (bs->active)
+    log_warn(st->sid, "filter failed", "filter=%s reason=%s event=%s on_error=%s detail=%s",
+             st->f->conf.name, reason, bs && bs->active ? event_name(bs->cmd) : "-",
+             mgw_on_error_name(st->f->conf.on_error),
+             mgw_log_quote(q, sizeof q, detail, strlen(detail)));
+    if (bs != NULL && bs->active)
         answer_failed(bs, stream_index(st));
 }
 
@@ -698,42 +786,84 @@ static void apply_effect(struct stream *st, uint8_t cmd, enum mgw_verdict_kind k
     }
 }
 
+/* What a reply left unusable (it is not out of contract for it): logged and counted. */
+static void report_unusable(struct stream *st, uint8_t cmd, const struct mgw_proto_answer *pa)
+{
+    if (pa->warning == NULL && pa->mods_invalid == 0 && pa->bodies_dropped == 0)
+        return;
+    log_warn(st->sid, "filter reply partly unusable", "filter=%s event=%s detail=\"%s\" "
+             "invalid_mods=%zu extra_bodies=%zu", st->f->conf.name, event_name(cmd),
+             pa->warning ? pa->warning : "-", pa->mods_invalid, pa->bodies_dropped);
+    mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_INVALID, pa->mods_invalid);
+    mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_BODY_CONFLICT, pa->bodies_dropped);
+}
+
+/* A shadow filter's reply, whenever it comes: logged and counted, never applied. */
+static void shadow_reply(struct stream *st, const struct owed *o, Miltergw__V1__Reply *r)
+{
+    struct mgw_proto_scratch sc = {0};
+    struct mgw_proto_answer pa;
+    const char *why = NULL;
+
+    if (mgw_proto_reply_answer(r, o->cmd, &sc, &pa, &why) < 0) {
+        stream_fail(st, "out_of_contract", why);
+    } else {
+        report_unusable(st, o->cmd, &pa);
+        mgw_metrics_shadow_verdict(st->f->metric, pa.kind);
+        if (pa.nmods > 0)
+            mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_SHADOW, pa.nmods);
+        if (pa.kind != MGW_VERDICT_CONTINUE || pa.nmods > 0)
+            log_info(st->sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
+                     st->f->conf.name, event_name(o->cmd), mgw_verdict_name(pa.kind), pa.nmods);
+        apply_effect(st, o->cmd, pa.kind);
+    }
+    mgw_proto_scratch_reset(&sc);
+    free(sc.chunks);
+}
+
 static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
 {
     struct bsession *bs = st->bs;
     struct answer *a;
     const char *why = NULL;
     char detail[160];
-    uint64_t id;
+    struct owed o;
 
-    if (bs == NULL || st->broken) {
+    /* A shadow filter's replies count after the MTA connection let go too. */
+    if (st->broken || (bs == NULL && !st->f->conf.shadow)) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
-    if (st->nowed == 0 || r->event_id != st->owed[0]) {
+    if (st->nowed == 0 || r->event_id != st->owed[0].id) {
         if (st->nowed == 0)
             snprintf(detail, sizeof detail, "reply to event %" PRIu64 ", none was due",
                      r->event_id);
         else
             snprintf(detail, sizeof detail, "reply to event %" PRIu64 ", event %" PRIu64 " was due",
-                     r->event_id, st->owed[0]);
+                     r->event_id, st->owed[0].id);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         stream_fail(st, "out_of_contract", detail);
         return;
     }
-    id = st->owed[0];
-    a = &bs->ans[stream_index(st)];
+    o = st->owed[0];
     if (r->verdict == MILTERGW__V1__VERDICT__VERDICT_PROGRESS) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
-        if (bs->active && id == bs->ev_id && a->pending) {
-            arm_timer(st, bs->cmd == MGW_SMFIC_BODYEOB ? st->f->conf.eom_timeout_ms
-                                                         : st->f->conf.timeout_ms);
+        st->owed[0].due_ms = now_ms() + timeout_of(st->f, o.cmd);
+        deadline_update(st);
+        /* Only a filter the MTA is waiting for keeps the MTA waiting longer. */
+        if (bs != NULL && bs->active && o.id == bs->ev_id && bs->ans[stream_index(st)].pending)
             bs->progress(bs->progress_arg);
-        }
         return;
     }
     memmove(st->owed, st->owed + 1, --st->nowed * sizeof *st->owed);
-    if (!(bs->active && id == bs->ev_id && a->pending)) {
+    deadline_update(st);
+    if (st->f->conf.shadow) {
+        shadow_reply(st, &o, r);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
+    a = &bs->ans[stream_index(st)];
+    if (!(bs->active && o.id == bs->ev_id && a->pending)) {
         /* A late answer to an event already settled (early discard): nothing to do. */
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
@@ -743,20 +873,15 @@ static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
         stream_fail(st, "out_of_contract", why);
         return;
     }
-    if (a->pa.warning != NULL || a->pa.mods_invalid > 0)
-        log_warn(bs->sid, "filter reply partly unusable", "filter=%s event=%s detail=\"%s\" "
-                 "invalid_mods=%zu", st->f->conf.name, event_name(bs->cmd),
-                 a->pa.warning ? a->pa.warning : "-", a->pa.mods_invalid);
+    report_unusable(st, bs->cmd, &a->pa);
     a->reply = r;
     a->pending = 0;
     a->state = MGW_POLICY_ANSWERED;
     mgw_metrics_observe_latency(st->f->metric, seconds_since(&bs->ev_start));
-    evtimer_del(st->timer);
     apply_effect(st, bs->cmd, a->pa.kind);
     bs->waiting--;
     /* Nothing outranks a discard: answer the MTA now (PRODUCT.md, merge semantics). */
-    if ((bs->waiting == 0 || (!st->f->conf.shadow && mgw_policy_final_early(a->pa.kind))) &&
-        !bs->dispatching)
+    if ((bs->waiting == 0 || mgw_policy_final_early(a->pa.kind)) && !bs->dispatching)
         complete_event(bs);
 }
 
@@ -786,21 +911,9 @@ static void reset_message_liveness(struct bsession *bs)
     }
 }
 
-static void log_shadow(struct bsession *bs, size_t i)
-{
-    const struct answer *a = &bs->ans[i];
-
-    if (a->state == MGW_POLICY_ANSWERED)
-        mgw_metrics_shadow_verdict(bs->b->filters[i].metric, a->pa.kind);
-    if (a->state == MGW_POLICY_ANSWERED &&
-        (a->pa.kind != MGW_VERDICT_CONTINUE || a->pa.nmods > 0))
-        log_info(bs->sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
-                 bs->b->filters[i].conf.name, event_name(bs->cmd), mgw_verdict_name(a->pa.kind),
-                 a->pa.nmods);
-}
-
-/* Send one packed event to every filter that takes part; filters that must answer are
- * marked pending (and counted in bs->waiting) when the MTA wants a reply. */
+/* Send one packed event to every filter that takes part. A filter that answers it owes
+ * a reply (with a deadline); when the MTA wants an answer, a non-shadow one is also
+ * marked pending and counted in bs->waiting. Shadow filters are never waited for. */
 static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply)
 {
     uint32_t bit = mgw_policy_event_bit(cmd);
@@ -814,12 +927,13 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
                        !(is_message_event(cmd) && st->retired_msg) &&
                        !(cmd == MGW_SMFIC_BODY && st->skip_body);
         int answers = receives && !(bs->decls[i].observe_only & bit);
+        int waited_for = answers && want_reply && !f->conf.shadow;
 
         a->state = MGW_POLICY_NOT_ASKED;
         if (!receives)
             continue;
         if (st->broken) {
-            if (answers && want_reply) {
+            if (waited_for) {
                 a->state = MGW_POLICY_FAILED;
                 a->pa.kind = mgw_on_error_verdict(f->conf.on_error);
                 mgw_metrics_filter_failure_policy(f->metric,
@@ -827,20 +941,23 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
             }
             continue;
         }
-        stream_send(st, grpc_slice_ref(msg));
-        mgw_metrics_filter_event(f->metric, (enum mgw_metrics_event)mgw_metrics_event_of_cmd(cmd));
-        if (!answers)
-            continue;
-        if (st->nowed == MAX_OWED) {
-            stream_fail(st, "out_of_contract", "too many unanswered events");
-            continue;
-        }
-        st->owed[st->nowed++] = id;
-        if (want_reply) {
+        /* Pending first: a failure from here on applies the filter's on_error to this
+         * event (answer_failed() only settles pending answers). */
+        if (waited_for) {
             a->pending = 1;
             bs->waiting++;
-            arm_timer(st, cmd == MGW_SMFIC_BODYEOB ? f->conf.eom_timeout_ms : f->conf.timeout_ms);
         }
+        if (answers) {
+            if (st->nowed == MAX_OWED) {
+                stream_fail(st, "out_of_contract", "too many unanswered events");
+                continue;
+            }
+            st->owed[st->nowed++] = (struct owed){id, now_ms() + timeout_of(f, cmd), cmd};
+            if (st->nowed == 1)
+                deadline_update(st);
+        }
+        stream_send(st, grpc_slice_ref(msg));
+        mgw_metrics_filter_event(f->metric, (enum mgw_metrics_event)mgw_metrics_event_of_cmd(cmd));
     }
     bs->dispatching = 0;
 }
@@ -902,15 +1019,15 @@ static void complete_event(struct bsession *bs)
     mgw_backend_done_cb done = bs->done;
     void *done_arg = bs->done_arg;
     uint8_t cmd = bs->cmd;
+    /* The message ends here at EOM, and at an 'E' whose body part got a final verdict. */
+    int message_over = cmd == MGW_SMFIC_BODYEOB || bs->have_eom_after_body;
 
     for (size_t i = 0; i < n; i++) {
         struct answer *a = &ans[i];
 
-        /* Still pending only after an early discard: settled without them. */
-        if (a->pending) {
-            a->pending = 0;
-            evtimer_del(bs->streams[i]->timer);
-        }
+        /* Still pending only after an early discard: settled without them. Their owed
+         * replies keep their deadlines. */
+        a->pending = 0;
         pa[i].state = a->state;
         pa[i].kind = a->pa.kind;
         pa[i].reply = a->pa.reply;
@@ -920,8 +1037,6 @@ static void complete_event(struct bsession *bs)
         pa[i].receives = receives_of(bs, i);
         pa[i].shadow = b->filters[i].conf.shadow;
         total += a->pa.nmods;
-        if (pa[i].shadow)
-            log_shadow(bs, i);
     }
     mods = mgw_xcalloc(total + 1, sizeof *mods);
     drops = mgw_xcalloc(total + 1, sizeof *drops);
@@ -955,8 +1070,8 @@ static void complete_event(struct bsession *bs)
     /* Hand the answer over last: `done` may close the session and free bs. */
     bs->active = 0;
     bs->ans = mgw_xcalloc(n, sizeof *bs->ans);
-    /* The message is over at EOM; a refusal earlier is followed by ABORT, which resets. */
-    if (cmd == MGW_SMFIC_BODYEOB)
+    /* A refusal before EOM is followed by ABORT (or a new MAIL), which resets. */
+    if (message_over)
         reset_message_liveness(bs);
     v.kind = res.kind;
     v.reply = res.reply;
@@ -987,7 +1102,8 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         mgw_proto_event_build(&pe, &bs->ev_sc, id, ev);
         msg = pack_slice(&pe.ev.base);
         for (size_t i = 0; i < bs->b->nfilters; i++) {
-            if (!bs->streams[i]->broken && !bs->streams[i]->retired_conn) {
+            /* Retired ones included: the contract says every filter (filter.proto). */
+            if (!bs->streams[i]->broken) {
                 stream_send(bs->streams[i], grpc_slice_ref(msg));
                 mgw_metrics_filter_event(bs->b->filters[i].metric, MGW_METRICS_EV_ABORT);
             }
@@ -1055,17 +1171,20 @@ static void *bridge_open(void *impl, const struct mgw_session_info *info,
         struct mgw_proto_start_info si = {
             .session_id = bs->sid_str, .gateway_version = MGW_VERSION,
             .filter_name = f->conf.name, .offered = &bs->offered,
-            .negotiated = &bs->negotiated, .effective = &f->decl};
+            .negotiated = &bs->negotiated, .effective = &bs->decls[i]};
 
-        bs->decls[i] = f->decl;
-        /* Macro lists were needed only for negotiation; the filter's may change. */
-        memset(bs->decls[i].macros, 0, sizeof bs->decls[i].macros);
+        /* What the filter declared less what this MTA cannot do: what it is told and
+         * what it is held to. */
+        mgw_policy_effective_decl(&f->decl, &bs->offered, &bs->negotiated, &bs->decls[i]);
         bs->streams[i] = stream_open(bs, f);
-        if (bs->streams[i]->broken)
-            continue;
-        mgw_proto_event_start(&pe, &sc, start_id, &si);
-        stream_send(bs->streams[i], pack_slice(&pe.ev.base));
-        mgw_proto_scratch_reset(&sc);
+        if (!bs->streams[i]->broken) {
+            mgw_proto_event_start(&pe, &sc, start_id, &si);
+            stream_send(bs->streams[i], pack_slice(&pe.ev.base));
+            mgw_proto_scratch_reset(&sc);
+        }
+        /* Macro lists are borrowed from f->decl, which a Describe refresh may free; they
+         * were needed only for negotiation and the SessionStart just packed. */
+        memset(bs->decls[i].macros, 0, sizeof bs->decls[i].macros);
     }
     free(sc.chunks);
     return bs;
@@ -1168,7 +1287,7 @@ static grpc_channel *channel_new(const struct mgw_filter_conf *c, char *err, siz
          .value.integer = (int)(c->keepalive_timeout_ms ? c->keepalive_timeout_ms
                                                         : MGW_FILTER_DEFAULT_KEEPALIVE_TIMEOUT_MS)},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-         .value.integer = 64 << 20},
+         .value.integer = (int)c->max_message},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
          .value.integer = 200},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
@@ -1219,6 +1338,10 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
         f->index = i;
         f->metric = mgw_metrics_filter_register(filters[i].name);
         mgw_filter_conf_copy(&f->conf, &filters[i]);
+        if (f->conf.max_queue == 0)
+            f->conf.max_queue = MGW_FILTER_DEFAULT_MAX_QUEUE;
+        if (f->conf.max_message == 0)
+            f->conf.max_message = MGW_FILTER_DEFAULT_MAX_MESSAGE;
         b->nfilters = i + 1;
         f->ch = channel_new(&f->conf, why, sizeof why);
         if (f->ch == NULL) {

@@ -123,6 +123,8 @@ int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *er
     memset(out, 0, sizeof *out);
     out->timeout_ms = MGW_FILTER_DEFAULT_TIMEOUT_MS;
     out->eom_timeout_ms = MGW_FILTER_DEFAULT_EOM_TIMEOUT_MS;
+    out->max_queue = MGW_FILTER_DEFAULT_MAX_QUEUE;
+    out->max_message = MGW_FILTER_DEFAULT_MAX_MESSAGE;
     out->keepalive_time_ms = MGW_FILTER_DEFAULT_KEEPALIVE_TIME_MS;
     out->keepalive_timeout_ms = MGW_FILTER_DEFAULT_KEEPALIVE_TIMEOUT_MS;
     if (eq == NULL || eq == arg)

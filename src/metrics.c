@@ -44,7 +44,7 @@ static const char *const msg_names[MGW_METRICS_MSG_COUNT] = {"accept",   "contin
 static const char *const event_names[MGW_METRICS_EV_COUNT] = {
     "connect", "helo", "mail", "rcpt", "data", "header", "eoh", "body", "eom", "unknown", "abort"};
 static const char *const ferr_names[MGW_METRICS_FERR_COUNT] = {
-    "unavailable", "stream_broken", "stream_closed", "timeout", "out_of_contract"};
+    "unavailable", "stream_broken", "stream_closed", "timeout", "out_of_contract", "queue_full"};
 static const char *const fail_names[MGW_METRICS_FAIL_COUNT] = {"fail_open", "fail_closed"};
 static const char *const reload_names[2] = {"ok", "failed"};
 

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
+#include "mgw/negotiate.h"
 #include "mgw/xmalloc.h"
 
 /* ---- Events ---- */
@@ -804,4 +805,27 @@ ssize_t mgw_policy_union_needs(const struct mgw_policy_decl *decls, size_t n,
         }
     }
     return (ssize_t)used;
+}
+
+void mgw_policy_effective_decl(const struct mgw_policy_decl *d,
+                               const struct mgw_milter_optneg *offered,
+                               const struct mgw_milter_optneg *negotiated,
+                               struct mgw_policy_decl *out)
+{
+    static const char optional[] = "CHMRTLNBU"; /* E always comes */
+
+    *out = *d;
+    for (const char *c = optional; *c; c++) {
+        uint32_t no = mgw_negotiate_no_bit((uint8_t)*c);
+        /* An MTA that cannot suppress UNKNOWN or DATA predates those events. */
+        int predates = (*c == MGW_SMFIC_UNKNOWN || *c == MGW_SMFIC_DATA) &&
+                       !(offered->protocol & no);
+
+        if ((negotiated->protocol & no) || predates)
+            out->events &= ~mgw_policy_event_bit((uint8_t)*c);
+    }
+    out->observe_only &= out->events;
+    out->actions &= negotiated->actions;
+    out->rejected_recipients = false;
+    out->header_leading_space = false;
 }

@@ -377,7 +377,8 @@ static const char *mod_illegal(const struct mgw_session *s, uint8_t cmd,
         return "action_not_negotiated";
     if (m->cmd == MGW_SMFIR_INSHEADER && s->negotiated.version < VERSION_INS_PROGRESS)
         return "mta_version";
-    if ((size_t)mgw_milter_encoded_len(m) - MGW_MILTER_HDR_LEN > mta_max_data(s))
+    /* The data after the length and the command byte, as Sendmail measures it. */
+    if ((size_t)mgw_milter_encoded_len(m) - MGW_MILTER_HDR_LEN - 1 > mta_max_data(s))
         return "too_large";
     return NULL;
 }

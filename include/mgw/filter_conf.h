@@ -34,6 +34,13 @@ enum mgw_on_error {
 #define MGW_FILTER_NAME_MAX 64
 #define MGW_FILTER_DEFAULT_KEEPALIVE_TIME_MS 300000u  /* HTTP/2 PING every 5 min when idle */
 #define MGW_FILTER_DEFAULT_KEEPALIVE_TIMEOUT_MS 20000u /* ... answered within 20 s */
+/* Events packed for one stream and not yet taken by gRPC: a filter that falls this far
+ * behind (stopped, unreachable, slower than the MTA) gets its failure policy rather than
+ * the gateway's memory. Per MTA connection and filter. */
+#define MGW_FILTER_DEFAULT_MAX_QUEUE (4u << 20)
+/* The largest message accepted from a filter (a Reply with a replaced body): gRPC's
+ * receive limit on the channel. */
+#define MGW_FILTER_DEFAULT_MAX_MESSAGE (64u << 20)
 
 enum mgw_load_balancing {
     MGW_LB_PICK_FIRST = 0, /* gRPC's default: one connection to the first address */
@@ -47,6 +54,8 @@ struct mgw_filter_conf {
     unsigned timeout_ms;     /* per event */
     unsigned eom_timeout_ms; /* end of message */
     bool shadow;
+    unsigned max_queue;      /* bytes; see MGW_FILTER_DEFAULT_MAX_QUEUE */
+    unsigned max_message;    /* bytes; see MGW_FILTER_DEFAULT_MAX_MESSAGE */
     /* Fields below come from the configuration file; --filter sets their defaults. */
     enum mgw_load_balancing load_balancing;
     unsigned keepalive_time_ms;    /* PING interval on a channel with calls; 0 = default */

@@ -165,6 +165,7 @@ enum mgw_metrics_filter_error {
     MGW_METRICS_FERR_STREAM_CLOSED,   /* the filter ended the stream */
     MGW_METRICS_FERR_TIMEOUT,         /* no answer before the deadline */
     MGW_METRICS_FERR_OUT_OF_CONTRACT, /* bad message, answer to an event it did not get */
+    MGW_METRICS_FERR_QUEUE_FULL,      /* fell max_queue bytes behind the MTA */
     MGW_METRICS_FERR_COUNT
 };
 

@@ -293,6 +293,19 @@ struct mgw_policy_decl {
  * Returns the bytes of storage used, or MGW_ENOSPACE (out->symlist then all NULL).
  * out->symlist points into storage. mgw_policy_union_storage() is always enough.
  */
+/*
+ * The declaration a filter gets to act on in one MTA connection (SessionStart.effective):
+ * `d` less what the MTA cannot do. Events the MTA will not send (negotiated away with a
+ * NO_x bit, or older than its protocol: UNKNOWN and DATA need the MTA to offer NOUNKNOWN
+ * and NODATA) and observe-only bits outside them go; actions are those the MTA granted;
+ * rejected_recipients and header_leading_space are off (the bridge never asks for them).
+ * Macro lists are kept.
+ */
+void mgw_policy_effective_decl(const struct mgw_policy_decl *d,
+                               const struct mgw_milter_optneg *offered,
+                               const struct mgw_milter_optneg *negotiated,
+                               struct mgw_policy_decl *out);
+
 ssize_t mgw_policy_union_needs(const struct mgw_policy_decl *decls, size_t n,
                                struct mgw_backend_needs *out, char *storage, size_t cap);
 size_t mgw_policy_union_storage(const struct mgw_policy_decl *decls, size_t n);

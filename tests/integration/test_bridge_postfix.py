@@ -660,6 +660,50 @@ class BridgeMisc(BridgeCase):
         self.assertTrue(all(int(r["len"]) <= 65535 for r in chunks), [r["len"] for r in chunks])
 
 
+    def test_6_bad_header_name_is_dropped_the_rest_applies(self):
+        # An empty CHGHEADER name would make Postfix drop the milter ("null change header
+        # name") and lose every later frame, the other filter's quarantine included.
+        a = self.filter("--change-header", ":1:x", "--add-header", "X Bad:1", name="a")
+        b = self.filter("--quarantine", "held by b", name="b")
+        self.gateway(filter_arg("a", a), filter_arg("b", b))
+        msg, _, _ = make_message("bad header name", BODY)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        qid = queue_id(out)
+        wait_for(lambda: [e for e in self.pf.hold_queue() if e.get("queue_id") == qid], 15,
+                 lambda: "%s held; queue %r\n%s" % (qid, self.pf.queue(), self.context()))
+        drops = wait_for(lambda: (lambda d: d if len(d) == 2 else None)(
+            self.gw.find_log(msg="modification dropped", filter="a", reason="invalid")), 10,
+            lambda: "two invalid drops\n" + self.context())
+        self.assertEqual(sorted(d.get("mod") for d in drops), ["ADDHEADER", "CHGHEADER"], drops)
+        self.assertNotIn("null change header name", self.pf.maillog())
+
+    def test_7_shadow_filter_never_delays_the_answer(self):
+        shadow = self.filter("--reject-at", "mail", "--delay-ms", "2500", name="shadow")
+        real = self.filter("--add-header", "X-Real:applied", name="real")
+        self.gateway(filter_arg("shadow", shadow, mode="shadow"), filter_arg("real", real))
+        msg, hdrs, _ = make_message("shadow slow", BODY)
+        rc, out, took = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        self.assertLess(took, 2.0, "a slow shadow filter delayed the mail\n" + out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs + [("X-Real", "applied")])
+        # its verdict is still logged, when it comes
+        self.wait_gw_log(timeout=15, msg="shadow verdict", filter="shadow", event="MAIL",
+                         verdict="reject", applied="no")
+
+    def test_8_shadow_filter_has_deadlines(self):
+        shadow = self.filter("--delay-ms", "3000", name="shadow")
+        self.gateway(filter_arg("shadow", shadow, mode="shadow", timeout="300ms"))
+        msg, hdrs, _ = make_message("shadow deadline", BODY)
+        rc, out, took = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        self.assertLess(took, 2.0, out)
+        got = self.assertDelivered(out)
+        self.assertEqual(got.headers[1:], hdrs)
+        self.wait_gw_log(msg="filter failed", filter="shadow", reason="timeout")
+
+
 # =========================================================================================
 # Shutdown right after a session (no Postfix: a raw milter client, to hit the moment when
 # the filter streams are still finishing)

@@ -273,7 +273,8 @@ class OpsMetrics(OpsCase):
             if h != hdrs or not h or h % 7:
                 problems.append("filter_events_total{%s,header} = %r (others %r; 7 messages)" % (f, h, hdrs))
             expect(1, "miltergw_filter_channel_ready", filter=f)
-            for kind in ("unavailable", "stream_broken", "stream_closed", "timeout", "out_of_contract"):
+            for kind in ("unavailable", "stream_broken", "stream_closed", "timeout", "out_of_contract",
+                         "queue_full"):
                 expect(1 if (f, kind) == ("slow", "timeout") else 0,
                        "miltergw_filter_errors_total", filter=f, kind=kind)
             expect(1 if f == "slow" else 0, "miltergw_filter_failure_policy_total", filter=f,

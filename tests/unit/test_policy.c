@@ -1337,6 +1337,52 @@ static void test_negotiation_is_the_union_of_declarations(void **state)
     end_table();
 }
 
+/* SessionStart.effective: what the filter declared, less what this MTA cannot do. */
+static void test_effective_declaration_is_what_the_mta_can_do(void **state)
+{
+    static const struct {
+        const char *name;
+        struct mgw_policy_decl d;
+        uint32_t offered_protocol, negotiated_protocol, negotiated_actions;
+        uint32_t want_events, want_observe_only, want_actions;
+    } cases[] = {
+        {"actions are those the MTA granted; the flags the bridge never asks are off",
+         {.events = EV(ALL), .actions = MGW_SMFIF_ADDHDRS | MGW_SMFIF_CHGBODY,
+          .rejected_recipients = true, .header_leading_space = true},
+         MGW_SMFI_CURR_PROT, 0, MGW_SMFIF_ADDHDRS, EV(ALL), 0, MGW_SMFIF_ADDHDRS},
+        {"events negotiated away go, and their observe-only bits with them",
+         {.events = EV(ALL), .observe_only = EV(HEADER) | EV(BODY), .actions = ALLACTS},
+         MGW_SMFI_CURR_PROT, MGW_SMFIP_NOHDRS | MGW_SMFIP_NOHELO, ALLACTS,
+         EV(ALL) & ~(EV(HEADER) | EV(HELO)), EV(BODY), ALLACTS},
+        {"an MTA of protocol 2 sends no DATA and no UNKNOWN",
+         {.events = EV(ALL), .actions = MGW_SMFIF_ADDHDRS}, 0x7F, 0, 0x3F,
+         EV(ALL) & ~(EV(DATA) | EV(UNKNOWN)), 0, MGW_SMFIF_ADDHDRS},
+        {"nothing the filter did not declare is added",
+         {.events = EV(EOM), .actions = 0}, MGW_SMFI_CURR_PROT, 0, ALLACTS, EV(EOM), 0, 0},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        struct mgw_milter_optneg off = {.version = 6, .actions = ALLACTS,
+                                        .protocol = cases[i].offered_protocol};
+        struct mgw_milter_optneg neg = {.version = 6, .actions = cases[i].negotiated_actions,
+                                        .protocol = cases[i].negotiated_protocol};
+        struct mgw_policy_decl out;
+
+        mgw_policy_effective_decl(&cases[i].d, &off, &neg, &out);
+        if (out.events != cases[i].want_events || out.observe_only != cases[i].want_observe_only ||
+            out.actions != cases[i].want_actions || out.rejected_recipients ||
+            out.header_leading_space)
+            case_failed(cases[i].name,
+                        "got events 0x%x observe_only 0x%x actions 0x%x flags %d/%d, want "
+                        "0x%x 0x%x 0x%x 0/0",
+                        out.events, out.observe_only, out.actions, out.rejected_recipients,
+                        out.header_leading_space, cases[i].want_events,
+                        cases[i].want_observe_only, cases[i].want_actions);
+    }
+    end_table();
+}
+
 static void test_negotiation_storage_is_bounded(void **state)
 {
     const struct mgw_policy_decl d[2] = {
@@ -1415,6 +1461,7 @@ int main(void)
         cmocka_unit_test(test_reply_limits_are_enforced),
         cmocka_unit_test(test_negotiation_is_the_union_of_declarations),
         cmocka_unit_test(test_negotiation_storage_is_bounded),
+        cmocka_unit_test(test_effective_declaration_is_what_the_mta_can_do),
         cmocka_unit_test(test_event_letters_map_to_bits),
     };
 
