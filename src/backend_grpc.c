@@ -613,10 +613,8 @@ static void on_recv(struct mgw_grpc_tag *tag, int ok)
     /* This batch's count is our hold until the end (see on_send). */
     st->recv_buf = NULL;
     if (!ok || bb == NULL) {
-        /* End of stream: the status (arriving separately) says why. */
+        /* End of stream: the status, which always follows, says why (on_status). */
         st->finished = 1;
-        if (!st->broken && st->bs != NULL)
-            stream_fail(st, "stream_closed", "the filter ended the stream");
     } else {
         Miltergw__V1__Reply *r =
             (Miltergw__V1__Reply *)unpack(bb, &miltergw__v1__reply__descriptor);
@@ -646,6 +644,8 @@ static void on_status(struct mgw_grpc_tag *tag, int ok)
         gpr_free(details);
         stream_fail(st, st->status == GRPC_STATUS_UNAVAILABLE ? "unavailable" : "stream_broken",
                     detail);
+    } else if (!st->broken && st->bs != NULL) {
+        stream_fail(st, "stream_closed", "the filter ended the stream");
     }
     st->batches--; /* our hold until here (see on_send) */
     stream_free_if_done(st);

@@ -106,6 +106,7 @@ struct session {
     int cancelled;             /* RECV_CLOSE_ON_SERVER target */
     int outstanding;           /* batches started and not completed */
     bool recv_armed, send_busy, recv_done, dead, status_started, silent, first_recv;
+    bool failed; /* --fail-at: end with --fail-status */
     bool from_match; /* --only-from: the current message's MAIL FROM is listed */
     char *echo_value;  /* --echo-header: the current message's SRC header, owned */
     size_t echo_len;
@@ -537,7 +538,13 @@ static void pump(struct session *s)
 
     if ((s->recv_done || s->dead) && !s->head && !s->send_busy && !s->status_started) {
         grpc_op op = {.op = GRPC_OP_SEND_STATUS_FROM_SERVER};
+        static grpc_slice details;
         op.data.send_status_from_server.status = GRPC_STATUS_OK;
+        if (s->failed) {
+            details = grpc_slice_from_static_string(tf.fail_details);
+            op.data.send_status_from_server.status = (grpc_status_code)tf.fail_code;
+            op.data.send_status_from_server.status_details = &details;
+        }
         s->status_started = true;
         session_batch(s, &op, 1, &s->t_status);
     }
@@ -637,6 +644,10 @@ static void on_event(struct session *s, const Miltergw__V1__Event *ev)
     }
     if (tf.crash_at & bit)
         _exit(CRASH_EXIT);
+    if (tf.fail_at & bit) {
+        s->failed = s->dead = true;
+        return;
+    }
     if (tf.never_at & bit)
         s->silent = true;
     if (s->silent || !(s->events & bit) || (s->observe & bit))

@@ -101,6 +101,8 @@ static const char usage_text[] =
     "  --never-answer LIST     at the first such event stop answering for the rest of the\n"
     "                          stream (keep receiving and recording)\n"
     "  --crash-at LIST         _exit(70) when such an event arrives (after recording it)\n"
+    "  --fail-at LIST          end the stream with --fail-status when such an event arrives\n"
+    "  --fail-status CODE:TEXT the status of --fail-at (default 13:test filter failed)\n"
     "  --bogus-reply           answer every event with an event_id it never got (id+1000000)\n"
     "  --bogus-at LIST         the same, only at these stages\n"
     "  --control FILE          on SIGUSR1 read FILE (words, all optional): delay-ms=N adds\n"
@@ -378,6 +380,8 @@ enum {
     O_PROGRESS,
     O_NEVER,
     O_CRASH,
+    O_FAIL_AT,
+    O_FAIL_STATUS,
     O_BOGUS,
     O_BOGUS_AT,
     O_TLS_CERT,
@@ -422,6 +426,8 @@ static const struct option long_opts[] = {
     {"progress", no_argument, NULL, O_PROGRESS},
     {"never-answer", required_argument, NULL, O_NEVER},
     {"crash-at", required_argument, NULL, O_CRASH},
+    {"fail-at", required_argument, NULL, O_FAIL_AT},
+    {"fail-status", required_argument, NULL, O_FAIL_STATUS},
     {"bogus-reply", no_argument, NULL, O_BOGUS},
     {"bogus-at", required_argument, NULL, O_BOGUS_AT},
     {"tls-cert", required_argument, NULL, O_TLS_CERT},
@@ -590,6 +596,17 @@ void tf_opts_parse(int argc, char **argv)
         case O_PROGRESS: tf.progress = true; break;
         case O_NEVER: tf.never_at |= parse_stage_list(optarg, "--never-answer"); break;
         case O_CRASH: tf.crash_at |= parse_stage_list(optarg, "--crash-at"); break;
+        case O_FAIL_AT: tf.fail_at |= parse_stage_list(optarg, "--fail-at"); break;
+        case O_FAIL_STATUS: {
+            char *text = cut(optarg, ':');
+
+            if (text == NULL)
+                usage_error("--fail-status is CODE:TEXT, not \"%s\"", optarg);
+            tf.fail_code = (int)parse_uint(optarg, "--fail-status", 16);
+            text[unescape(text)] = '\0';
+            tf.fail_details = text;
+            break;
+        }
         case O_BOGUS: tf.bogus_at = TF_ALL_STAGES; break;
         case O_BOGUS_AT: tf.bogus_at |= parse_stage_list(optarg, "--bogus-at"); break;
         case O_TLS_CERT: tf.tls_cert = optarg; break;
@@ -633,6 +650,8 @@ void tf_opts_free(void)
         free(tf.macro_copies[i]);
     free(tf.echo_copy);
     memset(&tf, 0, sizeof tf);
+    tf.fail_code = 13; /* INTERNAL */
+    tf.fail_details = "test filter failed";
 }
 
 void tf_describe(Miltergw__V1__Description *d, Miltergw__V1__EventType *events,

@@ -26,7 +26,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mgwtest  # noqa: E402
-from mgwtest import TestFilter, filter_arg, lf, make_message, queue_id, wait_for  # noqa: E402
+from mgwtest import TestFilter, cstr, filter_arg, frame, lf, make_message, queue_id, wait_for  # noqa: E402
 
 BODY = b"Hello,\r\nthis is the original body.\r\n.a dot line\r\n"
 
@@ -702,6 +702,83 @@ class BridgeMisc(BridgeCase):
         got = self.assertDelivered(out)
         self.assertEqual(got.headers[1:], hdrs)
         self.wait_gw_log(msg="filter failed", filter="shadow", reason="timeout")
+
+
+# =========================================================================================
+# The bridge against a raw milter client: what no Postfix sends, but Sendmail or a
+# misbehaving filter may
+
+
+class BridgeRawMilter(unittest.TestCase):
+
+    def setUp(self):
+        if not mgwtest.TEST_FILTER:
+            self.skipTest("no --test-filter PATH given")
+        self.tmp = mgwtest.make_tmpdir("bridge-raw")
+        self.procs = []
+
+    def start(self, filters, **opts):
+        """filters: [(name, [flags])]; returns (miltergw, {name: TestFilter})."""
+        fs = {}
+        argv = []
+        for name, flags in filters:
+            f = TestFilter(flags, tmpdir=self.tmp, name=name)
+            self.addCleanup(f.stop, expect=None)
+            fs[name] = f
+            argv += ["--filter", filter_arg(name, f, **opts.get(name, {}))]
+        gw = mgwtest.Miltergw(args=argv, tmpdir=self.tmp)
+        self.addCleanup(gw.stop, expect=None)
+        return gw, fs
+
+    def greet(self, c):
+        c.negotiate()
+        self.assertEqual(c.command(mgwtest.connect_frame())[0], "c")
+        self.assertEqual(c.command(frame("H", cstr("client.example")))[0], "c")
+
+    def test_1_filter_status_details_are_escaped_in_the_log(self):
+        forged = 'x" level=info msg=forged\nts=2026-01-01T00:00:00Z level=info msg=forged2'
+        gw, _ = self.start([("a", ["--fail-at", "mail", "--fail-status", "13:" + forged])],
+                           a={"on_error": "reject"})
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            self.assertEqual(c.command(frame("M", cstr("<s@example.org>")))[0], "r")
+        rec = gw.wait_log(msg="filter failed", filter="a")[0]
+        self.assertIn("msg=forged", rec.get("detail", ""), rec)
+        self.assertEqual([r for r in gw.records() if r.get("msg", "").startswith("forged")], [],
+                         gw.proc.log_tail())
+        self.assertFalse(any(l.startswith("ts=2026-01-01") for l in gw.log_lines()), gw.proc.log_tail())
+
+    def test_2_final_verdict_on_eob_with_data_ends_the_message(self):
+        # Sendmail may put the last body bytes in the EOB and send no ABORT after a
+        # refusal: the next message must reach the filter that accepted the last one.
+        gw, fs = self.start([("a", ["--accept-at", "rcpt"]), ("b", ["--reject-at", "body"])])
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            self.assertEqual(c.command(frame("M", cstr("<one@example.org>")))[0], "c")
+            self.assertEqual(c.command(frame("R", cstr("<r@example.com>")))[0], "c")
+            self.assertEqual(c.command(frame("T"))[0], "c")
+            self.assertEqual(c.command(frame("N"))[0], "c")
+            self.assertEqual(c.command(frame("E", b"the last body bytes\r\n"))[0], "r")
+            self.assertEqual(c.command(frame("M", cstr("<two@example.org>")))[0], "c")
+        got = fs["a"].wait_record("mail", count=2)
+        self.assertEqual([r["addr"] for r in got], ["<one@example.org>", "<two@example.org>"])
+
+    def test_3_too_many_unanswered_events_apply_the_failure_policy(self):
+        # "slow" owes a reply for every RCPT that "d" discarded at once; at the 17th the
+        # gateway gives up on it, and its on_error decides that RCPT.
+        gw, fs = self.start([("slow", ["--events", "rcpt", "--delay-ms", "5000"]),
+                             ("d", ["--discard-at", "rcpt", "--only-from", "<spam@example.org>"])],
+                            slow={"on_error": "reject"})
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            for i in range(16):
+                self.assertEqual(c.command(frame("M", cstr("<spam@example.org>")))[0], "c")
+                self.assertEqual(c.command(frame("R", cstr("<r%d@example.com>" % i)))[0], "d")
+                c.send(frame("A"))
+            self.assertEqual(c.command(frame("M", cstr("<ham@example.org>")))[0], "c")
+            self.assertEqual(c.command(frame("R", cstr("<r@example.com>")))[0], "r")
+        rec = gw.wait_log(msg="filter failed", filter="slow")[0]
+        self.assertEqual(rec.get("reason"), "out_of_contract", rec)
 
 
 # =========================================================================================
