@@ -716,17 +716,44 @@ static int has_name(const char *list, size_t len, const char *tok, size_t tlen)
     return 0;
 }
 
-/* Union of one stage's lists, appended to storage at *used; *res = the list, or NULL if
- * empty. Returns 0 or MGW_ENOSPACE. */
+/* The MTAs' own lists per stage (Postfix's milter_*_macros and Sendmail's
+ * confMILTER_MACROS_* defaults together). A list we send REPLACES the MTA's for every
+ * filter, so whenever one filter asks for names at a stage, these go in too: a filter
+ * that relied on the defaults keeps them when another filter is added. */
+static const char *const mta_default_macros[MGW_STAGE_COUNT] = {
+    [MGW_STAGE_CONNECT] = "j {daemon_name} {daemon_addr} v _ {if_name} {if_addr}",
+    [MGW_STAGE_HELO] = "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    [MGW_STAGE_ENVFROM] = "i {auth_type} {auth_authen} {auth_ssf} {auth_author} {mail_addr} "
+                          "{mail_host} {mail_mailer}",
+    [MGW_STAGE_ENVRCPT] = "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
+    [MGW_STAGE_DATA] = "i",
+    [MGW_STAGE_EOM] = "i {msg_id}",
+    [MGW_STAGE_EOH] = "i",
+};
+
+/* Whether list `p` names anything. */
+static int names_any(const char *p)
+{
+    while (p != NULL && is_space(*p))
+        p++;
+    return p != NULL && *p != '\0';
+}
+
+/* Union of one stage's lists (the MTA defaults first, if any filter asked for names),
+ * appended to storage at *used; *res = the list, or NULL if empty. Returns 0 or
+ * MGW_ENOSPACE. */
 static int union_stage(const struct mgw_policy_decl *decls, size_t n, int stage, char *storage,
                        size_t cap, size_t *used, const char **res)
 {
     char *list = storage != NULL ? storage + *used : NULL;
     size_t len = 0, room = storage != NULL ? cap - *used : 0;
+    int asked = 0;
 
     *res = NULL;
-    for (size_t i = 0; i < n; i++) {
-        const char *p = decls[i].macros[stage];
+    for (size_t i = 0; i < n; i++)
+        asked |= names_any(decls[i].macros[stage]);
+    for (size_t i = 0; asked && i <= n; i++) {
+        const char *p = i == 0 ? mta_default_macros[stage] : decls[i - 1].macros[stage];
 
         while (p != NULL && *p) {
             size_t tlen = 0;
@@ -759,6 +786,8 @@ size_t mgw_policy_union_storage(const struct mgw_policy_decl *decls, size_t n)
 {
     size_t total = 0;
 
+    for (int s = 0; s < MGW_STAGE_COUNT; s++)
+        total += strlen(mta_default_macros[s]) + 1;
     for (size_t i = 0; i < n; i++) {
         for (int s = 0; s < MGW_STAGE_COUNT; s++)
             total += decls[i].macros[s] ? strlen(decls[i].macros[s]) + 1 : 0;

@@ -286,10 +286,11 @@ struct mgw_policy_decl {
  *  - actions: the union over NON-shadow filters that receive EOM and answer it; shadow
  *    mods are never applied, so asking the MTA for them would only cost (CHGBODY makes
  *    the MTA keep a copy of every message). SETSYMLIST is left to mgw_negotiate().
- *  - symlist[stage]: the union of all filters' names (shadow included), duplicates
- *    removed, first-seen order, single spaces, stored in storage[0..cap); NULL when
- *    empty. Postfix lets such a list REPLACE its default one, so filters should declare
- *    every macro they need.
+ *  - symlist[stage]: NULL when no filter names a macro at that stage; otherwise the MTA
+ *    defaults for the stage (Postfix's and Sendmail's), then the union of all filters'
+ *    names (shadow included), duplicates removed, first-seen order, single spaces, stored
+ *    in storage[0..cap). The MTA lets such a list REPLACE its default one, for every
+ *    filter; with the defaults in, one filter's list never takes them from another.
  * Returns the bytes of storage used, or MGW_ENOSPACE (out->symlist then all NULL).
  * out->symlist points into storage. mgw_policy_union_storage() is always enough.
  */

@@ -1286,19 +1286,21 @@ static const struct union_case union_cases[] = {
      MGW_SMFIP_SKIP | MGW_SMFIP_NORCPT | MGW_SMFIP_NR_RCPT,
      0,
      {NULL}},
-    {"macro lists are unioned per stage, duplicates removed, first-seen order",
+    {"macro lists are unioned per stage after the MTA defaults, duplicates removed, "
+     "first-seen order; a stage nobody names gets no list",
      {{.events = EV(ALL),
-       .macros = {[MGW_STAGE_CONNECT] = "j {daemon_name}  _ ", [MGW_STAGE_EOM] = ""}},
+       .macros = {[MGW_STAGE_CONNECT] = "j {client_ptr}  _ ", [MGW_STAGE_EOM] = ""}},
       {.events = EV(ALL),
        .shadow = true,
        .macros =
-           {[MGW_STAGE_CONNECT] = "{daemon_name} v j", [MGW_STAGE_ENVFROM] = "\t{auth_authen}\ti"}},
-      {.events = EV(ALL), .macros = {[MGW_STAGE_ENVFROM] = "i {auth_type}"}}},
+           {[MGW_STAGE_CONNECT] = "{daemon_name} v j", [MGW_STAGE_ENVFROM] = "\t{x_b}\ti"}},
+      {.events = EV(ALL), .macros = {[MGW_STAGE_ENVFROM] = "i {x_a} {auth_type}"}}},
      3,
      MGW_SMFIP_SKIP,
      0,
-     {[MGW_STAGE_CONNECT] = "j {daemon_name} _ v",
-      [MGW_STAGE_ENVFROM] = "{auth_authen} i {auth_type}"}},
+     {[MGW_STAGE_CONNECT] = "j {daemon_name} {daemon_addr} v _ {if_name} {if_addr} {client_ptr}",
+      [MGW_STAGE_ENVFROM] = "i {auth_type} {auth_authen} {auth_ssf} {auth_author} {mail_addr} "
+                            "{mail_host} {mail_mailer} {x_b} {x_a}"}},
 };
 
 static int same_str(const char *a, const char *b)
@@ -1387,22 +1389,25 @@ static void test_negotiation_storage_is_bounded(void **state)
 {
     const struct mgw_policy_decl d[2] = {
         {.events = EV(ALL), .macros = {[MGW_STAGE_CONNECT] = "j _", [MGW_STAGE_HELO] = "x"}},
-        {.events = EV(ALL), .macros = {[MGW_STAGE_CONNECT] = "_ v"}},
+        {.events = EV(ALL), .macros = {[MGW_STAGE_CONNECT] = "_ v {y}"}},
     };
-    /* "j _ v\0" + "x\0" */
-    static const struct {
+    static const char want_c[] = "j {daemon_name} {daemon_addr} v _ {if_name} {if_addr} {y}";
+    static const char want_h[] = "{tls_version} {cipher} {cipher_bits} {cert_subject} "
+                                 "{cert_issuer} x";
+    const size_t exact = sizeof want_c + sizeof want_h;
+    const struct {
         const char *name;
         size_t cap;
         ssize_t want;
     } cases[] = {
-        {"the exact size is enough", 8, 8},
-        {"one byte short is refused", 7, MGW_ENOSPACE},
+        {"the exact size is enough", exact, (ssize_t)exact},
+        {"one byte short is refused", exact - 1, MGW_ENOSPACE},
         {"no storage at all is refused when there are names", 0, MGW_ENOSPACE},
     };
 
     (void)state;
     for (size_t i = 0; i < NELEM(cases); i++) {
-        char storage[8];
+        char storage[sizeof want_c + sizeof want_h];
         struct mgw_backend_needs out;
         ssize_t rc =
             mgw_policy_union_needs(d, 2, &out, cases[i].cap ? storage : NULL, cases[i].cap);
@@ -1411,14 +1416,15 @@ static void test_negotiation_storage_is_bounded(void **state)
             case_failed(cases[i].name, "return: got %zd, want %zd", rc, cases[i].want);
         else if (rc < 0 && (out.symlist[MGW_STAGE_CONNECT] || out.symlist[MGW_STAGE_HELO]))
             case_failed(cases[i].name, "symlists: got non-NULL after ENOSPACE, want NULL");
-        else if (rc >= 0 && (!same_str(out.symlist[MGW_STAGE_CONNECT], "j _ v") ||
-                             !same_str(out.symlist[MGW_STAGE_HELO], "x")))
-            case_failed(cases[i].name, "symlists: got %s / %s, want j _ v / x",
-                        out.symlist[MGW_STAGE_CONNECT], out.symlist[MGW_STAGE_HELO]);
+        else if (rc >= 0 && (!same_str(out.symlist[MGW_STAGE_CONNECT], want_c) ||
+                             !same_str(out.symlist[MGW_STAGE_HELO], want_h)))
+            case_failed(cases[i].name, "symlists: got %s / %s, want %s / %s",
+                        out.symlist[MGW_STAGE_CONNECT], out.symlist[MGW_STAGE_HELO], want_c,
+                        want_h);
     }
-    if (mgw_policy_union_storage(d, 2) < 8)
-        case_failed("the storage bound covers the union", "got %zu, want >= 8",
-                    mgw_policy_union_storage(d, 2));
+    if (mgw_policy_union_storage(d, 2) < exact)
+        case_failed("the storage bound covers the union", "got %zu, want >= %zu",
+                    mgw_policy_union_storage(d, 2), exact);
     end_table();
 }
 
