@@ -780,6 +780,18 @@ class BridgeRawMilter(unittest.TestCase):
         rec = gw.wait_log(msg="filter failed", filter="slow")[0]
         self.assertEqual(rec.get("reason"), "out_of_contract", rec)
 
+    def test_4_abort_reaches_a_filter_that_accepted_the_connection(self):
+        # filter.proto: Abort goes to every filter, retired ones included.
+        gw, fs = self.start([("a", ["--accept-at", "connect"]), ("b", [])])
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            self.assertEqual(c.command(frame("M", cstr("<s@example.org>")))[0], "c")
+            c.send(frame("A"))
+            self.assertEqual(c.command(frame("M", cstr("<t@example.org>")))[0], "c")
+        fs["b"].wait_record("mail", count=2)
+        fs["a"].wait_record("abort")
+        self.assertEqual(fs["a"].find("mail"), [], fs["a"].record_text())
+
 
 # =========================================================================================
 # Shutdown right after a session (no Postfix: a raw milter client, to hit the moment when
