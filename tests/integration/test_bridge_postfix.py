@@ -19,6 +19,7 @@ Usage: /usr/bin/python3 test_bridge_postfix.py --miltergw PATH --test-filter PAT
 """
 import os
 import re
+import signal
 import smtplib
 import sys
 import time
@@ -702,6 +703,29 @@ class BridgeMisc(BridgeCase):
         got = self.assertDelivered(out)
         self.assertEqual(got.headers[1:], hdrs)
         self.wait_gw_log(msg="filter failed", filter="shadow", reason="timeout")
+
+
+    def test_9_a_stopped_observer_gets_its_failure_policy_not_our_memory(self):
+        # Headers and body are observe-only: Postfix streams them without waiting, so
+        # nothing throttles them but the stream's byte cap (max_queue, 4 MiB by default).
+        f = self.filter("--events", "header,body,eom", "--observe", "header,body",
+                        "--add-header", "X-Seen:yes")
+        self.gateway(filter_arg("a", f, eom_timeout="30s"))
+        f.wait_record("describe")
+        os.kill(f.pid, signal.SIGSTOP)
+        try:
+            line = b"%07d the quick brown fox jumps over the lazy dog 0123456789\r\n"
+            big = b"".join(line % i for i in range(6 * 1024 * 1024 // len(line % 0)))
+            msg, _, _ = make_message("stopped observer", big)
+            t0 = time.monotonic()
+            res = self.session([("sender@example.org", ["rcpt@example.com"], msg)])[0]
+            took = time.monotonic() - t0
+        finally:
+            os.kill(f.pid, signal.SIGCONT)
+        self.assertTrue(res["data"] and res["data"][0] == 451, "%r\n%s" % (res, self.context()))
+        self.assertLess(took, 15, "waited for the deadline instead of failing at the cap")
+        rec = self.wait_gw_log(msg="filter failed", filter="a", reason="queue_full")[0]
+        self.assertIn("max_queue", rec.get("detail", ""), rec)
 
 
 # =========================================================================================
