@@ -19,3 +19,30 @@ apt-get install -y --no-install-recommends \
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt-get install -y --no-install-recommends nodejs npm
 fi
+# Sendmail for the Sendmail integration tests (tests/integration/test_sendmail.py).
+# Debian's sendmail-bin conflicts with postfix (both provide mail-transport-agent), so it
+# is never installed: its .debs are downloaded into a cache and unpacked with dpkg-deb -x
+# into a private prefix (no maintainer scripts run, no init script, no /etc/mail, no
+# /usr/sbin/sendmail); tests/integration/mgwsendmail.py runs that binary with a generated
+# sendmail.cf. m4 builds the .cf from sendmail-cf; liblockfile1 and libwrap0 are runtime
+# libraries of the sendmail binary that apt would otherwise have pulled in; util-linux
+# provides unshare (the test daemon gets a qualified hostname in its own UTS namespace).
+apt-get install -y --no-install-recommends m4 liblockfile1 libwrap0 libdb5.3 libldap-2.5-0 \
+    libnsl2 libsasl2-2 libssl3 util-linux
+SENDMAIL_DEBS=/var/cache/miltergw-test/debs
+SENDMAIL_PREFIX=/opt/miltergw-test/sendmail
+mkdir -p "$SENDMAIL_DEBS" "$SENDMAIL_PREFIX"
+# apt-get download writes into the current directory (as _apt if it can, hence the chmod)
+chmod 0755 "$SENDMAIL_DEBS"
+for pkg in sendmail-base sendmail-cf sendmail-bin; do
+    if ! ls "$SENDMAIL_DEBS/${pkg}_"*.deb >/dev/null 2>&1; then
+        (cd "$SENDMAIL_DEBS" && apt-get download "$pkg")
+    fi
+done
+# Unpack (again) every time: idempotent, and picks up a newer cached .deb
+for deb in "$SENDMAIL_DEBS"/sendmail-base_*.deb "$SENDMAIL_DEBS"/sendmail-cf_*.deb \
+           "$SENDMAIL_DEBS"/sendmail-bin_*.deb; do
+    dpkg-deb -x "$deb" "$SENDMAIL_PREFIX"
+done
+test -x "$SENDMAIL_PREFIX/usr/libexec/sendmail/sendmail"
+test -f "$SENDMAIL_PREFIX/usr/share/sendmail/cf/m4/cf.m4"
