@@ -49,7 +49,8 @@ SANITIZER_PATTERNS = ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakS
 TIMEOUT_MS, EOM_TIMEOUT_MS = 2000, 3000
 ALT_TIMEOUT_MS, ALT_EOM_TIMEOUT_MS = 2500, 3500
 DRAIN_TIMEOUT_S = 10
-SLOW_MS = 5000  # the C filter's delay when made slow: above every deadline
+SLOW_MS = 5000
+ON_ERROR = "tempfail"  # --on-error: anything else is a self-check that must fail  # the C filter's delay when made slow: above every deadline
 
 # Message kinds: (name, weight). What the filters do with them is fixed by their flags.
 KINDS = [("normal", 64), ("large", 8), ("multi-rcpt", 6), ("reject-py", 5), ("reject-node", 5),
@@ -196,7 +197,7 @@ class CFilter(SoakFilter):
 def gw_config(port, filters, alt=False):
     """The YAML file: three filters, on_error tempfail; alt = other deadlines, other order."""
     t, e = (ALT_TIMEOUT_MS, ALT_EOM_TIMEOUT_MS) if alt else (TIMEOUT_MS, EOM_TIMEOUT_MS)
-    fl = [{"name": f.name, "target": f.target, "on_error": "tempfail",
+    fl = [{"name": f.name, "target": f.target, "on_error": ON_ERROR,
            "timeout": "%dms" % t, "eom_timeout": "%dms" % e} for f in filters]
     if alt:
         fl.reverse()
@@ -687,10 +688,15 @@ def gateway_log_summary(gateway):
         for ln in text.splitlines():
             if any(p in ln for p in SANITIZER_PATTERNS):
                 sanitizer.append("pid %d: %s" % (inc["pid"], ln.strip()))
-            if 'msg="filter failed"' in ln:
+            if 'msg="filter failed"' in ln or 'msg="filter unavailable"' in ln:
                 rec = mgwtest.parse_logfmt(ln)
-                k = "%s/%s" % (rec.get("filter", "?"), rec.get("reason", "?"))
+                k = "%s/%s" % (rec.get("filter", "?"), rec.get("reason", "unavailable_at_start"))
                 failures[k] = failures.get(k, 0) + 1
+            elif 'msg="session closed"' in ln:
+                rec = mgwtest.parse_logfmt(ln)
+                if rec.get("reason") not in ("quit", "eof"):
+                    k = "session closed/%s" % rec.get("reason", "?")
+                    failures[k] = failures.get(k, 0) + 1
             if "level=error" in ln:
                 errors += 1
     return sanitizer, failures, errors
@@ -716,7 +722,7 @@ def print_table(res, faults, gateway, extra):
     for k in Faults.KINDS:
         rows.append(("fault %s" % k, faults.counts[k]))
     for k, v in sorted(extra["filter_failures"].items()):
-        rows.append(("gateway 'filter failed' %s" % k, v))
+        rows.append(("gateway log: %s%s" % ("" if k.startswith("session") else "filter ", k), v))
     rows.append(("gateway level=error lines", extra["error_lines"]))
     rows.append(("sanitizer reports (must be 0)", len(extra["sanitizer"])))
     for i, inc in enumerate(gateway.incarnations):
@@ -742,6 +748,9 @@ def main():
     ap.add_argument("--fault-gap", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"),
                     help="random pause between faults, seconds (default 0.5 4)")
     ap.add_argument("--no-faults", action="store_true", help="traffic only (a baseline)")
+    ap.add_argument("--on-error", choices=("tempfail", "accept"), default="tempfail",
+                    help="filters' on_error (default tempfail); accept is a self-check of the "
+                         "reconciliation: faults then let unfiltered mail through, and the run must fail")
     ap.add_argument("--json", help="write the results as JSON to this file")
     o = ap.parse_args()
     if not o.miltergw or not o.test_filter:
@@ -749,6 +758,8 @@ def main():
     if NODE is None:
         sys.stderr.write("soak: node is not installed (the Node.js soak filter needs it): skipped\n")
         return 77
+    global ON_ERROR
+    ON_ERROR = o.on_error
     seed = o.seed if o.seed is not None else random.SystemRandom().randrange(1 << 31)
     os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
     os.environ.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
@@ -880,7 +891,7 @@ def run(o, seed):
                        "filter_starts": {f.name: f.starts for f in filters},
                        "passed": not failed}, fj, indent=1)
     if failed:
-        print("soak: FAILED (seed %d); logs kept in %s" % (seed, tmp))
+        print("soak: FAILED (seed %d)" % seed)
         keep_logs(tmp, pf)
     else:
         print("soak: passed (seed %d)" % seed)
