@@ -82,8 +82,8 @@ define(`confTO_QUEUERETURN', `1m')dnl
 define(`confTO_QUEUEWARN', `1h')dnl
 define(`confMIN_QUEUE_AGE', `0s')dnl
 define(`confPRIVACY_FLAGS', `authwarnings,noexpn,novrfy')dnl
-define(`confREFUSE_LA', `0')dnl
-define(`confQUEUE_LA', `0')dnl
+define(`confREFUSE_LA', `1000')dnl
+define(`confQUEUE_LA', `1000')dnl
 define(`confDELAY_LA', `0')dnl
 define(`confMAX_DAEMON_CHILDREN', `0')dnl
 define(`confCONNECTION_RATE_THROTTLE', `0')dnl
@@ -149,7 +149,7 @@ class PrivateSendmail:
     Started on construction; stop() (also at exit) stops everything by PID."""
 
     def __init__(self, milter_spec, milter_flags="T", milter_timeouts="C:10s;S:60s;R:60s;E:5m",
-                 milter_macros=None, extra_mc="", debug=12, start=True, start_timeout=30):
+                 milter_macros=None, extra_mc="", debug=20, start=True, start_timeout=30):
         why = available()
         if why:
             raise RuntimeError(why)
@@ -262,7 +262,11 @@ class PrivateSendmail:
         try:
             if self.proc is not None:
                 pid = self.proc.pid
+                # children first (SMTP servers, deliveries), while the daemon is there to
+                # reap them: orphans would be left as zombies where PID 1 does not reap
                 family = _family(pid, self.sid)
+                for p in sorted(family):
+                    mgwtest._kill_pid(p)
                 if self.proc.poll() is None:
                     self.proc.send_signal(signal.SIGTERM)
                     try:
@@ -270,8 +274,8 @@ class PrivateSendmail:
                     except subprocess.TimeoutExpired:
                         self.proc.kill()
                         self.proc.wait(10)
-                # children still around (the daemon signals them, but do not count on it)
-                for p in sorted(family | _family(pid, self.sid)):
+                # anything forked meanwhile
+                for p in sorted(_family(pid, self.sid) - family):
                     mgwtest._kill_pid(p)
                 self.proc = None
         finally:
