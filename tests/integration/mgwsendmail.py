@@ -52,6 +52,13 @@ def available():
                     (M4, "m4")):
         if not os.path.exists(p):
             return "%s missing (%s): run tools/setup-debian.sh" % (what, p)
+    if "." not in socket.gethostname():
+        r = subprocess.run([UNSHARE, "--uts", "/bin/true"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        if r.returncode != 0:
+            return ("hostname %r is not qualified and `unshare --uts` fails (%s): Sendmail "
+                    "would sleep 60 s at every start" % (socket.gethostname(),
+                                                         r.stdout.decode("utf-8", "replace").strip()))
     return None
 
 
