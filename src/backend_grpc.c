@@ -107,6 +107,7 @@ struct stream {
     size_t nqueue, capqueue;
     grpc_byte_buffer *sending;
     size_t queued_bytes;  /* in queue[] and sending */
+    size_t sending_len;   /* of `sending`, taken at the start: gRPC empties the buffer */
     uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
     int initial_sent, close_wanted, close_sent, broken, finished;
     /* Liveness in the current message / connection (policy effects). */
@@ -522,6 +523,7 @@ static void send_next(struct stream *st)
         return;
     }
     st->sending = st->queue[0];
+    st->sending_len = grpc_byte_buffer_length(st->sending);
     memmove(st->queue, st->queue + 1, --st->nqueue * sizeof *st->queue);
     if (!st->initial_sent) {
         st->initial_sent = 1;
@@ -569,7 +571,7 @@ static void on_send(struct mgw_grpc_tag *tag, int ok)
 
     /* The batch count stays up (our hold) until we are done: what we call may end the
      * MTA session and detach the stream, which must not free it under us. */
-    st->queued_bytes -= grpc_byte_buffer_length(st->sending);
+    st->queued_bytes -= st->sending_len;
     grpc_byte_buffer_destroy(st->sending);
     st->sending = NULL;
     st->send_due_ms = 0;

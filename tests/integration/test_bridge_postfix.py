@@ -661,6 +661,18 @@ class BridgeMisc(BridgeCase):
         self.assertTrue(all(int(r["len"]) <= 65535 for r in chunks), [r["len"] for r in chunks])
 
 
+    def test_5b_more_than_max_queue_per_connection_is_fine(self):
+        # max_queue bounds what waits for the filter, not what a connection ever sent.
+        f = self.filter("--add-header", "X-Seen:yes")
+        self.gateway(filter_arg("a", f))
+        line = b"%07d the quick brown fox jumps over the lazy dog 0123456789\r\n"
+        big = b"".join(line % i for i in range(1024 * 1024 // len(line % 0)))
+        sent = [make_message("volume %d" % i, big) for i in range(6)]
+        results = self.session([("s@example.org", ["r@example.com"], m) for m, _, _ in sent])
+        for res in results:
+            self.assertTrue(res["data"] and res["data"][0] == 250, "%r\n%s" % (res, self.context()))
+        self.assertFalse(self.gw.has_log(msg="filter failed"), self.context())
+
     def test_6_bad_header_name_is_dropped_the_rest_applies(self):
         # An empty CHGHEADER name would make Postfix drop the milter ("null change header
         # name") and lose every later frame, the other filter's quarantine included.
