@@ -22,8 +22,8 @@ What Sendmail does differently from Postfix, and what each test pins down:
     deletes do not renumber (test_header_index_*);
   - leading space: one space stripped, one written before added values; HDR_LEADSPC is
     never negotiated (test_leading_space_*);
-  - 64 KiB body chunks, several MB of body (test_large_body*, test_many_messages_*: these
-    two fail on the bridge's max_queue accounting, a gateway bug, until it is fixed).
+  - 64 KiB body chunks, several MB of body, several MB per connection (test_large_body*,
+    test_many_messages_*; the last two found the bridge's max_queue accounting bug).
 
 After every test its miltergw must exit 0 on SIGTERM with no `level=error` line, and its
 filters exit 0.
@@ -675,19 +675,18 @@ class SendmailSessions(SendmailCase):
 
     def test_large_body_beyond_max_queue(self):
         """6 MB of body, more than a filter stream's max_queue (4 MiB). Sendmail waits for
-        the filter's answer to every BODY frame, so at most one frame is ever queued; but
-        the bridge's max_queue accounting never gives back what it sent (on_send()
-        subtracts grpc_byte_buffer_length() of a buffer gRPC core has already emptied:
-        0), so the filter fails with reason=queue_full after 4 MiB and the message is
-        tempfailed (451 4.3.2). Postfix shows the same. Fails until backend_grpc.c
-        remembers each queued message's length."""
+        the filter's answer to every BODY frame, so at most one frame is ever queued.
+        Regression: the bridge's max_queue accounting once never gave back what it sent
+        (on_send() subtracted grpc_byte_buffer_length() of a buffer gRPC core had already
+        emptied: 0), so the filter failed with reason=queue_full after 4 MiB and the
+        message was tempfailed (451 4.3.2)."""
         self.check_large_body(self.big_body(6))
 
     def test_many_messages_one_connection_beyond_max_queue(self):
-        """Six 1 MB messages on one SMTP connection, each far below max_queue. Fails while
-        the bridge's max_queue accounting never gives back what it sent (the same
-        queue_full as above, at the fifth message: "4246614 bytes not yet taken by the
-        filter"): max_queue must bound what is waiting, not what a connection ever sent."""
+        """Six 1 MB messages on one SMTP connection, each far below max_queue: max_queue
+        bounds what is waiting, not what a connection ever sent. Regression: the same
+        accounting bug as above failed the fifth message ("4246614 bytes not yet taken by
+        the filter")."""
         f = self.one_filter("--add-header", "X-Seen:yes")
         body = self.big_body(1)
         msgs = [make_message("one MB %d" % i, body) for i in range(6)]
