@@ -69,6 +69,7 @@ struct raw_tls {
 
 struct raw_filter {
     char *name, *target, *on_error, *mode, *timeout, *eom_timeout, *load_balancing;
+    char *max_queue, *max_message;
     struct raw_keepalive keepalive;
     struct raw_tls tls;
     struct raw_declare declare;
@@ -149,6 +150,8 @@ static const cyaml_schema_field_t filter_fields[] = {
     STR(struct raw_filter, mode),
     STR(struct raw_filter, timeout),
     STR(struct raw_filter, eom_timeout),
+    STR(struct raw_filter, max_queue),
+    STR(struct raw_filter, max_message),
     STR(struct raw_filter, load_balancing),
     CYAML_FIELD_MAPPING("keepalive", OPT, struct raw_filter, keepalive, keepalive_fields),
     CYAML_FIELD_MAPPING("tls", OPT, struct raw_filter, tls, tls_fields),
@@ -634,6 +637,7 @@ enum kind {
     K_UINT,     /* decimal number */
     K_DURATION, /* mgw_duration_parse(), plus 0 where min is 0; stored in ms */
     K_OCTAL,    /* permission bits */
+    K_SIZE,     /* mgw_size_parse(): bytes, "4MiB" */
     K_ENUM,     /* one of names[]; stored as its index (a bool for two names) */
     K_STRING,   /* owned char * */
     K_NAME,     /* char[MGW_FILTER_NAME_MAX] */
@@ -704,6 +708,10 @@ static const struct setting filter_settings[] = {
     ENUM("mode", FIL(mode), FC(shadow), 0, mode_names),
     NUM("timeout", K_DURATION, FIL(timeout), FC(timeout_ms), MGW_FILTER_DEFAULT_TIMEOUT_MS, 1,
         MAX_DURATION_MS),
+    NUM("max_queue", K_SIZE, FIL(max_queue), FC(max_queue), MGW_FILTER_DEFAULT_MAX_QUEUE,
+        MGW_FILTER_MIN_SIZE, MGW_FILTER_MAX_SIZE),
+    NUM("max_message", K_SIZE, FIL(max_message), FC(max_message), MGW_FILTER_DEFAULT_MAX_MESSAGE,
+        MGW_FILTER_MIN_SIZE, MGW_FILTER_MAX_SIZE),
     NUM("eom_timeout", K_DURATION, FIL(eom_timeout), FC(eom_timeout_ms),
         MGW_FILTER_DEFAULT_EOM_TIMEOUT_MS, 1, MAX_DURATION_MS),
     ENUM("load_balancing", FIL(load_balancing), FC(load_balancing), MGW_LB_PICK_FIRST, lb_names),
@@ -784,10 +792,26 @@ static const char *duration_text(char *buf, size_t cap, unsigned ms)
     return buf;
 }
 
+/* "4MiB", "64KiB", "65537": how a size reads best. */
+static const char *size_text(char *buf, size_t cap, unsigned v)
+{
+    if (v != 0 && v % (1u << 30) == 0)
+        snprintf(buf, cap, "%uGiB", v >> 30);
+    else if (v != 0 && v % (1u << 20) == 0)
+        snprintf(buf, cap, "%uMiB", v >> 20);
+    else if (v != 0 && v % (1u << 10) == 0)
+        snprintf(buf, cap, "%uKiB", v >> 10);
+    else
+        snprintf(buf, cap, "%u", v);
+    return buf;
+}
+
 static const char *num_text(char *buf, size_t cap, const struct setting *s, unsigned v)
 {
     if (s->kind == K_DURATION)
         return duration_text(buf, cap, v);
+    if (s->kind == K_SIZE)
+        return size_text(buf, cap, v);
     snprintf(buf, cap, s->kind == K_OCTAL ? "0%03o" : "%u", v);
     return buf;
 }
@@ -873,6 +897,11 @@ static int convert(struct ctx *x, const char *path, const struct setting *s, con
         else if (mgw_duration_parse(t, strlen(t), &v) < 0)
             return fail(x, path, "%s is not a duration (such as 250ms, 10s or 2m; at most a day%s)",
                         Q(q, t), s->min == 0 ? "; 0 for none" : "");
+        break;
+    case K_SIZE:
+        if (mgw_size_parse(t, strlen(t), &v) < 0)
+            return fail(x, path, "%s is not a size (bytes, or with KiB, MiB or GiB, such as 4MiB)",
+                        Q(q, t));
         break;
     case K_OCTAL:
         if (*t == '\0' || strspn(t, "01234567") != strlen(t) || strlen(t) > 6)

@@ -41,6 +41,35 @@ int mgw_duration_parse(const char *s, size_t len, unsigned *ms)
     return 0;
 }
 
+int mgw_size_parse(const char *s, size_t len, unsigned *bytes)
+{
+    static const struct {
+        const char *unit;
+        unsigned long long mult;
+    } units[] = {{"", 1}, {"B", 1}, {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}};
+    unsigned long long v = 0;
+    size_t i = 0;
+
+    while (i < len && s[i] >= '0' && s[i] <= '9') {
+        v = v * 10 + (unsigned)(s[i] - '0');
+        if (v > 0xffffffffull)
+            return -1;
+        i++;
+    }
+    if (i == 0)
+        return -1;
+    for (size_t u = 0; u < sizeof units / sizeof units[0]; u++) {
+        if (len - i == strlen(units[u].unit) && memcmp(s + i, units[u].unit, len - i) == 0) {
+            v *= units[u].mult;
+            if (v == 0 || v > 0xffffffffull)
+                return -1;
+            *bytes = (unsigned)v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 enum mgw_verdict_kind mgw_on_error_verdict(enum mgw_on_error e)
 {
     switch (e) {
@@ -99,6 +128,13 @@ static int apply_option(struct mgw_filter_conf *c, const char *opt, size_t len, 
     } else if (KEY("eom_timeout")) {
         if (mgw_duration_parse(v, vlen, &c->eom_timeout_ms) < 0)
             return bad(err, errlen, arg, "eom_timeout is a duration such as 500ms, 60s or 2m");
+    } else if (KEY("max_queue") || KEY("max_message")) {
+        unsigned *dst = KEY("max_queue") ? &c->max_queue : &c->max_message;
+
+        if (mgw_size_parse(v, vlen, dst) < 0 || *dst < MGW_FILTER_MIN_SIZE ||
+            *dst > MGW_FILTER_MAX_SIZE)
+            return bad(err, errlen, arg, "max_queue and max_message are sizes from 64KiB to "
+                                         "1GiB, such as 4MiB");
     } else if (KEY("mode")) {
         if (VAL("shadow"))
             c->shadow = true;
@@ -107,7 +143,8 @@ static int apply_option(struct mgw_filter_conf *c, const char *opt, size_t len, 
         else
             return bad(err, errlen, arg, "mode is normal or shadow");
     } else {
-        return bad(err, errlen, arg, "unknown option (on_error, timeout, eom_timeout, mode)");
+        return bad(err, errlen, arg,
+                   "unknown option (on_error, timeout, eom_timeout, mode, max_queue, max_message)");
     }
 #undef KEY
 #undef VAL

@@ -3,7 +3,7 @@
  *
  * Parsed from the command line for now:
  *   --filter NAME=TARGET[,on_error=tempfail|accept|reject][,timeout=DUR][,eom_timeout=DUR]
- *            [,mode=shadow|normal]
+ *            [,mode=shadow|normal][,max_queue=SIZE][,max_message=SIZE]
  * DUR is a number with a unit: 250ms, 10s, 2m (a bare number means seconds). TARGET is
  * any gRPC target string: 127.0.0.1:50051, dns:///filter:50051, ipv4:a:p,b:p, unix:/path.
  * The order of --filter flags is the merge order. Pure.
@@ -41,6 +41,9 @@ enum mgw_on_error {
 /* The largest message accepted from a filter (a Reply with a replaced body): gRPC's
  * receive limit on the channel. */
 #define MGW_FILTER_DEFAULT_MAX_MESSAGE (64u << 20)
+/* Bounds of both: a body chunk must fit; a reply beyond 1 GiB is no mail any MTA takes. */
+#define MGW_FILTER_MIN_SIZE (64u << 10)
+#define MGW_FILTER_MAX_SIZE (1u << 30)
 
 enum mgw_load_balancing {
     MGW_LB_PICK_FIRST = 0, /* gRPC's default: one connection to the first address */
@@ -80,6 +83,10 @@ int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *er
 void mgw_filter_conf_clear(struct mgw_filter_conf *c);
 /* Deep copy: *dst (not cleared first) gets its own copies of every owned string. */
 void mgw_filter_conf_copy(struct mgw_filter_conf *dst, const struct mgw_filter_conf *src);
+
+/* Parse "65536", "64KiB", "4MiB", "1GiB" (also "B") into bytes, at most 4 GiB - 1;
+ * 0 or -1 on error (0 bytes, overflow, another unit). */
+int mgw_size_parse(const char *s, size_t len, unsigned *bytes);
 
 /* Parse "250ms", "10s", "2m", "3" (seconds) into milliseconds; 0 or -1 on error. */
 int mgw_duration_parse(const char *s, size_t len, unsigned *ms);

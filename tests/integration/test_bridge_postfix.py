@@ -719,10 +719,11 @@ class BridgeMisc(BridgeCase):
 
     def test_9_a_stopped_observer_gets_its_failure_policy_not_our_memory(self):
         # Headers and body are observe-only: Postfix streams them without waiting, so
-        # nothing throttles them but the stream's byte cap (max_queue, 4 MiB by default).
+        # nothing throttles them but the stream's byte cap (max_queue), once the transport's
+        # own buffers are full.
         f = self.filter("--events", "header,body,eom", "--observe", "header,body",
                         "--add-header", "X-Seen:yes")
-        self.gateway(filter_arg("a", f, eom_timeout="30s"))
+        self.gateway(filter_arg("a", f, eom_timeout="30s", timeout="20s", max_queue="256KiB"))
         f.wait_record("describe")
         os.kill(f.pid, signal.SIGSTOP)
         try:
@@ -737,7 +738,16 @@ class BridgeMisc(BridgeCase):
         self.assertTrue(res["data"] and res["data"][0] == 451, "%r\n%s" % (res, self.context()))
         self.assertLess(took, 15, "waited for the deadline instead of failing at the cap")
         rec = self.wait_gw_log(msg="filter failed", filter="a", reason="queue_full")[0]
-        self.assertIn("max_queue", rec.get("detail", ""), rec)
+        self.assertIn("max_queue 262144", rec.get("detail", ""), rec)
+
+    def test_10_a_reply_beyond_max_message_gets_the_failure_policy(self):
+        f = self.filter("--replace-body", "x" * (100 * 1024), "--actions", "replace-body")
+        self.gateway(filter_arg("a", f, max_message="64KiB"))
+        msg, _, _ = make_message("too big a reply", BODY)
+        res = self.session([("sender@example.org", ["rcpt@example.com"], msg)])[0]
+        self.assertTrue(res["data"] and res["data"][0] == 451, "%r\n%s" % (res, self.context()))
+        rec = self.wait_gw_log(msg="filter failed", filter="a")[0]
+        self.assertEqual(rec.get("event"), "BODYEOB", rec)
 
 
 # =========================================================================================

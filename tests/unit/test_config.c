@@ -93,6 +93,8 @@ static const char full_yaml[] =
     "    mode: shadow\n"
     "    timeout: 250ms\n"
     "    eom_timeout: 90s\n"
+    "    max_queue: 256KiB\n"
+    "    max_message: 16MiB\n"
     "    load_balancing: round_robin\n"
     "    keepalive: { time: 1m, timeout: 5s }\n"
     "    tls: { ca: /p/ca.pem, cert: /p/client.pem, key: /p/client.key, "
@@ -163,6 +165,8 @@ static void test_every_key_is_parsed(void **state)
     CHECK_U("filters[0].shadow", f->shadow, 1);
     CHECK_U("filters[0].timeout_ms", f->timeout_ms, 250);
     CHECK_U("filters[0].eom_timeout_ms", f->eom_timeout_ms, 90000);
+    CHECK_U("filters[0].max_queue", f->max_queue, 256u << 10);
+    CHECK_U("filters[0].max_message", f->max_message, 16u << 20);
     CHECK_U("filters[0].load_balancing", f->load_balancing, MGW_LB_ROUND_ROBIN);
     CHECK_U("filters[0].keepalive_time_ms", f->keepalive_time_ms, 60000);
     CHECK_U("filters[0].keepalive_timeout_ms", f->keepalive_timeout_ms, 5000);
@@ -260,6 +264,8 @@ static void test_defaults_fill_what_the_file_leaves_out(void **state)
         {"shadow", f->shadow, 0},
         {"timeout_ms", f->timeout_ms, MGW_FILTER_DEFAULT_TIMEOUT_MS},
         {"eom_timeout_ms", f->eom_timeout_ms, MGW_FILTER_DEFAULT_EOM_TIMEOUT_MS},
+        {"max_queue", f->max_queue, MGW_FILTER_DEFAULT_MAX_QUEUE},
+        {"max_message", f->max_message, MGW_FILTER_DEFAULT_MAX_MESSAGE},
         {"load_balancing", f->load_balancing, MGW_LB_PICK_FIRST},
         {"keepalive_time_ms", f->keepalive_time_ms, MGW_FILTER_DEFAULT_KEEPALIVE_TIME_MS},
         {"keepalive_timeout_ms", f->keepalive_timeout_ms, MGW_FILTER_DEFAULT_KEEPALIVE_TIMEOUT_MS},
@@ -334,7 +340,14 @@ static const struct {
     {"an unknown key in a filter is refused at its line",
      "filters:\n  - name: a\n    target: b\n  - name: c\n    target: d\n    timout: 1s\n", 6,
      "filters[1]: unknown key \"timout\" (known here: name, target, on_error, mode, timeout, "
-     "eom_timeout, load_balancing, keepalive, tls, declare)"},
+     "eom_timeout, max_queue, max_message, load_balancing, keepalive, tls, declare)"},
+    {"a size that is no size is refused",
+     "filters:\n  - name: a\n    target: b\n    max_queue: 4MB\n", 4,
+     "filters[0].max_queue: \"4MB\" is not a size (bytes, or with KiB, MiB or GiB, such as "
+     "4MiB)"},
+    {"a size out of range is refused, in the units it reads best in",
+     "filters:\n  - name: a\n    target: b\n    max_message: 2GiB\n", 4,
+     "filters[0].max_message: 2GiB is out of range (64KiB to 1GiB)"},
     {"an unknown macro stage is refused",
      "filters:\n  - name: a\n    target: b\n    declare:\n      macros:\n        quit: [j]\n", 6,
      "filters[0].declare.macros: unknown key \"quit\" (known here: connect, helo, mail, rcpt, "

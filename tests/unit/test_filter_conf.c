@@ -117,6 +117,90 @@ static void test_duration_reads_only_len_bytes(void **state)
     end_table();
 }
 
+/* Sizes: bytes, or binary units; what max_queue and max_message take. */
+static void test_sizes_parse_to_bytes(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *text;
+        int want_rc;
+        unsigned want;
+    } cases[] = {
+        {"a bare number is bytes", "65536", 0, 65536},
+        {"B is bytes", "100B", 0, 100},
+        {"KiB is 1024", "64KiB", 0, 65536},
+        {"MiB is 1024 KiB", "4MiB", 0, 4u << 20},
+        {"GiB is 1024 MiB", "1GiB", 0, 1u << 30},
+        {"the largest size that fits", "4294967295", 0, 4294967295u},
+        {"one more overflows", "4294967296", -1, 0},
+        {"4 GiB overflows", "4GiB", -1, 0},
+        {"a huge number overflows before the unit", "99999999999999999999KiB", -1, 0},
+        {"zero is refused", "0", -1, 0},
+        {"zero with a unit is refused", "0MiB", -1, 0},
+        {"decimal units are not binary: refused", "4MB", -1, 0},
+        {"lower case is refused", "4mib", -1, 0},
+        {"a unit alone is refused", "MiB", -1, 0},
+        {"a space is refused", "4 MiB", -1, 0},
+        {"a fraction is refused", "1.5MiB", -1, 0},
+        {"a sign is refused", "-1", -1, 0},
+        {"empty is refused", "", -1, 0},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        unsigned b = 4242;
+        int rc = mgw_size_parse(cases[i].text, strlen(cases[i].text), &b);
+
+        if (rc != cases[i].want_rc)
+            case_failed(cases[i].name, "\"%s\": rc: got %d, want %d", cases[i].text, rc,
+                        cases[i].want_rc);
+        else if (rc == 0 && b != cases[i].want)
+            case_failed(cases[i].name, "\"%s\": got %u, want %u", cases[i].text, b,
+                        cases[i].want);
+    }
+    end_table();
+}
+
+/* --filter ...,max_queue=SIZE,max_message=SIZE; defaults when absent; bounds. */
+static void test_size_options(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *arg;
+        int want_rc;
+        unsigned want_queue, want_message;
+    } cases[] = {
+        {"defaults without the options", "a=h:1", 0, MGW_FILTER_DEFAULT_MAX_QUEUE,
+         MGW_FILTER_DEFAULT_MAX_MESSAGE},
+        {"both set", "a=h:1,max_queue=256KiB,max_message=16MiB", 0, 256u << 10, 16u << 20},
+        {"the smallest allowed", "a=h:1,max_queue=64KiB", 0, 64u << 10,
+         MGW_FILTER_DEFAULT_MAX_MESSAGE},
+        {"the largest allowed", "a=h:1,max_message=1GiB", 0, MGW_FILTER_DEFAULT_MAX_QUEUE,
+         1u << 30},
+        {"below 64 KiB is refused", "a=h:1,max_queue=65535", MGW_EINVAL, 0, 0},
+        {"above 1 GiB is refused", "a=h:1,max_message=1025MiB", MGW_EINVAL, 0, 0},
+        {"garbage is refused", "a=h:1,max_queue=big", MGW_EINVAL, 0, 0},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        struct mgw_filter_conf c;
+        char err[200];
+        int rc = mgw_filter_conf_parse(cases[i].arg, &c, err, sizeof err);
+
+        if (rc != cases[i].want_rc)
+            case_failed(cases[i].name, "rc: got %d, want %d", rc, cases[i].want_rc);
+        else if (rc == 0 && (c.max_queue != cases[i].want_queue ||
+                             c.max_message != cases[i].want_message))
+            case_failed(cases[i].name, "got %u/%u, want %u/%u", c.max_queue, c.max_message,
+                        cases[i].want_queue, cases[i].want_message);
+        else if (rc != 0 && strstr(err, "max_queue and max_message are sizes") == NULL)
+            case_failed(cases[i].name, "error text: %s", err);
+        mgw_filter_conf_clear(&c);
+    }
+    end_table();
+}
+
 /* ---- --filter values that parse ---- */
 
 #define NAME63 "abcdefghij-abcdefghij-abcdefghij-abcdefghij-abcdefghij-abcdefgh"
@@ -370,6 +454,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_durations_parse_to_milliseconds),
         cmocka_unit_test(test_duration_reads_only_len_bytes),
+        cmocka_unit_test(test_sizes_parse_to_bytes),
+        cmocka_unit_test(test_size_options),
         cmocka_unit_test(test_filter_values_parse),
         cmocka_unit_test(test_defaults_match_the_header),
         cmocka_unit_test(test_bad_filter_values_are_refused_with_the_argument),
