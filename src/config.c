@@ -1147,13 +1147,11 @@ static const char *account_valid(const char *s)
 
 static const char *hostport_valid(const char *s)
 {
-    char spec[300], why[300];
-    struct mgw_listen_spec ls;
+    char host[256];
+    uint16_t port;
 
-    if (strlen(s) > 260)
-        return "is too long";
-    snprintf(spec, sizeof spec, "%s%s", s[0] == '[' ? "inet6:" : "inet:", s);
-    if (mgw_listen_spec_parse(spec, &ls, why, sizeof why) < 0)
+    /* The parser start-up uses: what passes --check-config also starts. */
+    if (mgw_hostport_parse(s, host, sizeof host, &port) < 0)
         return "is not HOST:PORT or [ADDR]:PORT";
     return NULL;
 }

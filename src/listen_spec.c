@@ -111,3 +111,35 @@ int mgw_listen_spec_parse(const char *spec, struct mgw_listen_spec *out, char *e
     }
     return parse_inet(spec, body, out, err, errlen);
 }
+
+int mgw_hostport_parse(const char *spec, char *host, size_t cap, uint16_t *port)
+{
+    const char *hs = spec, *he, *ps;
+    unsigned long v = 0;
+
+    if (spec[0] == '[') {
+        hs = spec + 1;
+        he = strchr(hs, ']');
+        if (he == NULL || he[1] != ':')
+            return -1;
+        ps = he + 2;
+    } else {
+        he = strrchr(spec, ':');
+        if (he == NULL || memchr(spec, ':', (size_t)(he - spec)) != NULL)
+            return -1; /* bare IPv6 addresses need brackets */
+        ps = he + 1;
+    }
+    if (he == hs || (size_t)(he - hs) >= cap || *ps == '\0' || strlen(ps) > 5)
+        return -1;
+    for (const char *p = ps; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (unsigned long)(*p - '0');
+    }
+    if (v > 65535)
+        return -1;
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
+    *port = (uint16_t)v;
+    return 0;
+}

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mgw/listener.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
 #include "mgw/xmalloc.h"
@@ -192,37 +193,6 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---- Listening ---- */
 
-/* Split "HOST:PORT" or "[ADDR]:PORT" into host (cap bytes) and port. */
-static int parse_listen(const char *spec, char *host, size_t cap, uint16_t *port)
-{
-    const char *hs = spec, *he, *ps;
-    char *end;
-    unsigned long v;
-
-    if (spec[0] == '[') {
-        hs = spec + 1;
-        he = strchr(hs, ']');
-        if (he == NULL || he[1] != ':')
-            return -1;
-        ps = he + 2;
-    } else {
-        he = strrchr(spec, ':');
-        if (he == NULL || memchr(spec, ':', (size_t)(he - spec)) != NULL)
-            return -1; /* bare IPv6 addresses need brackets */
-        ps = he + 1;
-    }
-    if (he == hs || (size_t)(he - hs) >= cap || *ps < '0' || *ps > '9')
-        return -1;
-    errno = 0;
-    v = strtoul(ps, &end, 10);
-    if (errno || *end != '\0' || v > 65535)
-        return -1;
-    memcpy(host, hs, (size_t)(he - hs));
-    host[he - hs] = '\0';
-    *port = (uint16_t)v;
-    return 0;
-}
-
 /* A listening, non-blocking socket on the first address of host that binds, or -1. */
 static evutil_socket_t listen_socket(const char *host, uint16_t port, char *err, size_t errlen)
 {
@@ -281,7 +251,7 @@ struct mgw_http *mgw_http_new(struct event_base *base, const char *listen,
 
     if (listen == NULL)
         listen = MGW_HTTP_DEFAULT_LISTEN;
-    if (parse_listen(listen, host, sizeof host, &port) < 0) {
+    if (mgw_hostport_parse(listen, host, sizeof host, &port) < 0) {
         seterr(err, errlen, "bad http listen \"%s\": expected HOST:PORT or [ADDR]:PORT", listen);
         goto fail;
     }

@@ -37,6 +37,12 @@ struct mgw_listen_spec {
 int mgw_listen_spec_parse(const char *spec, struct mgw_listen_spec *out, char *err,
                           size_t errlen);
 
+/* The HTTP listener's address: "HOST:PORT" or "[ADDR]:PORT", HOST not empty, PORT 0 to
+ * 65535 in decimal (0 picks a free one); a bare IPv6 address needs its brackets. The one
+ * parser behind both --check-config and start-up. Pure. Returns 0 (host in host[0..cap),
+ * NUL-terminated), or -1. */
+int mgw_hostport_parse(const char *spec, char *host, size_t cap, uint16_t *port);
+
 struct event_base;
 struct mgw_server;
 struct mgw_listener;

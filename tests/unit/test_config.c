@@ -501,6 +501,14 @@ static const struct {
      "http.listen: required key is missing"},
     {"a bad http address is refused", "http: { listen: \"localhost\" }\n", 1,
      "http.listen: \"localhost\" is not HOST:PORT or [ADDR]:PORT"},
+    /* Milter listener forms that start-up's HTTP parser never took: refused here too. */
+    {"a bare http port is refused (start-up would refuse it)", "http: { listen: \"9090\" }\n",
+     1, "http.listen: \"9090\" is not HOST:PORT or [ADDR]:PORT"},
+    {"the Sendmail PORT@HOST form is no http address",
+     "http: { listen: \"9090@127.0.0.1\" }\n", 1,
+     "http.listen: \"9090@127.0.0.1\" is not HOST:PORT or [ADDR]:PORT"},
+    {"an http address without a host is refused", "http: { listen: \":9090\" }\n", 1,
+     "http.listen: \":9090\" is not HOST:PORT or [ADDR]:PORT"},
     {"a unix socket owner with a space is refused", "unix_socket: { owner: \"post fix\" }\n", 1,
      "unix_socket.owner: \"post fix\" is not a user or group name"},
     /* YAML itself */

@@ -166,12 +166,54 @@ static void listen_specs_in_postfix_and_sendmail_forms_parse(void **state)
     }
 }
 
+/* The HTTP listener's HOST:PORT: one parser for --check-config and start-up. */
+static void http_host_port_parses_one_way(void **state)
+{
+    static const struct {
+        const char *spec;
+        int want_rc;
+        const char *want_host;
+        unsigned want_port;
+    } cases[] = {
+        {"127.0.0.1:9090", 0, "127.0.0.1", 9090},
+        {"localhost:0", 0, "localhost", 0},
+        {"[::1]:9090", 0, "::1", 9090},
+        {"0.0.0.0:65535", 0, "0.0.0.0", 65535},
+        {"127.0.0.1:65536", -1, NULL, 0},
+        {"127.0.0.1:", -1, NULL, 0},
+        {"127.0.0.1:90a", -1, NULL, 0},
+        {"127.0.0.1:+90", -1, NULL, 0},
+        {"127.0.0.1:000009090", -1, NULL, 0},
+        {":9090", -1, NULL, 0},
+        {"9090", -1, NULL, 0},
+        {"9090@127.0.0.1", -1, NULL, 0},
+        {"::1:9090", -1, NULL, 0},
+        {"[::1]9090", -1, NULL, 0},
+        {"[]:9090", -1, NULL, 0},
+        {"inet:127.0.0.1:9090", -1, NULL, 0},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char host[64] = "";
+        uint16_t port = 4242;
+        int rc = mgw_hostport_parse(cases[i].spec, host, sizeof host, &port);
+
+        if (rc != cases[i].want_rc)
+            fail_msg("\"%s\": rc %d, want %d", cases[i].spec, rc, cases[i].want_rc);
+        if (rc == 0 && (strcmp(host, cases[i].want_host) != 0 || port != cases[i].want_port))
+            fail_msg("\"%s\": got %s port %u, want %s port %u", cases[i].spec, host, port,
+                     cases[i].want_host, cases[i].want_port);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(negotiation_follows_the_rules_of_libmilter_and_postfix),
         cmocka_unit_test(replies_are_expected_unless_an_nr_bit_was_negotiated),
         cmocka_unit_test(listen_specs_in_postfix_and_sendmail_forms_parse),
+        cmocka_unit_test(http_host_port_parses_one_way),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
