@@ -1005,7 +1005,7 @@ static int list_bits(struct ctx *x, const char *path, char *const *list, unsigne
                      const char *const *names, const uint32_t *bits, const char *what,
                      uint32_t *out)
 {
-    char q[100], item[160], all[300];
+    char q[100], item[160 + 16], all[300]; /* item: a path of up to 160, then "[k]" */
 
     *out = 0;
     for (unsigned k = 0; k < n; k++) {
