@@ -95,7 +95,7 @@ static int unlink_stale(const char *path, char *err, size_t errlen)
 {
     struct stat st;
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    int fd, r;
+    int fd, r, e;
 
     if (lstat(path, &st) < 0)
         return errno == ENOENT ? 0 : (snprintf(err, errlen, "%s: %s", path, strerror(errno)), -1);
@@ -104,15 +104,27 @@ static int unlink_stale(const char *path, char *err, size_t errlen)
         return -1;
     }
     strcpy(sun.sun_path, path);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a live listener with a full backlog must not hang us. */
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
     r = connect(fd, (struct sockaddr *)&sun, sizeof sun);
+    e = errno;
     close(fd);
-    if (r == 0) {
+    if (r == 0 || e == EINPROGRESS) {
         snprintf(err, errlen, "%s is in use by another process", path);
+        return -1;
+    }
+    if (e == ENOENT)
+        return 0; /* gone meanwhile */
+    /* Only a refused connection proves nobody listens. A full backlog (EAGAIN), a socket
+     * we may not connect to (EACCES: another user's live instance) and the rest may all
+     * be a live listener: never remove it. */
+    if (e != ECONNREFUSED) {
+        snprintf(err, errlen, "%s exists and may be in use (connect: %s); not removing it", path,
+                 strerror(e));
         return -1;
     }
     if (unlink(path) < 0 && errno != ENOENT) {

@@ -7,7 +7,9 @@ Usage: /usr/bin/python3 test_frontend_badinput.py --miltergw PATH [unittest opti
 import os
 import re
 import socket
+import stat
 import struct
+import subprocess
 import sys
 import unittest
 
@@ -145,6 +147,59 @@ class FrontendBadInput(unittest.TestCase):
         probe.close()
         self.full_session(idle)
         self.assertEqual(self.gw.error_lines(), [])
+
+
+class UnixSocketFile(unittest.TestCase):
+    """A socket file at the listen path: replaced only when nobody listens on it."""
+
+    def setUp(self):
+        self.dir = mgwtest.make_tmpdir("unixsock")
+        self.path = os.path.join(self.dir, "milter.sock")
+
+    def test_live_socket_with_a_full_backlog_is_not_removed(self):
+        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        live.bind(self.path)
+        live.listen(0)
+        pending = []
+        try:
+            try:
+                while len(pending) < 100:  # fill the backlog: the next connect gets EAGAIN
+                    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    c.setblocking(False)
+                    pending.append(c)
+                    c.connect(self.path)
+                self.fail("the backlog never filled")
+            except BlockingIOError:
+                pass
+            # A refusal is immediate; a wrong "stale" verdict starts a gateway that runs.
+            try:
+                p = subprocess.run([mgwtest.MILTERGW, "--listen", "unix:" + self.path],
+                                   timeout=10, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+            except subprocess.TimeoutExpired:
+                self.fail("miltergw started on a live socket: it removed the live one")
+            self.assertNotEqual(p.returncode, 0, p.stdout)
+            self.assertIn("not removing it", p.stdout)
+            self.assertTrue(stat.S_ISSOCK(os.stat(self.path).st_mode), "the socket file is gone")
+        finally:
+            for c in pending:
+                c.close()
+            live.close()
+
+    def test_stale_socket_is_replaced(self):
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(self.path)
+        dead.close()  # the file stays and nobody listens: ECONNREFUSED
+        proc = mgwtest.Proc([mgwtest.MILTERGW, "--listen", "unix:" + self.path],
+                            os.path.join(self.dir, "gw.log"), name="miltergw")
+        proc.start()
+        try:
+            mgwtest.wait_for(lambda: b"msg=listening" in proc.log_bytes(), 10, "listening")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.connect(self.path)
+            probe.close()
+        finally:
+            self.assertEqual(proc.stop(), 0, proc.log_tail())
 
 
 if __name__ == "__main__":
