@@ -1205,15 +1205,36 @@ static int check_decl(struct ctx *x, const char *prefix, const struct mgw_policy
     return 0;
 }
 
+/* The smallest max_queue that holds the event of one full milter frame. A stream sends
+ * each event as one gRPC message, and one frame (a body chunk, a header) is one event: a
+ * max_queue below that fails a healthy filter on the first long body with nothing queued
+ * behind (Postfix's 65535-byte chunks are events of 65546 bytes). The slack covers the
+ * event's protobuf framing; the result is rounded up to KiB so that it reads well. */
+#define EVENT_SLACK 1024u
+
+static unsigned queue_floor(unsigned max_frame)
+{
+    unsigned long long v = ((unsigned long long)max_frame + EVENT_SLACK + 1023) / 1024 * 1024;
+
+    return v > UINT32_MAX ? UINT32_MAX : (unsigned)v;
+}
+
 static int check_filter(struct ctx *x, const struct mgw_config *c, size_t i)
 {
     const struct mgw_filter_conf *f = &c->filters[i];
-    char prefix[40], path[64], q[100];
+    char prefix[40], path[64], q[100], a[32], b[32];
     int r;
 
     snprintf(prefix, sizeof prefix, "filters[%zu].", i);
     if ((r = check_table(x, prefix, filter_settings, NELEM(filter_settings), f)) < 0)
         return r;
+    snprintf(path, sizeof path, "%smax_queue", prefix);
+    if (f->max_queue < queue_floor(c->server.max_frame))
+        return fail(x, path,
+                    "%s cannot hold the event of one full milter frame (limits.max_frame %u): "
+                    "give at least %s, or lower limits.max_frame",
+                    size_text(a, sizeof a, f->max_queue), c->server.max_frame,
+                    size_text(b, sizeof b, queue_floor(c->server.max_frame)));
     snprintf(path, sizeof path, "%sname", prefix);
     for (size_t j = 0; j < i; j++)
         if (strcmp(c->filters[j].name, f->name) == 0)

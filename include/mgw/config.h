@@ -14,13 +14,15 @@
  *   limits: { max_connections: 10000, max_frame: 1048581, idle_timeout: 300s }
  *   drain_timeout: 30s
  *   filters:                                      ordered: the merge order
- *     - { name, target, on_error, mode, timeout, eom_timeout, load_balancing,
- *         keepalive: { time, timeout }, tls: { ca, cert, key, server_name },
+ *     - { name, target, on_error, mode, timeout, eom_timeout, max_queue, max_message,
+ *         load_balancing, keepalive: { time, timeout }, tls: { ca, cert, key, server_name },
  *         declare: { events, observe_only, actions, macros: { STAGE: [names] },
  *                    rejected_recipients, header_leading_space } }
  *
  * Durations are mgw_duration_parse()'s (250ms, 10s, 2m, bare number = seconds); where 0
- * is allowed (idle_timeout, drain_timeout) it means "none". Unknown keys, duplicate keys,
+ * is allowed (idle_timeout, drain_timeout) it means "none". Sizes are mgw_size_parse()'s
+ * (65536, 64KiB, 4MiB, 1GiB); a filter's max_queue must also hold one full frame's event
+ * (limits.max_frame + 1 KiB, rounded up to KiB). Unknown keys, duplicate keys,
  * YAML aliases and more than one document are refused. Every refusal names the file, the
  * line and the key: `miltergw.yaml:12: filters[1].timeout: "10x" is not a duration ...`.
  *

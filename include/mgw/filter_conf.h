@@ -41,7 +41,9 @@ enum mgw_on_error {
 /* The largest message accepted from a filter (a Reply with a replaced body): gRPC's
  * receive limit on the channel. */
 #define MGW_FILTER_DEFAULT_MAX_MESSAGE (64u << 20)
-/* Bounds of both: a body chunk must fit; a reply beyond 1 GiB is no mail any MTA takes. */
+/* Bounds of both: a body chunk must fit; a reply beyond 1 GiB is no mail any MTA takes.
+ * The configuration (config.h) also holds max_queue to at least one full milter frame's
+ * event, limits.max_frame + 1 KiB: 64 KiB alone cannot hold a 65535-byte body chunk. */
 #define MGW_FILTER_MIN_SIZE (64u << 10)
 #define MGW_FILTER_MAX_SIZE (1u << 30)
 

@@ -68,8 +68,8 @@ class BridgeCase(unittest.TestCase):
         self.filters.append(f)
         return f
 
-    def gateway(self, *filter_args):
-        argv = []
+    def gateway(self, *filter_args, extra=()):
+        argv = list(extra)
         for a in filter_args:
             argv += ["--filter", a]
         self.gw = mgwtest.Miltergw(args=argv, tmpdir=self.dir, port=self.gw_port)
@@ -720,10 +720,12 @@ class BridgeMisc(BridgeCase):
     def test_9_a_stopped_observer_gets_its_failure_policy_not_our_memory(self):
         # Headers and body are observe-only: Postfix streams them without waiting, so
         # nothing throttles them but the stream's byte cap (max_queue), once the transport's
-        # own buffers are full.
+        # own buffers are full. A max_queue this small needs a frame cap to match (one
+        # frame's event must fit): Postfix's frames are at most 65536 bytes.
         f = self.filter("--events", "header,body,eom", "--observe", "header,body",
                         "--add-header", "X-Seen:yes")
-        self.gateway(filter_arg("a", f, eom_timeout="30s", timeout="20s", max_queue="256KiB"))
+        self.gateway(filter_arg("a", f, eom_timeout="30s", timeout="20s", max_queue="256KiB"),
+                     extra=["--max-frame", "65536"])
         f.wait_record("describe")
         os.kill(f.pid, signal.SIGSTOP)
         try:
@@ -739,6 +741,24 @@ class BridgeMisc(BridgeCase):
         self.assertLess(took, 15, "waited for the deadline instead of failing at the cap")
         rec = self.wait_gw_log(msg="filter failed", filter="a", reason="queue_full")[0]
         self.assertIn("max_queue 262144", rec.get("detail", ""), rec)
+
+    def test_9b_the_smallest_max_queue_taken_passes_full_body_chunks(self):
+        # The config takes max_queue down to one full frame's event (max_frame + 1 KiB,
+        # rounded up to KiB): at that floor a healthy filter still gets every full 65535-byte
+        # chunk (an event of 65546 bytes; 64KiB failed every long body with queue_full).
+        f = self.filter("--events", "header,body,eom", "--add-header", "X-Seen:yes")
+        self.gateway(filter_arg("a", f, max_queue="65KiB"), extra=["--max-frame", "65536"])
+        body = b"y" * 998 + b"\r\n"
+        body = body * (300 * 1024 // len(body))
+        msg, _, _ = make_message("full chunks at the smallest max_queue", body)
+        rc, out, _ = self.swaks(msg)
+        self.assertSwaksOk(rc, out)
+        got = self.assertDelivered(out)
+        self.assertIn(("X-Seen", "yes"), got.headers)
+        self.assertEqual(got.body, lf(body))
+        chunks = f.find("body")
+        self.assertIn(65535, [int(r["len"]) for r in chunks], "no full chunk was sent")
+        self.assertFalse(self.gw.has_log(msg="filter failed"), self.context())
 
     def test_10_a_reply_beyond_max_message_gets_the_failure_policy(self):
         f = self.filter("--replace-body", "x" * (100 * 1024), "--actions", "replace-body")

@@ -93,7 +93,7 @@ static const char full_yaml[] =
     "    mode: shadow\n"
     "    timeout: 250ms\n"
     "    eom_timeout: 90s\n"
-    "    max_queue: 256KiB\n"
+    "    max_queue: 3MiB\n"
     "    max_message: 16MiB\n"
     "    load_balancing: round_robin\n"
     "    keepalive: { time: 1m, timeout: 5s }\n"
@@ -165,7 +165,7 @@ static void test_every_key_is_parsed(void **state)
     CHECK_U("filters[0].shadow", f->shadow, 1);
     CHECK_U("filters[0].timeout_ms", f->timeout_ms, 250);
     CHECK_U("filters[0].eom_timeout_ms", f->eom_timeout_ms, 90000);
-    CHECK_U("filters[0].max_queue", f->max_queue, 256u << 10);
+    CHECK_U("filters[0].max_queue", f->max_queue, 3u << 20);
     CHECK_U("filters[0].max_message", f->max_message, 16u << 20);
     CHECK_U("filters[0].load_balancing", f->load_balancing, MGW_LB_ROUND_ROBIN);
     CHECK_U("filters[0].keepalive_time_ms", f->keepalive_time_ms, 60000);
@@ -345,6 +345,14 @@ static const struct {
      "filters:\n  - name: a\n    target: b\n    max_queue: 4MB\n", 4,
      "filters[0].max_queue: \"4MB\" is not a size (bytes, or with KiB, MiB or GiB, such as "
      "4MiB)"},
+    {"a max_queue that cannot hold one full milter frame is refused",
+     "filters:\n  - name: a\n    target: b\n    max_queue: 1MiB\n", 4,
+     "filters[0].max_queue: 1MiB cannot hold the event of one full milter frame "
+     "(limits.max_frame 1048581): give at least 1026KiB, or lower limits.max_frame"},
+    {"the default max_queue is refused where a larger frame cap needs more",
+     "limits: { max_frame: 8000000 }\nfilters:\n  - name: a\n    target: b\n", 3,
+     "filters[0].max_queue: 4MiB cannot hold the event of one full milter frame "
+     "(limits.max_frame 8000000): give at least 7814KiB, or lower limits.max_frame"},
     {"a size out of range is refused, in the units it reads best in",
      "filters:\n  - name: a\n    target: b\n    max_message: 2GiB\n", 4,
      "filters[0].max_message: 2GiB is out of range (64KiB to 1GiB)"},
@@ -751,6 +759,58 @@ static void test_command_line_overrides_use_the_same_rules(void **state)
     mgw_config_free(c);
 }
 
+/* One event per milter frame: max_queue must hold one full frame, whatever sets either. */
+static void test_max_queue_holds_one_full_frame(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *max_frame, *filter;
+        int want_rc;
+        const char *want_err;
+    } cases[] = {
+        {"the defaults fit each other", NULL, "a=h:1", 0, ""},
+        {"Postfix's frames fit 65KiB", "65536", "a=h:1,max_queue=65KiB", 0, ""},
+        {"the 64KiB minimum is refused even for Postfix's frames (65546-byte events)", "65536",
+         "a=h:1,max_queue=64KiB", MGW_EINVAL,
+         "filters[0].max_queue: 64KiB cannot hold the event of one full milter frame "
+         "(limits.max_frame 65536): give at least 65KiB, or lower limits.max_frame"},
+        {"a --filter max_queue below the default frame cap is refused", NULL,
+         "a=h:1,max_queue=256KiB", MGW_EINVAL,
+         "filters[0].max_queue: 256KiB cannot hold the event of one full milter frame "
+         "(limits.max_frame 1048581): give at least 1026KiB, or lower limits.max_frame"},
+        {"the default frame cap fits 1026KiB", NULL, "a=h:1,max_queue=1026KiB", 0, ""},
+        {"a frame cap beyond what max_queue may be is refused", "1073741824",
+         "a=h:1,max_queue=1GiB", MGW_EINVAL,
+         "filters[0].max_queue: 1GiB cannot hold the event of one full milter frame "
+         "(limits.max_frame 1073741824): give at least 1048577KiB, or lower limits.max_frame"},
+    };
+    const char *spec = "inet:127.0.0.1:8890";
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        struct mgw_config *c = mgw_config_new_default();
+        struct mgw_filter_conf f;
+        char err[512] = "";
+        int rc;
+
+        mgw_config_set_listen(c, &spec, 1);
+        if (cases[i].max_frame != NULL &&
+            mgw_config_set(c, "limits.max_frame", cases[i].max_frame, err, sizeof err) != 0)
+            case_failed(cases[i].name, "limits.max_frame %s: got \"%s\"", cases[i].max_frame, err);
+        if (mgw_filter_conf_parse(cases[i].filter, &f, err, sizeof err) != 0)
+            case_failed(cases[i].name, "--filter %s: got \"%s\"", cases[i].filter, err);
+        mgw_config_set_filters(c, &f, 1);
+        mgw_filter_conf_clear(&f);
+        err[0] = '\0';
+        rc = mgw_config_validate(c, err, sizeof err);
+        if (rc != cases[i].want_rc || strcmp(err, cases[i].want_err) != 0)
+            case_failed(cases[i].name, "got %d \"%s\", want %d \"%s\"", rc, err, cases[i].want_rc,
+                        cases[i].want_err);
+        mgw_config_free(c);
+    }
+    end_table();
+}
+
 /* A file config plus flags, the way main builds it. */
 static void test_a_loaded_file_takes_flag_overrides(void **state)
 {
@@ -827,6 +887,7 @@ int main(void)
         cmocka_unit_test(test_buffer_loads_use_the_given_name),
         cmocka_unit_test(test_unreadable_files_are_refused_without_a_line),
         cmocka_unit_test(test_command_line_overrides_use_the_same_rules),
+        cmocka_unit_test(test_max_queue_holds_one_full_frame),
         cmocka_unit_test(test_a_loaded_file_takes_flag_overrides),
         cmocka_unit_test(test_references_free_at_zero),
         cmocka_unit_test(test_names_of_enums),
