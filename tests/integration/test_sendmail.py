@@ -665,12 +665,14 @@ class SendmailSessions(SendmailCase):
         lens = self.written("B")
         self.assertEqual(sum(lens), len(big))
         self.assertLessEqual(max(lens), 65535, "Sendmail body chunks: max %d" % max(lens))
+        offer = int(f.find("start")[0]["mta_protocol"], 16)
+        self.assertEqual(offer & 0x30000000, 0, "Sendmail offered MDS bits: 0x%x" % offer)
         self.assertGreater(len(lens), 40)
 
     def test_large_body(self):
-        """3.5 MB of body: Sendmail sends it in 64 KiB BODY frames (it offers MDS_256K and
-        MDS_1M, the gateway asks for neither); the filter sees every byte, adds a header,
-        and the message arrives intact."""
+        """3.5 MB of body: Sendmail sends it in 64 KiB BODY frames (it offers neither
+        MDS_256K nor MDS_1M, so the gateway cannot take them); the filter sees every byte,
+        adds a header, and the message arrives intact."""
         self.check_large_body(self.big_body(3.5))
 
     def test_large_body_beyond_max_queue(self):
