@@ -11,7 +11,7 @@
  *   unix_socket: { mode: "0660", owner: postfix, group: postfix }
  *   http: { listen: "127.0.0.1:9090", ready: any }   absent = no HTTP listener
  *   log: { level: info, format: logfmt }
- *   limits: { max_connections: 10000, max_frame: 1048581, idle_timeout: 300s }
+ *   limits: { max_connections: 10000, max_frame: 1048581, idle_timeout: 7210s }
  *   drain_timeout: 30s
  *   filters:                                      ordered: the merge order
  *     - { name, target, on_error, mode, timeout, eom_timeout, max_queue, max_message,
