@@ -485,7 +485,8 @@ class Faults:
     KINDS = ("kill_filter", "pause_filter_short", "pause_filter_long", "slow_filter",
              "bogus_filter", "reload", "restart_gateway")
 
-    def __init__(self, rng, gateway, filters, cfilter):
+    def __init__(self, rng, gateway, filters, cfilter, kinds=None):
+        self.kinds = list(kinds or self.KINDS)
         self.rng = rng
         self.gw = gateway
         self.filters = filters
@@ -498,7 +499,7 @@ class Faults:
     def pick(self):
         # every kind once per round, in a seeded random order: a short run covers them all
         if not self.bag:
-            self.bag = list(self.KINDS)
+            self.bag = list(self.kinds)
             self.rng.shuffle(self.bag)
         return self.bag.pop()
 
@@ -725,7 +726,17 @@ def print_table(res, faults, gateway, extra):
         rows.append(("gateway log: %s%s" % ("" if k.startswith("session") else "filter ", k), v))
     rows.append(("gateway level=error lines", extra["error_lines"]))
     rows.append(("sanitizer reports (must be 0)", len(extra["sanitizer"])))
-    for i, inc in enumerate(gateway.incarnations):
+    incs = list(enumerate(gateway.incarnations))
+    if len(incs) > 6:
+        g = gateway.incarnations
+        rows.append(("gateway incarnations (all exit 0: %s)" % all(x["rc"] == 0 for x in g), len(g)))
+        rows.append(("  RSS kB at start, min-max", "%s-%s" % (min(x["rss_start_kb"] or 0 for x in g),
+                                                        max(x["rss_start_kb"] or 0 for x in g))))
+        rows.append(("  RSS kB max of any", max(x["rss_max_kb"] or 0 for x in g)))
+        rows.append(("  RSS kB at end, min-max", "%s-%s" % (min(x["rss_end_kb"] or 0 for x in g),
+                                                      max(x["rss_end_kb"] or 0 for x in g))))
+        incs = incs[:2] + incs[-2:]
+    for i, inc in incs:
         rows.append(("gateway #%d pid %d RSS start/max/end kB" % (i + 1, inc["pid"]),
                      "%s / %s / %s  exit %s (%s)" % (inc["rss_start_kb"], inc["rss_max_kb"],
                                                    inc["rss_end_kb"], inc["rc"], inc["how"])))
@@ -748,6 +759,9 @@ def main():
     ap.add_argument("--fault-gap", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"),
                     help="random pause between faults, seconds (default 0.5 4)")
     ap.add_argument("--no-faults", action="store_true", help="traffic only (a baseline)")
+    ap.add_argument("--faults", type=lambda v: v.split(","), default=None, metavar="KIND,...",
+                    help="inject only these kinds (default all: %s); without restart_gateway "
+                         "one gateway process lives the whole run (RSS over time)" % ",".join(Faults.KINDS))
     ap.add_argument("--on-error", choices=("tempfail", "accept"), default="tempfail",
                     help="filters' on_error (default tempfail); accept is a self-check of the "
                          "reconciliation: faults then let unfiltered mail through, and the run must fail")
@@ -758,6 +772,9 @@ def main():
     if NODE is None:
         sys.stderr.write("soak: node is not installed (the Node.js soak filter needs it): skipped\n")
         return 77
+    for k in o.faults or ():
+        if k not in Faults.KINDS:
+            ap.error("--faults: unknown kind %r" % k)
     global ON_ERROR
     ON_ERROR = o.on_error
     seed = o.seed if o.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -803,7 +820,7 @@ def run(o, seed):
         " ".join("%s=%d" % (f.name, f.port) for f in filters))
 
     clients = Clients(pf, o.clients, seed, run_id)
-    faults = Faults(rng, gateway, filters, cf)
+    faults = Faults(rng, gateway, filters, cf, o.faults)
     stop = threading.Event()
     problems = []
     crashes = 0
