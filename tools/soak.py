@@ -419,8 +419,6 @@ class Clients:
                         break
                     m = self.new_message(rng)
                     self.transaction(s, m)
-                    if m.outcome in ("indeterminate",) or m.code == "conn":
-                        break
                 try:
                     s.quit()
                 except (OSError, smtplib.SMTPException):
@@ -472,7 +470,7 @@ class Clients:
                 m.outcome, m.code = "refused", code
         except (OSError, smtplib.SMTPException) as e:
             m.error = repr(e)
-            if m.outcome != "indeterminate":
+            if m.outcome == "unsent":  # broke before any refusal or the data: not queued
                 m.outcome, m.code = "refused", "conn"
             raise  # the session is in an unknown state: end it
 
