@@ -723,8 +723,8 @@ static int has_name(const char *list, size_t len, const char *tok, size_t tlen)
 static const char *const mta_default_macros[MGW_STAGE_COUNT] = {
     [MGW_STAGE_CONNECT] = "j {daemon_name} {daemon_addr} v _ {if_name} {if_addr}",
     [MGW_STAGE_HELO] = "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
-    [MGW_STAGE_ENVFROM] = "i {auth_type} {auth_authen} {auth_ssf} {auth_author} {mail_addr} "
-                          "{mail_host} {mail_mailer}",
+    [MGW_STAGE_ENVFROM] = ("i {auth_type} {auth_authen} {auth_ssf} {auth_author} {mail_addr} "
+                           "{mail_host} {mail_mailer}"),
     [MGW_STAGE_ENVRCPT] = "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
     [MGW_STAGE_DATA] = "i",
     [MGW_STAGE_EOM] = "i {msg_id}",
