@@ -316,19 +316,8 @@ class PrivateSendmail:
         return s
 
     def session(self, messages, helo="client.example", timeout=60):
-        """Several transactions in ONE SMTP session: [(from, [rcpts], message bytes)] ->
-        [mgwtest.smtp_transaction() result]."""
-        results = []
-        s = self.connect(helo, timeout)
-        try:
-            for mail_from, rcpts, msg in messages:
-                results.append(mgwtest.smtp_transaction(s, mail_from, rcpts, msg))
-        finally:
-            try:
-                s.quit()
-            except (smtplib.SMTPException, OSError):
-                s.close()
-        return results
+        """Several transactions in ONE SMTP session (mgwtest.smtp_session_at())."""
+        return mgwtest.smtp_session_at(self.host, self.port, messages, helo, timeout)
 
     # -- results
     def sink_files(self):

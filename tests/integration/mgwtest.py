@@ -1457,3 +1457,24 @@ def smtp_transaction(s, mail_from, rcpts, msg):
         res["data_cmd"] = e.smtp_code
         s.rset()
     return res
+
+
+def smtp_session_at(host, port, messages, helo="client.example", timeout=60, source_ip=None):
+    """Several transactions in ONE SMTP session: [(from, [rcpts], message bytes)] ->
+    [smtp_transaction() result, plus "t": time.monotonic() when it was over]. QUIT at the
+    end (or just close if the server is gone)."""
+    results = []
+    s = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout,
+                     source_address=(source_ip, 0) if source_ip else None)
+    try:
+        s.ehlo()
+        for mail_from, rcpts, msg in messages:
+            res = smtp_transaction(s, mail_from, rcpts, msg)
+            res["t"] = time.monotonic()
+            results.append(res)
+    finally:
+        try:
+            s.quit()
+        except (smtplib.SMTPException, OSError):
+            s.close()
+    return results

@@ -20,7 +20,6 @@ Usage: /usr/bin/python3 test_bridge_postfix.py --miltergw PATH --test-filter PAT
 import os
 import re
 import signal
-import smtplib
 import sys
 import time
 import unittest
@@ -83,25 +82,10 @@ class BridgeCase(unittest.TestCase):
         return rc, out, time.monotonic() - t0
 
     def session(self, messages, helo="client.example"):
-        """Several transactions in one SMTP session: [(from, [rcpts], message bytes)].
-        Per transaction: {"mail": (code, text), "rcpt": [(code, text)], "data_cmd": code of
-        the DATA command or None, "data": (code, text) after the final dot or None,
-        "t": time.monotonic() when the transaction was over}."""
-        results = []
-        s = smtplib.SMTP(self.pf.host, self.pf.port, local_hostname=helo, timeout=30,
-                         source_address=(self.ip, 0))
-        try:
-            s.ehlo()
-            for mail_from, rcpts, msg in messages:
-                res = mgwtest.smtp_transaction(s, mail_from, rcpts, msg)
-                res["t"] = time.monotonic()
-                results.append(res)
-        finally:
-            try:
-                s.quit()
-            except (smtplib.SMTPException, OSError):
-                s.close()
-        return results
+        """Several transactions in one SMTP session (mgwtest.smtp_session_at(): per
+        transaction "mail", "rcpt", "data_cmd", "data" and "t", when it was over)."""
+        return mgwtest.smtp_session_at(self.pf.host, self.pf.port, messages, helo, timeout=30,
+                                       source_ip=self.ip)
 
     # -- checks
     def context(self):

@@ -118,22 +118,9 @@ class OpsCase(unittest.TestCase):
 
     # -- sending (from this test's source address)
     def session(self, messages, helo="client.example", ip=None):
-        """Transactions in one SMTP session: [(from, [rcpts], message bytes)]. Per
-        transaction {"mail": (code, text), "rcpt": [(code, text)], "data": (code, text) or
-        None, "data_cmd": code of DATA or None}."""
-        results = []
-        s = smtplib.SMTP(PF.host, PF.port, local_hostname=helo, timeout=30,
-                         source_address=(ip or self.ip, 0))
-        try:
-            s.ehlo()
-            for mail_from, rcpts, msg in messages:
-                results.append(mgwtest.smtp_transaction(s, mail_from, rcpts, msg))
-        finally:
-            try:
-                s.quit()
-            except (smtplib.SMTPException, OSError):
-                s.close()
-        return results
+        """Transactions in one SMTP session (mgwtest.smtp_session_at())."""
+        return mgwtest.smtp_session_at(PF.host, PF.port, messages, helo, timeout=30,
+                                       source_ip=ip or self.ip)
 
     def send_one(self, subject, from_="sender@example.org", to=("rcpt@example.com",)):
         msg, _, _ = make_message(subject, BODY)
