@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mgwtest  # noqa: E402
-from mgwtest import SinkMessage, IncompleteDump, free_port, port_listening, wait_for, WaitTimeout  # noqa: E402
+from mgwtest import free_port, port_listening, wait_for  # noqa: E402
 
 PREFIX = os.environ.get("MGW_SENDMAIL_PREFIX", "/opt/miltergw-test/sendmail")
 SENDMAIL = os.path.join(PREFIX, "usr/libexec/sendmail/sendmail")
@@ -168,19 +168,16 @@ class PrivateSendmail:
         self.debug = debug
         self.base = mgwtest.make_tmpdir("sm")
         self.queue_dir = os.path.join(self.base, "mqueue")
-        self.sink_dir = os.path.join(self.base, "sink")
         self.cf_path = os.path.join(self.base, "sendmail.cf")
         self.debug_log = os.path.join(self.base, "debug.log")
         self.smtp_log = os.path.join(self.base, "smtp.log")
         self.host = "127.0.0.1"
         self.port = free_port()
-        self.sink_port = free_port()
-        while self.sink_port == self.port:
-            self.sink_port = free_port()
+        self.sink = mgwtest.SmtpSink(self.base, self.host, avoid=(self.port,))
+        self.sink_dir, self.sink_port = self.sink.dir, self.sink.port
         self.start_timeout = start_timeout
         self.proc = None
         self.sid = None
-        self.sink = None
         self._key = None
         if start:
             self.start()
@@ -226,17 +223,7 @@ class PrivateSendmail:
     def start(self):
         self._write_config()
         self._key = mgwtest.register_cleanup(self.stop)
-        os.makedirs(self.sink_dir, mode=0o755)
-        pw = mgwtest.pwd.getpwnam("postfix")
-        os.chown(self.sink_dir, pw.pw_uid, pw.pw_gid)
-        self.sink = mgwtest.Proc([mgwtest.SMTP_SINK, "-4", "-u", "postfix", "-d",
-                                  os.path.join(self.sink_dir, "msg."),
-                                  "%s:%d" % (self.host, self.sink_port), "128"],
-                                 os.path.join(self.base, "smtp-sink.log"), name="smtp-sink").start()
-        wait_for(lambda: port_listening(self.sink_port) or not self.sink.alive(), 10,
-                 "smtp-sink to listen on %d" % self.sink_port)
-        if not self.sink.alive():
-            raise AssertionError("smtp-sink died: %s" % self.sink.log_text())
+        self.sink.start()
         argv = [SENDMAIL, "-bD", "-C", self.cf_path, "-X", self.smtp_log]
         if self.debug:
             argv += ["-D", self.debug_log, "-d64.%d" % self.debug]
@@ -286,8 +273,7 @@ class PrivateSendmail:
                     mgwtest._kill_pid(p)
                 self.proc = None
         finally:
-            if self.sink is not None:
-                self.sink.stop()
+            self.sink.stop()
             if self._key is not None:
                 mgwtest.unregister_cleanup(self._key)
                 self._key = None
@@ -321,26 +307,14 @@ class PrivateSendmail:
 
     # -- results
     def sink_files(self):
-        try:
-            names = [n for n in os.listdir(self.sink_dir) if n.startswith("msg.")]
-        except FileNotFoundError:
-            return []
-        paths = [os.path.join(self.sink_dir, n) for n in names]
-        return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns, p))
+        return self.sink.files()
 
     def delivered(self):
-        out = []
-        for p in self.sink_files():
-            try:
-                out.append(SinkMessage(p))
-            except IncompleteDump:
-                pass
-        return out
+        return self.sink.delivered()
 
     def find_delivered(self, qid):
         """The sink dumps of Sendmail queue id `qid` (named in its Received header)."""
-        rx = re.compile(r"\bid %s\b" % re.escape(qid))
-        return [m for m in self.delivered() if any(n == "Received" and rx.search(v) for n, v in m.headers)]
+        return self.sink.with_queue_id(qid)
 
     def wait_delivered_id(self, qid, timeout=60):
         """Wait for exactly one sink dump of queue id qid and for its queue files to go."""

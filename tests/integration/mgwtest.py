@@ -600,6 +600,64 @@ def _angle(s):
     return m.group(1) if m else s.split()[0] if s.split() else ""
 
 
+class SmtpSink:
+    """Postfix's smtp-sink on a free loopback port (not `avoid`), dumping every
+    transaction to DIR/msg.* (read with SinkMessage). Shared by the private MTAs."""
+
+    def __init__(self, base, host="127.0.0.1", avoid=()):
+        self.dir = os.path.join(base, "sink")
+        self.log_path = os.path.join(base, "smtp-sink.log")
+        self.host = host
+        self.port = free_port()
+        while self.port in avoid:
+            self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        os.makedirs(self.dir, mode=0o755)
+        argv = [SMTP_SINK, "-4"]
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postfix")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            argv += ["-u", "postfix"]
+        argv += ["-d", os.path.join(self.dir, "msg."), "%s:%d" % (self.host, self.port), "128"]
+        self.proc = Proc(argv, self.log_path, name="smtp-sink").start()
+        wait_for(lambda: port_listening(self.port) or not self.proc.alive(), 10,
+                 "smtp-sink to listen on %d" % self.port)
+        if not self.proc.alive():
+            raise AssertionError("smtp-sink died: %s" % self.proc.log_text())
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.stop()
+
+    def files(self):
+        """Dump paths, oldest first."""
+        try:
+            names = [n for n in os.listdir(self.dir) if n.startswith("msg.")]
+        except FileNotFoundError:
+            return []
+        paths = [os.path.join(self.dir, n) for n in names]
+        return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns, p))
+
+    def delivered(self):
+        """Every complete dump. A dump smtp-sink is still writing (another message in
+        flight) is not delivered yet and is left out."""
+        out = []
+        for p in self.files():
+            try:
+                out.append(SinkMessage(p))
+            except IncompleteDump:
+                pass
+        return out
+
+    def with_queue_id(self, qid):
+        """The dumps whose Received header names MTA queue id `qid` ("id QID")."""
+        rx = re.compile(r"\bid %s\b" % re.escape(qid))
+        return [m for m in self.delivered() if any(n == "Received" and rx.search(v) for n, v in m.headers)]
+
+
 class PrivatePostfix:
     """A private Postfix: smtpd on 127.0.0.1:<free port> with `smtpd_milters = milter_spec`,
     relaying everything to smtp-sink on another free port, which dumps each transaction
@@ -614,14 +672,11 @@ class PrivatePostfix:
         self.config_dir = os.path.join(self.base, "etc")
         self.queue_dir = os.path.join(self.base, "spool")
         self.data_dir = os.path.join(self.base, "data")
-        self.sink_dir = os.path.join(self.base, "sink")
         self.maillog_path = os.path.join(self.base, "maillog")
         self.port = free_port()
-        self.sink_port = free_port()
-        while self.sink_port == self.port:
-            self.sink_port = free_port()
         self.host = "127.0.0.1"
-        self.sink = None
+        self.sink = SmtpSink(self.base, self.host, avoid=(self.port,))
+        self.sink_dir, self.sink_port = self.sink.dir, self.sink.port
         self.started = False
         self.start_timeout = start_timeout
         self._key = None
@@ -702,18 +757,7 @@ class PrivatePostfix:
     def start(self):
         self._write_config()
         self._key = register_cleanup(self.stop)
-        os.makedirs(self.sink_dir, mode=0o755)
-        sink_argv = [SMTP_SINK, "-4"]
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postfix")
-            os.chown(self.sink_dir, pw.pw_uid, pw.pw_gid)
-            sink_argv += ["-u", "postfix"]
-        sink_argv += ["-d", os.path.join(self.sink_dir, "msg."), "%s:%d" % (self.host, self.sink_port), "128"]
-        self.sink = Proc(sink_argv, os.path.join(self.base, "smtp-sink.log"), name="smtp-sink").start()
-        wait_for(lambda: port_listening(self.sink_port) or not self.sink.alive(), 10,
-                 "smtp-sink to listen on %d" % self.sink_port)
-        if not self.sink.alive():
-            raise AssertionError("smtp-sink died: %s" % self.sink.log_text())
+        self.sink.start()
         self.postfix_cmd("start")
         self.started = True
         wait_for(lambda: port_listening(self.port), self.start_timeout,
@@ -742,8 +786,7 @@ class PrivatePostfix:
                     _kill_pid(p)
                 self.started = False
         finally:
-            if self.sink is not None:
-                self.sink.stop()
+            self.sink.stop()
             if self._key is not None:
                 unregister_cleanup(self._key)
                 self._key = None
@@ -806,12 +849,7 @@ class PrivatePostfix:
 
     # -- results
     def sink_files(self):
-        try:
-            names = [n for n in os.listdir(self.sink_dir) if n.startswith("msg.")]
-        except FileNotFoundError:
-            return []
-        paths = [os.path.join(self.sink_dir, n) for n in names]
-        return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns, p))
+        return self.sink.files()
 
     def sent_count(self):
         return len(re.findall(r" status=sent ", self.maillog()))
@@ -834,22 +872,14 @@ class PrivatePostfix:
         bad = [l for l in lines if " status=sent " not in l]
         if bad or not lines:
             raise AssertionError("queue id %s not (only) sent:\n%s" % (queue_id, "\n".join(lines)))
-        rx = re.compile(r"\bid %s\b" % re.escape(queue_id))
-        found = [m for m in self.delivered() if any(n == "Received" and rx.search(v) for n, v in m.headers)]
+        found = self.sink.with_queue_id(queue_id)
         if len(found) != 1:
             raise AssertionError("expected one sink dump for %s, found %d" % (queue_id, len(found)))
         return found[0]
 
     def delivered(self):
-        """Every complete dump. A dump smtp-sink is still writing (another message in
-        flight) is not delivered yet and is left out."""
-        out = []
-        for p in self.sink_files():
-            try:
-                out.append(SinkMessage(p))
-            except IncompleteDump:
-                pass
-        return out
+        """Every complete dump (SmtpSink.delivered())."""
+        return self.sink.delivered()
 
     def queue(self):
         """Queue entries as dicts (postqueue -j): queue_name, queue_id, sender, recipients..."""
