@@ -1421,6 +1421,31 @@ def postfix_with_milter_per_test(test_class, tmpdir, first_octet):
     return pf, slots
 
 
+class GatewayProcesses:
+    """unittest.TestCase mixin: one test's test filters and its miltergw (on self.gw_port,
+    with GATEWAY_ARGS first), stopped by PID and checked after the test. Call
+    track_processes() from setUp once self.dir exists."""
+
+    GATEWAY_ARGS = ()
+
+    def track_processes(self):
+        self.gw = None
+        self.filters = []
+        self.addCleanup(lambda: stop_and_check(self.gw, self.filters, False))
+
+    def filter(self, *args, name="a"):
+        f = TestFilter(args, tmpdir=self.dir, name=name)
+        self.filters.append(f)
+        return f
+
+    def gateway(self, *filter_args, extra=()):
+        argv = list(self.GATEWAY_ARGS) + list(extra)
+        for a in filter_args:
+            argv += ["--filter", a]
+        self.gw = Miltergw(args=argv, tmpdir=self.dir, port=self.gw_port)
+        return self.gw
+
+
 def stop_and_check(gw, filters, gw_already_stopped=False):
     """Stop a test's gateway (expecting exit 0 on SIGTERM) and its test filters by PID,
     then fail with everything that went wrong: a bad exit code, a `level=error` line in

@@ -34,7 +34,7 @@ BODY = b"Hello,\r\nthis is the original body.\r\n.a dot line\r\n"
 NR_HDR = 0x80
 
 
-class BridgeCase(unittest.TestCase):
+class BridgeCase(mgwtest.GatewayProcesses, unittest.TestCase):
     """One Postfix for the class; per test: a 127.0.0.N source address, a miltergw on a
     reserved port, and the filters the test starts."""
 
@@ -54,25 +54,7 @@ class BridgeCase(unittest.TestCase):
     def setUp(self):
         self.ip, self.gw_port = self.slots[self._testMethodName]
         self.dir = mgwtest.make_tmpdir("bridge-%s" % self._testMethodName[:40])
-        self.gw = None
-        self.filters = []
-        self.addCleanup(self._stop_processes)
-
-    def _stop_processes(self):
-        mgwtest.stop_and_check(self.gw, self.filters, False)
-
-    # -- processes
-    def filter(self, *args, name="a"):
-        f = TestFilter(args, tmpdir=self.dir, name=name)
-        self.filters.append(f)
-        return f
-
-    def gateway(self, *filter_args, extra=()):
-        argv = list(extra)
-        for a in filter_args:
-            argv += ["--filter", a]
-        self.gw = mgwtest.Miltergw(args=argv, tmpdir=self.dir, port=self.gw_port)
-        return self.gw
+        self.track_processes()
 
     # -- sending (from this test's source address, so Postfix uses this test's miltergw)
     def swaks(self, msg=None, to="rcpt@example.com", from_="sender@example.org"):

@@ -40,15 +40,17 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mgwtest  # noqa: E402
 import mgwsendmail  # noqa: E402
-from mgwtest import TestFilter, filter_arg, lf, make_message, wait_for  # noqa: E402
+from mgwtest import filter_arg, lf, make_message, wait_for  # noqa: E402
 from mgwsendmail import sendmail_qid  # noqa: E402
 
 BODY = b"Hello,\r\nthis is the original body.\r\n.a dot line\r\n"
 
 
-class SendmailCase(unittest.TestCase):
+class SendmailCase(mgwtest.GatewayProcesses, unittest.TestCase):
     """One Sendmail per class, its milter at a port reserved here; per test: a miltergw on
     that port and the filters the test starts."""
+
+    GATEWAY_ARGS = ("--log-level", "debug")
 
     sendmail_args = {}
 
@@ -68,26 +70,8 @@ class SendmailCase(unittest.TestCase):
 
     def setUp(self):
         self.dir = mgwtest.make_tmpdir("sm-%s" % self._testMethodName[:40])
-        self.gw = None
-        self.filters = []
         self.debug_mark = len(self.sm.debug_text())
-        self.addCleanup(self._stop_processes)
-
-    def _stop_processes(self):
-        mgwtest.stop_and_check(self.gw, self.filters, False)
-
-    # -- processes
-    def filter(self, *args, name="a"):
-        f = TestFilter(args, tmpdir=self.dir, name=name)
-        self.filters.append(f)
-        return f
-
-    def gateway(self, *filter_args):
-        argv = ["--log-level", "debug"]
-        for a in filter_args:
-            argv += ["--filter", a]
-        self.gw = mgwtest.Miltergw(args=argv, tmpdir=self.dir, port=self.gw_port)
-        return self.gw
+        self.track_processes()
 
     def one_filter(self, *flags):
         f = self.filter(*flags)
