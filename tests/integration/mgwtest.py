@@ -1438,6 +1438,21 @@ class GatewayProcesses:
         self.filters.append(f)
         return f
 
+    def mta_context(self):
+        """The MTA's logs for context(); the subclass says."""
+        return ""
+
+    def context(self):
+        """Logs to append to a failure message: the gateway's, each filter's, the MTA's."""
+        parts = []
+        if self.gw is not None:
+            parts.append("miltergw log:\n" + self.gw.proc.log_tail(40))
+        for f in self.filters:
+            parts.append("filter %s output:\n%s\nrecords:\n%s"
+                         % (f.name, f.proc.log_tail(10), f.record_text()[-2000:]))
+        parts.append(self.mta_context())
+        return "\n\n".join(parts)
+
     def gateway(self, *filter_args, extra=()):
         argv = list(self.GATEWAY_ARGS) + list(extra)
         for a in filter_args:

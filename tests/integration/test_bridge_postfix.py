@@ -70,16 +70,8 @@ class BridgeCase(mgwtest.GatewayProcesses, unittest.TestCase):
                                        source_ip=self.ip)
 
     # -- checks
-    def context(self):
-        """Logs to append to a failure message."""
-        parts = []
-        if self.gw is not None:
-            parts.append("miltergw log:\n" + self.gw.proc.log_tail(40))
-        for f in self.filters:
-            parts.append("filter %s output:\n%s\nrecords:\n%s"
-                         % (f.name, f.proc.log_tail(10), f.record_text()[-2000:]))
-        parts.append("maillog tail:\n" + self.pf.maillog()[-2500:])
-        return "\n\n".join(parts)
+    def mta_context(self):
+        return "maillog tail:\n" + self.pf.maillog()[-2500:]
 
     def assertDelivered(self, transcript_or_reply):
         qid = queue_id(transcript_or_reply)
