@@ -101,6 +101,43 @@ bool mgw_policy_final_early(enum mgw_verdict_kind kind)
     return kind == MGW_VERDICT_DISCARD;
 }
 
+bool mgw_policy_refusal(enum mgw_verdict_kind kind)
+{
+    return kind == MGW_VERDICT_REJECT || kind == MGW_VERDICT_TEMPFAIL ||
+           kind == MGW_VERDICT_DISCARD;
+}
+
+bool mgw_policy_deferred_fate(const struct mgw_policy_deferred *d, size_t n,
+                              struct mgw_policy_result *out, uint8_t *cmd)
+{
+    struct mgw_policy_answer *ans;
+    uint64_t first = 0;
+    size_t at = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (d[i].event_id != 0 && (first == 0 || d[i].event_id < first)) {
+            first = d[i].event_id;
+            at = i;
+        }
+    }
+    if (first == 0)
+        return false;
+    /* Strict answering would have stopped at that event: only its refusals count. */
+    ans = mgw_xcalloc(n, sizeof *ans);
+    for (size_t i = 0; i < n; i++) {
+        if (d[i].event_id != first)
+            continue;
+        ans[i].state = d[i].state;
+        ans[i].kind = d[i].kind;
+        ans[i].reply = d[i].reply;
+    }
+    if (mgw_policy_merge(d[at].cmd, ans, n, NULL, 0, NULL, 0, out) < 0)
+        mgw_panic("policy: deferred refusals refused by the merge");
+    free(ans);
+    *cmd = d[at].cmd;
+    return true;
+}
+
 enum mgw_policy_effect mgw_policy_effect(uint8_t cmd, enum mgw_verdict_kind kind)
 {
     if (mgw_policy_event_bit(cmd) == 0)
@@ -807,8 +844,12 @@ ssize_t mgw_policy_union_needs(const struct mgw_policy_decl *decls, size_t n,
         int received = 0, answered = 0;
 
         for (size_t i = 0; i < n; i++) {
+            uint32_t waits = decls[i].events & ~decls[i].observe_only;
+
+            if (decls[i].pipelined)
+                waits &= ~MGW_POLICY_EV_CONTENT;
             received |= (decls[i].events & bit) != 0;
-            answered |= (decls[i].events & ~decls[i].observe_only & bit) != 0;
+            answered |= (waits & bit) != 0;
         }
         out->protocol |= (received ? 0 : steps[s].no) | (answered ? 0 : steps[s].nr);
     }

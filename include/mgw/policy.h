@@ -77,6 +77,28 @@
  *      f. QUARANTINE ('q').
  *    Mods are applied whatever the non-refusing verdict (continue, accept, skip).
  *
+ * 7. Pipelined content (mgw_policy_deferred_fate). A refusal of a header, of the end of
+ *    headers or of a body chunk only takes effect at the end of DATA, so the MTA need
+ *    not wait for those answers: where it offers NR_HDR, NR_EOH and NR_BODY, the
+ *    negotiation asks for them unless a filter that answers that event is strict
+ *    (`pipelined` false in its declaration: `content: strict`). The MTA then streams the
+ *    content; the bridge forwards every event to the filters at once, and their answers
+ *    count at the next event of the message the MTA waits for (the end of message, or
+ *    the end of headers if a strict filter answers it). The result is what answering
+ *    each event would have given:
+ *      - the message ends at the EARLIEST content event that some filter refused
+ *        (reject, tempfail, discard, or its on_error verdict when it failed on that
+ *        event); the refusals of that one event merge by rule 1 (rank, then filter
+ *        order, whose SMTP text is sent); refusals of later events never count;
+ *      - from the moment a refusal is known, nothing more of the message is forwarded to
+ *        any filter (not even the end of message): the MTA would have stopped there;
+ *        filters may have been sent a few events past the refused one meanwhile;
+ *      - accept retires a filter for the rest of the message, skip stops its body, from
+ *        the event they answer on, as they would have; the MTA just goes on sending;
+ *      - the wait event is held until every filter has answered (or failed, each against
+ *        its own deadline; progress extends it) the content events it still owes.
+ *    Only content events are pipelined; an event the MTA waits for is merged as above.
+ *
  * Splitting a ReplaceBody into chunks and keeping only the first ReplaceBody of one
  * reply is the bridge's job; here every 'b' of the winning filter is kept.
  *
@@ -109,6 +131,9 @@
 
 /* The MGW_POLICY_EV_* bit of an event command letter (C H M R T L N B E U), or 0. */
 uint32_t mgw_policy_event_bit(uint8_t cmd);
+
+/* Content stages the MTA may stream without waiting (rule 7). */
+#define MGW_POLICY_EV_CONTENT (MGW_POLICY_EV_HEADER | MGW_POLICY_EV_EOH | MGW_POLICY_EV_BODY)
 
 /* ---- Per-event merge ---- */
 
@@ -207,6 +232,29 @@ int mgw_policy_merge(uint8_t cmd, const struct mgw_policy_answer *answers, size_
  */
 bool mgw_policy_final_early(enum mgw_verdict_kind kind);
 
+/* Whether a verdict refuses the message (reject, tempfail, discard). */
+bool mgw_policy_refusal(enum mgw_verdict_kind kind);
+
+/* ---- Pipelined content (rule 7) ---- */
+
+/* One filter's first refusal of a content event the MTA did not wait for. */
+struct mgw_policy_deferred {
+    uint64_t event_id;           /* 0: this filter refused none in this message */
+    uint8_t cmd;                 /* the event refused: L N or B */
+    enum mgw_policy_state state; /* ANSWERED, or FAILED (kind is its on_error verdict) */
+    enum mgw_verdict_kind kind;  /* a refusal (mgw_policy_refusal) */
+    const char *reply;           /* its SMTP text, or NULL; borrowed */
+};
+
+/*
+ * The fate of the message from n filters' deferred refusals (configuration order):
+ * false when there is none (*out and *cmd untouched); otherwise *out is the rule-1 merge
+ * of the refusals of the earliest refused event (decider, text, failure_applied; no
+ * modifications) and *cmd that event's command letter.
+ */
+bool mgw_policy_deferred_fate(const struct mgw_policy_deferred *d, size_t n,
+                              struct mgw_policy_result *out, uint8_t *cmd);
+
 /* ---- Liveness ---- */
 
 enum mgw_policy_effect {
@@ -271,14 +319,18 @@ struct mgw_policy_decl {
     bool rejected_recipients;  /* asks SMFIP_RCPT_REJ (counts only if it receives R) */
     bool header_leading_space; /* asks SMFIP_HDR_LEADSPC */
     bool shadow;
+    /* Its answers to content events may count at the MTA's next wait (rule 7); false =
+     * strict: the MTA waits for each one. */
+    bool pipelined;
 };
 
 /*
  * Fill *out with what the filters together need from the MTA:
  *  - NO_x for every event x (C H M R T L N B U) that no filter receives; NR_x where every
- *    filter that receives x has it observe-only - vacuously also where none receives it,
- *    so an MTA that cannot suppress x at least need not wait for an answer. A shadow
- *    filter that answers x keeps NR_x off like any other (the bridge may want its answer).
+ *    filter that receives x has it observe-only or, for a content event (L N B), is
+ *    pipelined (rule 7) - vacuously also where none receives it, so an MTA that cannot
+ *    suppress x at least need not wait for an answer. A shadow filter that answers x
+ *    keeps NR_x off like any other unless pipelined (the bridge logs its answers).
  *  - SKIP always; RCPT_REJ if a filter that receives R asks (the bridge must then hide
  *    refused recipients from the others); HDR_LEADSPC if any filter asks (the bridge must
  *    then strip the one leading space of header values for filters that did not ask, and

@@ -484,6 +484,98 @@ static void test_verdicts_follow_the_merge_rule(void **state)
     end_table();
 }
 
+/* ---- Pipelined content: the fate of a message from deferred refusals (rule 7) ---- */
+
+#define REFUSED(id, c, st, k, text) {id, c, MGW_POLICY_##st, MGW_VERDICT_##k, text}
+
+struct fate_case {
+    const char *name;
+    struct mgw_policy_deferred d[MAXF];
+    size_t n;
+    bool fated;
+    enum mgw_verdict_kind kind;
+    size_t decider;
+    const char *reply;
+    bool failure_applied;
+    uint8_t cmd;
+};
+
+static const struct fate_case fate_cases[] = {
+    {"no refusal: no fate, the wait event merges as usual", {{0}}, 2, false,
+     MGW_VERDICT_CONTINUE, 0, NULL, false, 0},
+    {"one filter's refusal of a header decides, with its text",
+     {{0}, REFUSED(7, 'L', ANSWERED, REJECT, "550 5.7.1 bad header")},
+     2, true, MGW_VERDICT_REJECT, 1, "550 5.7.1 bad header", false, 'L'},
+    {"the earliest refused event wins, not the highest rank",
+     {REFUSED(9, 'B', ANSWERED, DISCARD, NULL), REFUSED(4, 'L', ANSWERED, TEMPFAIL, NULL)},
+     2, true, MGW_VERDICT_TEMPFAIL, 1, NULL, false, 'L'},
+    {"refusals of one event merge by rank",
+     {REFUSED(5, 'N', ANSWERED, REJECT, NULL), REFUSED(5, 'N', ANSWERED, DISCARD, NULL)},
+     2, true, MGW_VERDICT_DISCARD, 1, NULL, false, 'N'},
+    {"equal refusals of one event: the first filter's text",
+     {REFUSED(6, 'B', ANSWERED, REJECT, "550 5.7.1 first"),
+      REFUSED(6, 'B', ANSWERED, REJECT, "550 5.7.1 second"),
+      REFUSED(8, 'B', ANSWERED, DISCARD, NULL)},
+     3, true, MGW_VERDICT_REJECT, 0, "550 5.7.1 first", false, 'B'},
+    {"a filter that failed on an earlier event decides with its on_error verdict",
+     {REFUSED(12, 'L', ANSWERED, REJECT, "550 5.7.1 late"), REFUSED(3, 'L', FAILED, TEMPFAIL, NULL)},
+     2, true, MGW_VERDICT_TEMPFAIL, 1, NULL, true, 'L'},
+    {"a text of the wrong class is not sent, as for any reject",
+     {REFUSED(2, 'L', ANSWERED, REJECT, "451 4.7.1 wrong class")},
+     1, true, MGW_VERDICT_REJECT, 0, NULL, false, 'L'},
+};
+
+static void test_pipelined_refusals_decide_as_strict_answers_would(void **state)
+{
+    (void)state;
+    for (size_t c = 0; c < NELEM(fate_cases); c++) {
+        const struct fate_case *t = &fate_cases[c];
+        struct mgw_policy_result r;
+        uint8_t cmd = 0;
+        bool fated = mgw_policy_deferred_fate(t->d, t->n, &r, &cmd);
+
+        if (fated != t->fated)
+            case_failed(t->name, "fated: got %d, want %d", fated, t->fated);
+        else if (!fated)
+            continue;
+        else if (r.kind != t->kind)
+            case_failed(t->name, "kind: got %s, want %s", kname(r.kind), kname(t->kind));
+        else if (r.decider != t->decider)
+            case_failed(t->name, "decider: got %ld, want %ld", idx(r.decider), idx(t->decider));
+        else if ((r.reply == NULL) != (t->reply == NULL) ||
+                 (r.reply && strcmp(r.reply, t->reply) != 0))
+            case_failed(t->name, "reply: got %s, want %s", str_or_null(r.reply),
+                        str_or_null(t->reply));
+        else if (r.failure_applied != t->failure_applied)
+            case_failed(t->name, "failure_applied: got %d, want %d", r.failure_applied,
+                        t->failure_applied);
+        else if (cmd != t->cmd)
+            case_failed(t->name, "cmd: got %c, want %c", cmd, t->cmd);
+        else if (r.nmods != 0)
+            case_failed(t->name, "nmods: got %zu, want 0", r.nmods);
+    }
+    end_table();
+}
+
+static void test_only_refusals_refuse(void **state)
+{
+    static const struct {
+        enum mgw_verdict_kind kind;
+        bool want;
+    } cases[] = {
+        {MGW_VERDICT_CONTINUE, false}, {MGW_VERDICT_ACCEPT, false}, {MGW_VERDICT_REJECT, true},
+        {MGW_VERDICT_TEMPFAIL, true},  {MGW_VERDICT_DISCARD, true}, {MGW_VERDICT_SKIP, false},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        if (mgw_policy_refusal(cases[i].kind) != cases[i].want)
+            case_failed("reject, tempfail and discard refuse the message", "%s: got %d",
+                        kname(cases[i].kind), !cases[i].want);
+    }
+    end_table();
+}
+
 static void test_only_discard_is_answered_early(void **state)
 {
     static const struct {
@@ -1273,6 +1365,19 @@ static const struct union_case union_cases[] = {
      MGW_SMFIP_SKIP,
      MGW_SMFIF_DELRCPT,
      {NULL}},
+    {"a pipelined filter leaves headers, end of headers and body unanswered",
+     {{.events = EV(ALL), .pipelined = true}},
+     1,
+     MGW_SMFIP_SKIP | MGW_SMFIP_NR_HDR | MGW_SMFIP_NR_EOH | MGW_SMFIP_NR_BODY,
+     0,
+     {NULL}},
+    {"a strict filter keeps the MTA waiting for the content it answers",
+     {{.events = EV(ALL), .pipelined = true},
+      {.events = EV(EOH) | EV(EOM), .actions = MGW_SMFIF_ADDHDRS}},
+     2,
+     MGW_SMFIP_SKIP | MGW_SMFIP_NR_HDR | MGW_SMFIP_NR_BODY,
+     MGW_SMFIF_ADDHDRS,
+     {NULL}},
     {"rejected recipients and leading space are asked when a filter wants them",
      {{.events = EV(ALL), .rejected_recipients = true},
       {.events = EV(ALL), .header_leading_space = true}},
@@ -1457,6 +1562,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_rank_pair_has_the_expected_winner),
         cmocka_unit_test(test_verdicts_follow_the_merge_rule),
+        cmocka_unit_test(test_pipelined_refusals_decide_as_strict_answers_would),
+        cmocka_unit_test(test_only_refusals_refuse),
         cmocka_unit_test(test_only_discard_is_answered_early),
         cmocka_unit_test(test_answers_change_the_filter_liveness_per_stage),
         cmocka_unit_test(test_modifications_are_ordered_policed_and_deduplicated),
