@@ -68,7 +68,7 @@ struct raw_tls {
 };
 
 struct raw_filter {
-    char *name, *target, *on_error, *mode, *timeout, *eom_timeout, *load_balancing;
+    char *name, *target, *on_error, *mode, *content, *timeout, *eom_timeout, *load_balancing;
     char *max_queue, *max_message;
     struct raw_keepalive keepalive;
     struct raw_tls tls;
@@ -148,6 +148,7 @@ static const cyaml_schema_field_t filter_fields[] = {
     STR_REQ(struct raw_filter, target),
     STR(struct raw_filter, on_error),
     STR(struct raw_filter, mode),
+    STR(struct raw_filter, content),
     STR(struct raw_filter, timeout),
     STR(struct raw_filter, eom_timeout),
     STR(struct raw_filter, max_queue),
@@ -659,6 +660,7 @@ static const char *const level_names[] = {"error", "warn", "info", "debug", NULL
 static const char *const format_names[] = {"logfmt", "json", NULL};
 static const char *const on_error_names[] = {"tempfail", "accept", "reject", NULL};
 static const char *const mode_names[] = {"normal", "shadow", NULL};
+static const char *const content_names[] = {"pipelined", "strict", NULL};
 static const char *const lb_names[] = {"pick_first", "round_robin", NULL};
 static const char *const bool_names[] = {"false", "true", NULL};
 
@@ -706,6 +708,7 @@ static const struct setting filter_settings[] = {
     TEXT("target", K_STRING, FIL(target), FC(target), target_valid),
     ENUM("on_error", FIL(on_error), FC(on_error), MGW_ON_ERROR_TEMPFAIL, on_error_names),
     ENUM("mode", FIL(mode), FC(shadow), 0, mode_names),
+    ENUM("content", FIL(content), FC(content_strict), 0, content_names),
     NUM("timeout", K_DURATION, FIL(timeout), FC(timeout_ms), MGW_FILTER_DEFAULT_TIMEOUT_MS, 1,
         MAX_DURATION_MS),
     NUM("max_queue", K_SIZE, FIL(max_queue), FC(max_queue), MGW_FILTER_DEFAULT_MAX_QUEUE,

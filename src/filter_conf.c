@@ -142,9 +142,16 @@ static int apply_option(struct mgw_filter_conf *c, const char *opt, size_t len, 
             c->shadow = false;
         else
             return bad(err, errlen, arg, "mode is normal or shadow");
+    } else if (KEY("content")) {
+        if (VAL("strict"))
+            c->content_strict = true;
+        else if (VAL("pipelined"))
+            c->content_strict = false;
+        else
+            return bad(err, errlen, arg, "content is pipelined or strict");
     } else {
-        return bad(err, errlen, arg,
-                   "unknown option (on_error, timeout, eom_timeout, mode, max_queue, max_message)");
+        return bad(err, errlen, arg, "unknown option (on_error, timeout, eom_timeout, mode, "
+                                     "content, max_queue, max_message)");
     }
 #undef KEY
 #undef VAL

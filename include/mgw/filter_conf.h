@@ -3,7 +3,8 @@
  *
  * Parsed from the command line for now:
  *   --filter NAME=TARGET[,on_error=tempfail|accept|reject][,timeout=DUR][,eom_timeout=DUR]
- *            [,mode=shadow|normal][,max_queue=SIZE][,max_message=SIZE]
+ *            [,mode=shadow|normal][,content=pipelined|strict][,max_queue=SIZE]
+ *            [,max_message=SIZE]
  * DUR is a number with a unit: 250ms, 10s, 2m (a bare number means seconds). TARGET is
  * any gRPC target string: 127.0.0.1:50051, dns:///filter:50051, ipv4:a:p,b:p, unix:/path.
  * The order of --filter flags is the merge order. Pure.
@@ -59,6 +60,9 @@ struct mgw_filter_conf {
     unsigned timeout_ms;     /* per event */
     unsigned eom_timeout_ms; /* end of message */
     bool shadow;
+    /* Answers to headers, end of headers and body must each be waited for by the MTA;
+     * false (the default) lets them count at end of message (policy.h rule 7). */
+    bool content_strict;
     unsigned max_queue;      /* bytes; see MGW_FILTER_DEFAULT_MAX_QUEUE */
     unsigned max_message;    /* bytes; see MGW_FILTER_DEFAULT_MAX_MESSAGE */
     /* Fields below come from the configuration file; --filter sets their defaults. */

@@ -91,6 +91,7 @@ static const char full_yaml[] =
     "    target: \"dns:///spamfilter:50051\"\n"
     "    on_error: accept\n"
     "    mode: shadow\n"
+    "    content: strict\n"
     "    timeout: 250ms\n"
     "    eom_timeout: 90s\n"
     "    max_queue: 3MiB\n"
@@ -163,6 +164,7 @@ static void test_every_key_is_parsed(void **state)
     CHECK_S("filters[0].target", f->target, "dns:///spamfilter:50051");
     CHECK_U("filters[0].on_error", f->on_error, MGW_ON_ERROR_ACCEPT);
     CHECK_U("filters[0].shadow", f->shadow, 1);
+    CHECK_U("filters[0].content_strict", f->content_strict, 1);
     CHECK_U("filters[0].timeout_ms", f->timeout_ms, 250);
     CHECK_U("filters[0].eom_timeout_ms", f->eom_timeout_ms, 90000);
     CHECK_U("filters[0].max_queue", f->max_queue, 3u << 20);
@@ -262,6 +264,7 @@ static void test_defaults_fill_what_the_file_leaves_out(void **state)
     } rows[] = {
         {"on_error", f->on_error, MGW_ON_ERROR_TEMPFAIL},
         {"shadow", f->shadow, 0},
+        {"content_strict", f->content_strict, 0},
         {"timeout_ms", f->timeout_ms, MGW_FILTER_DEFAULT_TIMEOUT_MS},
         {"eom_timeout_ms", f->eom_timeout_ms, MGW_FILTER_DEFAULT_EOM_TIMEOUT_MS},
         {"max_queue", f->max_queue, MGW_FILTER_DEFAULT_MAX_QUEUE},
@@ -339,8 +342,8 @@ static const struct {
      "idle_timeout)"},
     {"an unknown key in a filter is refused at its line",
      "filters:\n  - name: a\n    target: b\n  - name: c\n    target: d\n    timout: 1s\n", 6,
-     "filters[1]: unknown key \"timout\" (known here: name, target, on_error, mode, timeout, "
-     "eom_timeout, max_queue, max_message, load_balancing, keepalive, tls, declare)"},
+     "filters[1]: unknown key \"timout\" (known here: name, target, on_error, mode, content, "
+     "timeout, eom_timeout, max_queue, max_message, load_balancing, keepalive, tls, declare)"},
     {"a size that is no size is refused",
      "filters:\n  - name: a\n    target: b\n    max_queue: 4MB\n", 4,
      "filters[0].max_queue: \"4MB\" is not a size (bytes, or with KiB, MiB or GiB, such as "
@@ -425,6 +428,9 @@ static const struct {
      "filters[0].on_error: \"maybe\" is not one of tempfail, accept, reject"},
     {"a bad mode is refused", "filters:\n  - name: a\n    target: b\n    mode: loud\n", 4,
      "filters[0].mode: \"loud\" is not one of normal, shadow"},
+    {"a bad content mode is refused",
+     "filters:\n  - name: a\n    target: b\n    content: lazy\n", 4,
+     "filters[0].content: \"lazy\" is not one of pipelined, strict"},
     {"a bad load balancing policy is refused",
      "filters:\n  - name: a\n    target: b\n    load_balancing: random\n", 4,
      "filters[0].load_balancing: \"random\" is not one of pick_first, round_robin"},

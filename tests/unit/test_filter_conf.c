@@ -202,6 +202,39 @@ static void test_size_options(void **state)
     end_table();
 }
 
+/* --filter ...,content=pipelined|strict (policy.h rule 7); pipelined when absent. */
+static void test_content_option(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *arg;
+        int want_rc;
+        bool want_strict;
+    } cases[] = {
+        {"content answers are pipelined by default", "a=h:1", 0, false},
+        {"content=strict makes the MTA wait for each answer", "a=h:1,content=strict", 0, true},
+        {"content=pipelined is the default spelled out", "a=h:1,content=pipelined", 0, false},
+        {"the last one wins", "a=h:1,content=strict,content=pipelined", 0, false},
+        {"anything else is refused", "a=h:1,content=lazy", MGW_EINVAL, false},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        struct mgw_filter_conf c;
+        char err[200] = "";
+        int rc = mgw_filter_conf_parse(cases[i].arg, &c, err, sizeof err);
+
+        if (rc != cases[i].want_rc)
+            case_failed(cases[i].name, "rc: got %d, want %d", rc, cases[i].want_rc);
+        else if (rc == 0 && c.content_strict != cases[i].want_strict)
+            case_failed(cases[i].name, "content_strict: got %d", c.content_strict);
+        else if (rc != 0 && strstr(err, "content is pipelined or strict") == NULL)
+            case_failed(cases[i].name, "error text: %s", err);
+        mgw_filter_conf_clear(&c);
+    }
+    end_table();
+}
+
 /* ---- --filter values that parse ---- */
 
 #define NAME63 "abcdefghij-abcdefghij-abcdefghij-abcdefghij-abcdefghij-abcdefgh"
@@ -457,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_duration_reads_only_len_bytes),
         cmocka_unit_test(test_sizes_parse_to_bytes),
         cmocka_unit_test(test_size_options),
+        cmocka_unit_test(test_content_option),
         cmocka_unit_test(test_filter_values_parse),
         cmocka_unit_test(test_defaults_match_the_header),
         cmocka_unit_test(test_bad_filter_values_are_refused_with_the_argument),
