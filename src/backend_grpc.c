@@ -10,11 +10,20 @@
  * one SEND_MESSAGE in flight (an outbound queue behind it), one RECV_MESSAGE always
  * armed, RECV_STATUS from the start, a count of outstanding batches (completions arrive
  * in any order: the stream is freed when it reaches 0 after the session let go of it),
- * a FIFO of the events the filter owes a reply for, each with its deadline, and one
- * timer for the nearest deadline: the oldest owed reply, or the send in flight (a filter
- * that takes no event within its timeout, e.g. a channel stuck connecting, fails too).
- * The outbound queue is bounded in bytes (max_queue): events the MTA does not wait for
- * (observe-only, shadow, NR_*) could otherwise pile up at MTA speed.
+ * a FIFO of the events the filter owes a reply for (owed.h), each with its deadline, and
+ * one timer for the nearest deadline: the oldest owed reply, or the send in flight (a
+ * filter that takes no event within its timeout, e.g. a channel stuck connecting, fails
+ * too). The outbound queue is bounded in bytes (max_queue): events the MTA does not wait
+ * for (observe-only, shadow, NR_*) could otherwise pile up at MTA speed; past half of it
+ * a non-shadow stream pauses the session's reading (back-pressure) until it is under a
+ * quarter.
+ *
+ * Pipelined content (policy.h rule 7): headers, end of headers and body chunks the MTA
+ * streams under NR_* are owed as DEFERRED. Their replies apply their liveness effect at
+ * once and a refusal (or a failure with a refusing on_error) is kept per filter, first one
+ * only; from the first, nothing more of the message is forwarded. The next event the MTA
+ * waits for holds every filter that still owes deferred replies ("draining"), and its
+ * answer is the fate of the earliest refused event when there is one.
  *
  * Shadow filters are never waited for: their replies are logged as they arrive, against
  * the event they answer, and their deadlines still break them.
@@ -47,6 +56,7 @@
 #include "mgw/grpc_pump.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
+#include "mgw/owed.h"
 #include "mgw/policy.h"
 #include "mgw/xmalloc.h"
 
@@ -54,7 +64,6 @@
 #define DESCRIBE_METHOD "/miltergw.v1.Filter/Describe"
 #define DESCRIBE_TIMEOUT_MS 5000
 #define LINGER_MS 5000 /* a half-closed stream the filter does not end is cancelled */
-#define MAX_OWED 16    /* replies a filter may owe (only early discard leaves any behind) */
 
 struct bridge;
 struct bsession;
@@ -85,12 +94,6 @@ struct filter {
     int watching;
 };
 
-struct owed {
-    uint64_t id;
-    uint64_t due_ms; /* monotonic deadline of the reply */
-    uint8_t cmd;
-};
-
 struct stream {
     struct filter *f;
     struct bsession *bs; /* NULL once the MTA connection let go */
@@ -110,16 +113,17 @@ struct stream {
     size_t sending_len;   /* of `sending`, taken at the start: gRPC empties the buffer */
     uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
     int initial_sent, close_wanted, close_sent, broken, finished;
+    int flow_held; /* this stream holds the MTA's reading (back-pressure) */
     /* Liveness in the current message / connection (policy effects). */
     int retired_msg, retired_conn, skip_body;
-    struct owed owed[MAX_OWED];
-    size_t nowed;
+    struct mgw_owed_fifo owed;
     struct event *timer; /* nearest deadline while attached; linger after */
     TAILQ_ENTRY(stream) link;
 };
 
 struct answer {
-    int pending; /* waiting for this filter's answer to the current event */
+    int pending;  /* waiting for this filter's answer to the current event */
+    int draining; /* pending only for the content answers it still owes (rule 7) */
     enum mgw_policy_state state;
     struct mgw_proto_answer pa;
     Miltergw__V1__Reply *reply; /* owned until the merge is delivered */
@@ -132,7 +136,9 @@ struct bsession {
     char sid_str[17];
     struct mgw_milter_optneg offered, negotiated;
     mgw_backend_progress_cb progress;
-    void *progress_arg;
+    mgw_backend_flow_cb flow;
+    void *progress_arg; /* for progress and flow */
+    unsigned flow_held; /* streams holding the MTA's reading */
     struct stream **streams;
     struct mgw_policy_decl *decls; /* snapshot at open */
     uint64_t next_id;
@@ -150,6 +156,14 @@ struct bsession {
     uint64_t eom_id;
     int have_eom_after_body;
     struct mgw_proto_scratch ev_sc;
+
+    /* Pipelined content (policy.h rule 7), for the current message: each filter's first
+     * refusal (allocated at the first one; texts owned), and whether one is known, after
+     * which nothing more of the message is forwarded. */
+    uint64_t msg_first_id; /* events before this id belong to earlier messages */
+    struct mgw_policy_deferred *fate;
+    char **fate_text;
+    int doomed;
 };
 
 struct bridge {
@@ -180,12 +194,17 @@ static double seconds_since(const struct timespec *t0)
     return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
-static uint64_t now_ms(void)
+static uint64_t now_us(void)
 {
     struct timespec t;
 
     clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+static uint64_t now_ms(void)
+{
+    return now_us() / 1000u;
 }
 
 static unsigned timeout_of(const struct filter *f, uint8_t cmd)
@@ -276,6 +295,7 @@ static void recompute_needs(struct bridge *b)
     for (size_t i = 0; i < b->nfilters; i++) {
         decls[i] = b->filters[i].decl;
         decls[i].shadow = b->filters[i].conf.shadow;
+        decls[i].pipelined = !b->filters[i].conf.content_strict;
         /* Not implemented yet: refused recipients and header leading space need the
          * bridge to translate for filters that did not ask; never request them, and say
          * so rather than pretend. */
@@ -457,6 +477,7 @@ static void stream_free_if_done(struct stream *st)
     for (size_t i = 0; i < st->nqueue; i++)
         grpc_byte_buffer_destroy(st->queue[i]);
     free(st->queue);
+    mgw_owed_clear(&st->owed);
     grpc_metadata_array_destroy(&st->md_initial);
     grpc_metadata_array_destroy(&st->md_trailing);
     grpc_slice_unref(st->status_details);
@@ -470,12 +491,13 @@ static void stream_free_if_done(struct stream *st)
  * detached), or stop it. */
 static void deadline_update(struct stream *st)
 {
+    const struct mgw_owed *o = mgw_owed_front(&st->owed);
     uint64_t due = st->linger_due_ms, now;
 
     if (st->broken || (st->bs == NULL && st->linger_due_ms == 0))
         return;
-    if (st->nowed > 0 && (due == 0 || st->owed[0].due_ms < due))
-        due = st->owed[0].due_ms;
+    if (o != NULL && (due == 0 || o->due_ms < due))
+        due = o->due_ms;
     if (st->sending != NULL && st->send_due_ms != 0 && (due == 0 || st->send_due_ms < due))
         due = st->send_due_ms;
     if (due == 0) {
@@ -540,6 +562,23 @@ static void send_next(struct stream *st)
     deadline_update(st);
 }
 
+/* Back-pressure (backend.h): the MTA streams content without waiting (rule 7), so a
+ * stream more than half its max_queue behind stops the session reading until it is back
+ * under a quarter. A shadow filter never holds the MTA (it fails at max_queue instead);
+ * a stopped filter holds it only until its send deadline fails it. */
+static void flow_update(struct stream *st)
+{
+    struct bsession *bs = st->bs;
+    size_t limit = st->f->conf.max_queue / (st->flow_held ? 4 : 2);
+    int hold = !st->broken && !st->f->conf.shadow && st->queued_bytes > limit;
+
+    if (bs == NULL || hold == st->flow_held)
+        return;
+    st->flow_held = hold;
+    if (hold ? bs->flow_held++ == 0 : --bs->flow_held == 0)
+        bs->flow(bs->progress_arg, hold);
+}
+
 /* Queue one message; takes over the caller's reference to `msg`. A filter already
  * max_queue bytes behind fails instead: its failure policy, not the gateway's memory. */
 static void stream_send(struct stream *st, grpc_slice msg)
@@ -563,6 +602,7 @@ static void stream_send(struct stream *st, grpc_slice msg)
     st->queue[st->nqueue++] = grpc_raw_byte_buffer_create(&msg, 1); /* takes its own ref */
     grpc_slice_unref(msg);
     send_next(st);
+    flow_update(st);
 }
 
 static void on_send(struct mgw_grpc_tag *tag, int ok)
@@ -580,6 +620,7 @@ static void on_send(struct mgw_grpc_tag *tag, int ok)
     } else {
         send_next(st);
         deadline_update(st);
+        flow_update(st);
     }
     st->batches--;
     stream_free_if_done(st);
@@ -656,13 +697,14 @@ static void on_status(struct mgw_grpc_tag *tag, int ok)
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct stream *st = arg;
+    const struct mgw_owed *o = mgw_owed_front(&st->owed);
     char detail[80];
     uint64_t now;
 
     now = now_ms();
-    if (st->nowed > 0 && st->owed[0].due_ms <= now) {
-        snprintf(detail, sizeof detail, "no answer to %s within %s", event_name(st->owed[0].cmd),
-                 st->owed[0].cmd == MGW_SMFIC_BODYEOB ? "eom_timeout" : "timeout");
+    if (o != NULL && o->due_ms <= now) {
+        snprintf(detail, sizeof detail, "no answer to %s within %s", event_name(o->cmd),
+                 o->cmd == MGW_SMFIC_BODYEOB ? "eom_timeout" : "timeout");
         stream_fail(st, "timeout", detail);
     } else if (st->sending != NULL && st->send_due_ms != 0 && st->send_due_ms <= now) {
         stream_fail(st, "timeout", "the filter took no event within timeout");
@@ -723,6 +765,7 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
  * replies keep their deadlines meanwhile (a shadow filter's still get logged). */
 static void stream_detach(struct stream *st)
 {
+    st->flow_held = 0; /* the session is going: nothing to resume */
     st->bs = NULL;
     evtimer_del(st->timer);
     if (st->call != NULL && !st->finished && !st->broken) {
@@ -741,7 +784,13 @@ static size_t stream_index(const struct stream *st)
     return st->f->index;
 }
 
-/* The filter's part in the current event is over with its failure verdict. */
+static int is_message_event(uint8_t cmd)
+{
+    return strchr("MRTLNBE", cmd) != NULL;
+}
+
+/* The filter's part in the current event is over with its failure verdict. The caller
+ * then calls event_check(). */
 static void answer_failed(struct bsession *bs, size_t i)
 {
     struct answer *a = &bs->ans[i];
@@ -749,18 +798,78 @@ static void answer_failed(struct bsession *bs, size_t i)
     if (!a->pending)
         return;
     a->pending = 0;
+    a->draining = 0;
     a->state = MGW_POLICY_FAILED;
     a->pa.kind = mgw_on_error_verdict(bs->b->filters[i].conf.on_error);
     mgw_metrics_filter_failure_policy(bs->b->filters[i].metric,
                                       mgw_metrics_failure_action_of(a->pa.kind));
     bs->waiting--;
-    if (bs->waiting == 0 && !bs->dispatching)
+}
+
+/* Settle what can be settled of the event the MTA waits for, and answer it once nothing
+ * is pending. A filter held only for the content answers it owed (rule 7) is done when
+ * it owes none; once the message is refused, so is every filter that owes none (what
+ * it says about this event no longer counts). The last thing a caller does: the answer
+ * may close the session and free bs. */
+static void event_check(struct bsession *bs)
+{
+    if (!bs->active || bs->dispatching)
+        return;
+    for (size_t i = 0; i < bs->b->nfilters; i++) {
+        struct answer *a = &bs->ans[i];
+
+        if (!a->pending || bs->streams[i]->owed.deferred > 0 || !(a->draining || bs->doomed))
+            continue;
+        a->pending = 0;
+        a->draining = 0;
+        a->state = MGW_POLICY_NOT_ASKED;
+        bs->waiting--;
+    }
+    if (bs->waiting == 0)
         complete_event(bs);
+}
+
+/* Rule 7: filter i refused content event o, or failed on it with a refusing on_error.
+ * Its first refusal in the message is kept; from the first of anyone's the message is
+ * doomed. */
+static void content_refused(struct bsession *bs, size_t i, const struct mgw_owed *o,
+                            enum mgw_policy_state state, enum mgw_verdict_kind kind,
+                            const char *reply)
+{
+    size_t n = bs->b->nfilters;
+
+    if (o->id < bs->msg_first_id)
+        return; /* an earlier message's */
+    if (bs->fate == NULL) {
+        bs->fate = mgw_xcalloc(n, sizeof *bs->fate);
+        bs->fate_text = mgw_xcalloc(n, sizeof *bs->fate_text);
+    }
+    if (bs->fate[i].event_id != 0)
+        return;
+    bs->fate_text[i] = reply ? mgw_xstrdup(reply) : NULL;
+    bs->fate[i] = (struct mgw_policy_deferred){o->id, o->cmd, state, kind, bs->fate_text[i]};
+    log_info(bs->sid, "content refused", "filter=%s event=%s verdict=%s failure_policy=%s",
+             bs->b->filters[i].conf.name, event_name(o->cmd), mgw_verdict_name(kind),
+             state == MGW_POLICY_FAILED ? "yes" : "no");
+    bs->doomed = 1;
+}
+
+static void fate_free(struct bsession *bs)
+{
+    if (bs->fate_text != NULL) {
+        for (size_t i = 0; i < bs->b->nfilters; i++)
+            free(bs->fate_text[i]);
+    }
+    free(bs->fate_text);
+    free(bs->fate);
+    bs->fate_text = NULL;
+    bs->fate = NULL;
 }
 
 static void stream_fail(struct stream *st, const char *reason, const char *detail)
 {
     struct bsession *bs = st->bs;
+    const struct mgw_owed *o;
     char q[400];
 
     if (st->broken)
@@ -774,8 +883,22 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
              st->f->conf.name, reason, bs && bs->active ? event_name(bs->cmd) : "-",
              mgw_on_error_name(st->f->conf.on_error),
              mgw_log_quote(q, sizeof q, detail, strlen(detail)));
-    if (bs != NULL && bs->active)
+    /* The oldest content event it still owed an answer to gets its on_error (rule 7). */
+    o = bs != NULL ? mgw_owed_find(&st->owed, MGW_OWED_DEFERRED, bs->msg_first_id) : NULL;
+    if (o != NULL) {
+        enum mgw_verdict_kind k = mgw_on_error_verdict(st->f->conf.on_error);
+
+        mgw_metrics_filter_failure_policy(st->f->metric, mgw_metrics_failure_action_of(k));
+        if (mgw_policy_refusal(k))
+            content_refused(bs, stream_index(st), o, MGW_POLICY_FAILED, k, NULL);
+    }
+    /* Nothing more will be answered, nor taken. */
+    mgw_owed_clear(&st->owed);
+    flow_update(st);
+    if (bs != NULL && bs->active) {
         answer_failed(bs, stream_index(st));
+        event_check(bs);
+    }
 }
 
 static void apply_effect(struct stream *st, uint8_t cmd, enum mgw_verdict_kind kind)
@@ -800,16 +923,25 @@ static void report_unusable(struct stream *st, uint8_t cmd, const struct mgw_pro
     mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_BODY_CONFLICT, pa->bodies_dropped);
 }
 
-/* A shadow filter's reply, whenever it comes: logged and counted, never applied. */
-static void shadow_reply(struct stream *st, const struct owed *o, Miltergw__V1__Reply *r)
+/* A reply the MTA does not wait for: a shadow filter's (logged and counted, never
+ * applied) or one to a pipelined content event (rule 7: its liveness effect at once,
+ * a refusal kept for the MTA's next wait). */
+static void unwaited_reply(struct stream *st, const struct mgw_owed *o, Miltergw__V1__Reply *r)
 {
+    struct bsession *bs = st->bs;
     struct mgw_proto_scratch sc = {0};
     struct mgw_proto_answer pa;
     const char *why = NULL;
+    int shadow = st->f->conf.shadow;
 
     if (mgw_proto_reply_answer(r, o->cmd, &sc, &pa, &why) < 0) {
+        /* Out of contract on this very event: its on_error applies here. */
+        enum mgw_verdict_kind k = mgw_on_error_verdict(st->f->conf.on_error);
+
+        if (!shadow && bs != NULL && mgw_policy_refusal(k))
+            content_refused(bs, stream_index(st), o, MGW_POLICY_FAILED, k, NULL);
         stream_fail(st, "out_of_contract", why);
-    } else {
+    } else if (shadow) {
         report_unusable(st, o->cmd, &pa);
         mgw_metrics_shadow_verdict(st->f->metric, pa.kind);
         if (pa.nmods > 0)
@@ -818,6 +950,20 @@ static void shadow_reply(struct stream *st, const struct owed *o, Miltergw__V1__
             log_info(st->sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
                      st->f->conf.name, event_name(o->cmd), mgw_verdict_name(pa.kind), pa.nmods);
         apply_effect(st, o->cmd, pa.kind);
+    } else {
+        report_unusable(st, o->cmd, &pa);
+        mgw_metrics_observe_latency(st->f->metric, (double)(now_us() - o->sent_us) / 1e6);
+        if (pa.nmods > 0) {
+            log_warn(st->sid, "modification dropped", "filter=%s event=%s mods=%zu reason=%s",
+                     st->f->conf.name, event_name(o->cmd), pa.nmods,
+                     mgw_policy_drop_name(MGW_POLICY_DROP_NOT_EOM));
+            mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_NOT_EOM, pa.nmods);
+        }
+        if (o->id >= bs->msg_first_id) {
+            apply_effect(st, o->cmd, pa.kind);
+            if (mgw_policy_refusal(pa.kind))
+                content_refused(bs, stream_index(st), o, MGW_POLICY_ANSWERED, pa.kind, pa.reply);
+        }
     }
     mgw_proto_scratch_reset(&sc);
     free(sc.chunks);
@@ -826,47 +972,51 @@ static void shadow_reply(struct stream *st, const struct owed *o, Miltergw__V1__
 static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
 {
     struct bsession *bs = st->bs;
+    struct mgw_owed *front = mgw_owed_front(&st->owed);
     struct answer *a;
     const char *why = NULL;
     char detail[160];
-    struct owed o;
+    struct mgw_owed o;
 
     /* A shadow filter's replies count after the MTA connection let go too. */
     if (st->broken || (bs == NULL && !st->f->conf.shadow)) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
-    if (st->nowed == 0 || r->event_id != st->owed[0].id) {
-        if (st->nowed == 0)
+    if (front == NULL || r->event_id != front->id) {
+        if (front == NULL)
             snprintf(detail, sizeof detail, "reply to event %" PRIu64 ", none was due",
                      r->event_id);
         else
             snprintf(detail, sizeof detail, "reply to event %" PRIu64 ", event %" PRIu64 " was due",
-                     r->event_id, st->owed[0].id);
+                     r->event_id, front->id);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         stream_fail(st, "out_of_contract", detail);
         return;
     }
-    o = st->owed[0];
     if (r->verdict == MILTERGW__V1__VERDICT__VERDICT_PROGRESS) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
-        st->owed[0].due_ms = now_ms() + timeout_of(st->f, o.cmd);
+        front->due_ms = now_ms() + timeout_of(st->f, front->cmd);
         deadline_update(st);
-        /* Only a filter the MTA is waiting for keeps the MTA waiting longer. */
-        if (bs != NULL && bs->active && o.id == bs->ev_id && bs->ans[stream_index(st)].pending)
+        /* Only a filter the MTA is waiting for (for this event, or for content answers it
+         * still owes) keeps the MTA waiting longer. */
+        if (bs != NULL && bs->active && bs->ans[stream_index(st)].pending)
             bs->progress(bs->progress_arg);
         return;
     }
-    memmove(st->owed, st->owed + 1, --st->nowed * sizeof *st->owed);
+    mgw_owed_pop(&st->owed, &o);
     deadline_update(st);
-    if (st->f->conf.shadow) {
-        shadow_reply(st, &o, r);
+    if (st->f->conf.shadow || o.kind == MGW_OWED_DEFERRED) {
+        unwaited_reply(st, &o, r);
         protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (bs != NULL)
+            event_check(bs);
         return;
     }
     a = &bs->ans[stream_index(st)];
-    if (!(bs->active && o.id == bs->ev_id && a->pending)) {
-        /* A late answer to an event already settled (early discard): nothing to do. */
+    if (!(o.kind == MGW_OWED_WAITED && bs->active && o.id == bs->ev_id && a->pending)) {
+        /* A late answer to an event already settled (early discard), or one nobody waits
+         * for: nothing to do. */
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
@@ -883,16 +1033,13 @@ static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
     apply_effect(st, bs->cmd, a->pa.kind);
     bs->waiting--;
     /* Nothing outranks a discard: answer the MTA now (PRODUCT.md, merge semantics). */
-    if ((bs->waiting == 0 || mgw_policy_final_early(a->pa.kind)) && !bs->dispatching)
+    if (mgw_policy_final_early(a->pa.kind) && !bs->dispatching)
         complete_event(bs);
+    else
+        event_check(bs);
 }
 
 /* ---- events ---- */
-
-static int is_message_event(uint8_t cmd)
-{
-    return strchr("MRTLNBE", cmd) != NULL;
-}
 
 /* Events this filter will still be sent in the current scope (policy rule 4). */
 static uint32_t receives_of(const struct bsession *bs, size_t i)
@@ -911,6 +1058,9 @@ static void reset_message_liveness(struct bsession *bs)
         bs->streams[i]->retired_msg = 0;
         bs->streams[i]->skip_body = 0;
     }
+    fate_free(bs);
+    bs->doomed = 0;
+    bs->msg_first_id = bs->next_id;
 }
 
 /* Send one packed event to every filter that takes part. A filter that answers it owes
@@ -919,7 +1069,12 @@ static void reset_message_liveness(struct bsession *bs)
 static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply)
 {
     uint32_t bit = mgw_policy_event_bit(cmd);
+    /* Content the MTA streams without waiting: answers count at its next wait (rule 7). */
+    int pipelined = !want_reply && (bit & MGW_POLICY_EV_CONTENT);
 
+    /* A refused message ends where answering each event would have ended it. */
+    if (bs->doomed && is_message_event(cmd))
+        return;
     bs->dispatching = 1;
     for (size_t i = 0; i < bs->b->nfilters; i++) {
         struct stream *st = bs->streams[i];
@@ -950,12 +1105,19 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
             bs->waiting++;
         }
         if (answers) {
-            if (st->nowed == MAX_OWED) {
+            uint64_t now = now_us();
+            struct mgw_owed o = {.id = id, .due_ms = now / 1000u + timeout_of(f, cmd),
+                                 .sent_us = now, .cmd = cmd, .kind = MGW_OWED_IGNORED};
+
+            if (waited_for)
+                o.kind = MGW_OWED_WAITED;
+            else if (pipelined && !f->conf.shadow)
+                o.kind = MGW_OWED_DEFERRED;
+            if (mgw_owed_push(&st->owed, &o) < 0) {
                 stream_fail(st, "out_of_contract", "too many unanswered events");
                 continue;
             }
-            st->owed[st->nowed++] = (struct owed){id, now_ms() + timeout_of(f, cmd), cmd};
-            if (st->nowed == 1)
+            if (st->owed.len == 1)
                 deadline_update(st);
         }
         stream_send(st, grpc_slice_ref(msg));
@@ -973,8 +1135,17 @@ static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64
     bs->waiting = 0;
     fan_out(bs, cmd, msg, id, 1);
     grpc_slice_unref(msg);
-    if (bs->waiting == 0)
-        complete_event(bs);
+    /* The MTA's wait also holds the content answers filters still owe (rule 7). */
+    for (size_t i = 0; i < bs->b->nfilters && is_message_event(cmd); i++) {
+        struct answer *a = &bs->ans[i];
+
+        if (!a->pending && bs->streams[i]->owed.deferred > 0) {
+            a->pending = 1;
+            a->draining = 1;
+            bs->waiting++;
+        }
+    }
+    event_check(bs);
 }
 
 static void release_answers(struct answer *ans, size_t n)
@@ -1020,16 +1191,37 @@ static void complete_event(struct bsession *bs)
     struct mgw_verdict v;
     mgw_backend_done_cb done = bs->done;
     void *done_arg = bs->done_arg;
-    uint8_t cmd = bs->cmd;
+    uint8_t cmd = bs->cmd, fate_cmd = 0;
     /* The message ends here at EOM, and at an 'E' whose body part got a final verdict. */
     int message_over = cmd == MGW_SMFIC_BODYEOB || bs->have_eom_after_body;
+    /* A refused content event decides instead (rule 7); its texts live until `done`. */
+    struct mgw_policy_result fate;
+    int fated = bs->fate != NULL && is_message_event(cmd) &&
+                mgw_policy_deferred_fate(bs->fate, n, &fate, &fate_cmd);
+    struct mgw_policy_deferred *fate_mem = NULL;
+    char **fate_text = NULL;
 
+    if (fated) {
+        fate_mem = bs->fate;
+        fate_text = bs->fate_text;
+        bs->fate = NULL;
+        bs->fate_text = NULL;
+        message_over = 1;
+    }
     for (size_t i = 0; i < n; i++) {
         struct answer *a = &ans[i];
 
         /* Still pending only after an early discard: settled without them. Their owed
          * replies keep their deadlines. */
         a->pending = 0;
+        a->draining = 0;
+        if (fated) {
+            /* Answering each event, nobody would have been asked this one. */
+            if (a->state != MGW_POLICY_NOT_ASKED && a->pa.nmods > 0)
+                mgw_metrics_mods_dropped(b->filters[i].metric, MGW_POLICY_DROP_REFUSED,
+                                         a->pa.nmods);
+            a->state = MGW_POLICY_NOT_ASKED;
+        }
         pa[i].state = a->state;
         pa[i].kind = a->pa.kind;
         pa[i].reply = a->pa.reply;
@@ -1045,11 +1237,19 @@ static void complete_event(struct bsession *bs)
     if (mgw_policy_merge(cmd, pa, n, mods, total + 1, drops, total + 1, &res) < 0)
         mgw_panic("bridge: merge refused its input");
     log_drops(bs, drops, res.ndrops < total + 1 ? res.ndrops : total + 1);
+    if (fated) {
+        res.kind = fate.kind;
+        res.reply = fate.reply;
+        res.decider = fate.decider;
+        res.failure_applied = fate.failure_applied;
+    }
     if (res.kind != MGW_VERDICT_CONTINUE || cmd == MGW_SMFIC_BODYEOB) {
-        log_info(bs->sid, "verdict", "event=%s verdict=%s decided_by=%s failure_policy=%s mods=%zu",
+        log_info(bs->sid, "verdict",
+                 "event=%s verdict=%s decided_by=%s failure_policy=%s mods=%zu refused_at=%s",
                  event_name(cmd), mgw_verdict_name(res.kind),
                  res.decider == MGW_POLICY_NONE ? "-" : b->filters[res.decider].conf.name,
-                 res.failure_applied ? "yes" : "no", res.nmods);
+                 res.failure_applied ? "yes" : "no", res.nmods,
+                 fated ? event_name(fate_cmd) : "-");
     }
 
     /* 'E' with data: its body chunk was answered; now the end of message itself. */
@@ -1084,6 +1284,10 @@ static void complete_event(struct bsession *bs)
     free(pa);
     free(mods);
     free(drops);
+    for (size_t i = 0; fate_text != NULL && i < n; i++)
+        free(fate_text[i]);
+    free(fate_text);
+    free(fate_mem);
 }
 
 static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
@@ -1130,6 +1334,9 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         start_event(bs, MGW_SMFIC_BODY, msg, id);
         return 0;
     }
+    /* Streamed content of a refused message goes nowhere (rule 7): not even packed. */
+    if (!want_reply && bs->doomed && is_message_event(m->cmd))
+        return 0;
     id = bs->next_id++;
     if (mgw_proto_event_build(&pe, &bs->ev_sc, id, ev) < 0)
         return MGW_EINVAL;
@@ -1146,7 +1353,8 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
 /* ---- sessions ---- */
 
 static void *bridge_open(void *impl, const struct mgw_session_info *info,
-                         mgw_backend_progress_cb progress, void *arg)
+                         mgw_backend_progress_cb progress, mgw_backend_flow_cb flow,
+                         void *arg)
 {
     struct bridge *b = impl;
     struct bsession *bs = mgw_xcalloc(1, sizeof *bs);
@@ -1161,6 +1369,7 @@ static void *bridge_open(void *impl, const struct mgw_session_info *info,
     memset(bs->offered.symlist, 0, sizeof bs->offered.symlist);
     memset(bs->negotiated.symlist, 0, sizeof bs->negotiated.symlist);
     bs->progress = progress;
+    bs->flow = flow;
     bs->progress_arg = arg;
     bs->next_id = 1;
     start_id = bs->next_id++; /* SessionStart: the same id on every stream, never 0 */
@@ -1200,6 +1409,7 @@ static void bridge_close(void *impl)
         stream_detach(bs->streams[i]);
     if (bs->have_eom_after_body)
         grpc_slice_unref(bs->eom_after_body);
+    fate_free(bs);
     release_answers(bs->ans, bs->b->nfilters);
     mgw_proto_scratch_reset(&bs->ev_sc);
     free(bs->ev_sc.chunks);

@@ -21,7 +21,8 @@ static void null_needs(void *backend, struct mgw_backend_needs *out)
 }
 
 static void *null_open(void *backend, const struct mgw_session_info *info,
-                       mgw_backend_progress_cb progress, void *arg)
+                       mgw_backend_progress_cb progress, mgw_backend_flow_cb flow,
+                       void *arg)
 {
     return &null_session;
 }

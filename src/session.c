@@ -80,6 +80,7 @@ struct mgw_session {
 
     unsigned idle_ms;     /* idle timeout between messages, from the config at adopt */
     uint8_t awaiting;     /* command whose answer is at the backend, or 0 */
+    int flow_stopped;     /* the backend asked us to read nothing more for now */
     int in_drain;         /* session_drain() is on the stack */
     int guard;            /* frame guard: a callback of ours is on the stack */
     int dead;             /* closed while a callback was on the stack: free on unwind */
@@ -105,6 +106,7 @@ struct mgw_server {
 };
 
 static void session_drain(struct mgw_session *s);
+static void session_read_on(struct mgw_session *s);
 static void session_free(struct mgw_session *s);
 
 static const char *const state_names[] = {
@@ -459,10 +461,32 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
     }
     if (session_unguard(s))
         return;
+    session_read_on(s);
+}
+
+/* Reading goes on when nothing holds it: no answer awaited, no back-pressure. */
+static void session_read_on(struct mgw_session *s)
+{
+    if (s->awaiting || s->flow_stopped || s->state == MGW_SESSION_CLOSING)
+        return;
     bufferevent_enable(s->bev, EV_READ);
     /* Frames may already wait in the input buffer; the socket will not signal them. */
     if (!s->in_drain)
         event_active(s->resume_ev, EV_TIMEOUT, 0);
+}
+
+static void session_on_flow(void *arg, int stop)
+{
+    struct mgw_session *s = arg;
+
+    if (stop == s->flow_stopped)
+        return;
+    log_debug(s->sid, stop ? "reading paused" : "reading resumed", "reason=backend");
+    s->flow_stopped = stop;
+    if (stop)
+        bufferevent_disable(s->bev, EV_READ);
+    else
+        session_read_on(s);
 }
 
 static void session_on_progress(void *arg)
@@ -492,7 +516,7 @@ static int backend_open(struct mgw_session *s)
         .sid = s->sid, .offered = &s->offered, .negotiated = &s->negotiated};
 
     s->bsession = s->backend->ops->session_open(s->backend->impl, &info,
-                                                     session_on_progress, s);
+                                                     session_on_progress, session_on_flow, s);
     if (s->bsession == NULL) {
         session_fail(s, MGW_EUNAVAIL, "backend refused the session");
         return -1;
@@ -765,7 +789,7 @@ static void session_drain(struct mgw_session *s)
     int frames = 0;
 
     s->in_drain++;
-    while (!s->awaiting && s->state != MGW_SESSION_CLOSING) {
+    while (!s->awaiting && !s->flow_stopped && s->state != MGW_SESSION_CLOSING) {
         size_t avail = evbuffer_get_length(in);
         uint8_t hdr[MGW_MILTER_HDR_LEN];
         struct mgw_milter_msg m;

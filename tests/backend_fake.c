@@ -50,11 +50,14 @@ static void fake_fire(evutil_socket_t fd, short what, void *p)
 }
 
 static void *fake_open(void *impl, const struct mgw_session_info *info,
-                       mgw_backend_progress_cb progress, void *arg)
+                       mgw_backend_progress_cb progress, mgw_backend_flow_cb flow,
+                       void *arg)
 {
     struct fake_backend *f = impl;
     struct fake_session *fs = calloc(1, sizeof *fs);
 
+    f->flow = flow;
+    f->flow_arg = arg;
     fs->f = f;
     fs->progress = progress;
     fs->progress_arg = arg;
@@ -99,6 +102,16 @@ static void record(struct fake_backend *f, const struct mgw_event *ev, int want_
     }
 }
 
+static void fake_resume(evutil_socket_t fd, short what, void *p)
+{
+    struct fake_backend *f = p;
+
+    f->events_at_resume = f->nevents;
+    event_free(f->flow_timer);
+    f->flow_timer = NULL;
+    f->flow(f->flow_arg, 0);
+}
+
 static int fake_event(void *bs, const struct mgw_event *ev, int want_reply,
                       mgw_backend_done_cb done, void *arg)
 {
@@ -107,6 +120,12 @@ static int fake_event(void *bs, const struct mgw_event *ev, int want_reply,
     static const struct timeval zero = {0, 0};
 
     record(f, ev, want_reply);
+    if (f->flow_stop_cmd != 0 && ev->msg->cmd == f->flow_stop_cmd && f->events_at_stop == 0) {
+        f->events_at_stop = f->nevents;
+        f->flow(f->flow_arg, 1);
+        f->flow_timer = evtimer_new(f->evbase, fake_resume, f);
+        evtimer_add(f->flow_timer, &zero);
+    }
     if (!want_reply)
         return 0;
     if (fs->pending_cmd != 0)

@@ -43,6 +43,14 @@ struct fake_backend {
     int nevents;
     int opens, closes, progress_sent;
     int open_sessions;
+    /* The last opened session's flow control. With flow_stop_cmd set, the first event
+     * of that command stops the session's reading, and a zero-delay timer restarts it,
+     * noting how many events had come by then (events_at_stop, events_at_resume). */
+    mgw_backend_flow_cb flow;
+    void *flow_arg;
+    uint8_t flow_stop_cmd;
+    int events_at_stop, events_at_resume;
+    struct event *flow_timer;
 };
 
 /* The backend is embedded: pass &f->base to mgw_server_new(). */

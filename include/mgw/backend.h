@@ -83,15 +83,20 @@ struct mgw_session_info {
 typedef void (*mgw_backend_done_cb)(void *arg, const struct mgw_verdict *v);
 /* A filter is still working: the session sends PROGRESS to keep the MTA waiting. */
 typedef void (*mgw_backend_progress_cb)(void *arg);
+/* Back-pressure for events the MTA streams without waiting (NR_*): stop = 1 asks the
+ * session to read nothing more from the MTA, stop = 0 lets it go on. The backend must
+ * always let it go on eventually (its own deadlines bound every wait). */
+typedef void (*mgw_backend_flow_cb)(void *arg, int stop);
 
 struct mgw_backend_ops {
     const char *name;
     /* Fill *out; must not block. */
     void (*needs)(void *backend, struct mgw_backend_needs *out);
     /* Open per-connection state after negotiation; returns NULL only on a hard error
-     * (then the session closes). `arg` is passed back to progress. */
+     * (then the session closes). `arg` is passed back to progress and flow. */
     void *(*session_open)(void *backend, const struct mgw_session_info *info,
-                          mgw_backend_progress_cb progress, void *arg);
+                          mgw_backend_progress_cb progress, mgw_backend_flow_cb flow,
+                          void *arg);
     /* Forward one event; see the contract above. Returns 0 or an MGW_E* code. */
     int (*event)(void *bsession, const struct mgw_event *ev, int want_reply,
                  mgw_backend_done_cb done, void *arg);

@@ -25,13 +25,14 @@ enum mgw_owed_kind {
 struct mgw_owed {
     uint64_t id;
     uint64_t due_ms; /* monotonic deadline of the reply */
+    uint64_t sent_us; /* monotonic time the event was queued, for the latency histogram */
     uint8_t cmd;     /* milter command letter of the event */
     uint8_t kind;    /* enum mgw_owed_kind */
 };
 
 /* Replies a filter may owe at once. Far above any real backlog (a message's headers and
  * its body chunks while the filter is behind); beyond it the filter is not answering. */
-#define MGW_OWED_MAX 16384u
+#define MGW_OWED_MAX 4096u
 
 struct mgw_owed_fifo {
     struct mgw_owed *ring;

@@ -486,7 +486,7 @@ class TestFilter:
 
 def filter_arg(name, target, **opts):
     """The value of one `--filter`: NAME=TARGET[,key=value...]. target may be a TestFilter.
-    Keys: on_error, timeout, eom_timeout, mode, max_queue, max_message."""
+    Keys: on_error, timeout, eom_timeout, mode, content, max_queue, max_message."""
     if isinstance(target, TestFilter):
         target = target.target
     return ",".join(["%s=%s" % (name, target)] + ["%s=%s" % kv for kv in opts.items()])

@@ -150,9 +150,21 @@ class BridgeVerdicts(BridgeCase):
         self.assertEqual(got.body, lf(body))
 
     def test_3_reject_at_header_after_data(self):
+        # Pipelined (the default): Postfix streams the headers; the refusal of the first
+        # one is the answer at end of message, whatever the filter said to what it was
+        # sent meanwhile (the end of message too, if it got there first).
+        f = self.filter("--reject-at", "header", "--code", "550", "--xcode", "5.7.1",
+                        "--text", "Header rejected by test filter")
+        self.gateway(filter_arg("a", f))
+        self.reject_at_header(refused_at="HEADER", event="BODYEOB")
+
+    def test_3b_reject_at_header_strict(self):
         self.filter("--reject-at", "header", "--code", "550", "--xcode", "5.7.1",
                     "--text", "Header rejected by test filter")
-        self.gateway(filter_arg("a", self.filters[0]))
+        self.gateway(filter_arg("a", self.filters[0], content="strict"))
+        self.reject_at_header(refused_at="-", event="HEADER")
+
+    def reject_at_header(self, refused_at, event):
         msg, _, _ = make_message("reject at header", BODY)
         rc, out, _ = self.swaks(msg)
         self.assertNotEqual(rc, 0, out)
@@ -161,7 +173,8 @@ class BridgeVerdicts(BridgeCase):
         self.assertEqual(swaks_replies(out, "DATA")[-1][:3], "354", out)
         self.assertEqual(swaks_replies(out, "."), ["550 5.7.1 Header rejected by test filter"],
                          out + "\n" + self.context())
-        self.wait_gw_log(msg="verdict", event="HEADER", verdict="reject", decided_by="a")
+        self.wait_gw_log(msg="verdict", event=event, verdict="reject", decided_by="a",
+                         refused_at=refused_at)
 
     def test_4_discard(self):
         self.filter("--discard-at", "eom")
@@ -675,30 +688,49 @@ class BridgeMisc(BridgeCase):
         self.wait_gw_log(msg="filter failed", filter="shadow", reason="timeout")
 
 
-    def test_9_a_stopped_observer_gets_its_failure_policy_not_our_memory(self):
-        # Headers and body are observe-only: Postfix streams them without waiting, so
-        # nothing throttles them but the stream's byte cap (max_queue), once the transport's
-        # own buffers are full. A max_queue this small needs a frame cap to match (one
-        # frame's event must fit): Postfix's frames are at most 65536 bytes.
-        f = self.filter("--events", "header,body,eom", "--observe", "header,body",
-                        "--add-header", "X-Seen:yes")
-        self.gateway(filter_arg("a", f, eom_timeout="30s", timeout="20s", max_queue="256KiB"),
-                     extra=["--max-frame", "65536"])
+    def stopped_filter_big_message(self, f):
         f.wait_record("describe")
         os.kill(f.pid, signal.SIGSTOP)
         try:
             line = b"%07d the quick brown fox jumps over the lazy dog 0123456789\r\n"
             big = b"".join(line % i for i in range(6 * 1024 * 1024 // len(line % 0)))
-            msg, _, _ = make_message("stopped observer", big)
+            msg, _, _ = make_message("stopped filter", big)
             t0 = time.monotonic()
             res = self.session([("sender@example.org", ["rcpt@example.com"], msg)])[0]
             took = time.monotonic() - t0
         finally:
             os.kill(f.pid, signal.SIGCONT)
+        return res, took
+
+    def test_9_a_stopped_filter_holds_the_mta_until_its_send_deadline(self):
+        # Headers and body are pipelined: Postfix streams them without waiting, and the
+        # stream's queue past half its max_queue stops the gateway reading from Postfix
+        # (back-pressure) rather than growing. A filter that takes nothing fails after
+        # `timeout` ("took no event"), and its on_error answers the message. A max_queue
+        # this small needs a frame cap to match (one frame's event must fit).
+        f = self.filter("--events", "header,body,eom", "--add-header", "X-Seen:yes")
+        self.gateway(filter_arg("a", f, eom_timeout="30s", timeout="3s", max_queue="256KiB"),
+                     extra=["--max-frame", "65536", "--log-level", "debug"])
+        res, took = self.stopped_filter_big_message(f)
         self.assertTrue(res["data"] and res["data"][0] == 451, "%r\n%s" % (res, self.context()))
-        self.assertLess(took, 15, "waited for the deadline instead of failing at the cap")
+        self.assertLess(took, 25, "waited for eom_timeout instead of the send deadline")
+        self.wait_gw_log(msg="filter failed", filter="a", reason="timeout")
+        self.assertEqual(self.gw.find_log(msg="filter failed", reason="queue_full"), [],
+                         self.context())
+        self.gw.wait_log(msg="reading paused")
+
+    def test_9c_a_stopped_shadow_filter_fails_at_its_cap_and_never_holds_the_mta(self):
+        # The MTA never waits for a shadow filter, not even for its transport: its queue
+        # is capped by max_queue, past which it fails; the mail goes through at once.
+        f = self.filter("--events", "header,body,eom")
+        self.gateway(filter_arg("a", f, mode="shadow", timeout="20s", max_queue="256KiB"),
+                     extra=["--max-frame", "65536", "--log-level", "debug"])
+        res, took = self.stopped_filter_big_message(f)
+        self.assertTrue(res["data"] and res["data"][0] == 250, "%r\n%s" % (res, self.context()))
+        self.assertLess(took, 15, "waited for the shadow filter's deadline")
         rec = self.wait_gw_log(msg="filter failed", filter="a", reason="queue_full")[0]
         self.assertIn("max_queue 262144", rec.get("detail", ""), rec)
+        self.assertEqual(self.gw.find_log(msg="reading paused"), [], self.context())
 
     def test_9b_the_smallest_max_queue_taken_passes_full_body_chunks(self):
         # The config takes max_queue down to one full frame's event (max_frame + 1 KiB,
@@ -781,24 +813,29 @@ class BridgeRawMilter(unittest.TestCase):
             self.assertEqual(c.command(frame("M", cstr("<one@example.org>")))[0], "c")
             self.assertEqual(c.command(frame("R", cstr("<r@example.com>")))[0], "c")
             self.assertEqual(c.command(frame("T"))[0], "c")
-            self.assertEqual(c.command(frame("N"))[0], "c")
+            c.send(frame("N"))  # NR_EOH negotiated (content is pipelined): no answer
             self.assertEqual(c.command(frame("E", b"the last body bytes\r\n"))[0], "r")
             self.assertEqual(c.command(frame("M", cstr("<two@example.org>")))[0], "c")
         got = fs["a"].wait_record("mail", count=2)
         self.assertEqual([r["addr"] for r in got], ["<one@example.org>", "<two@example.org>"])
 
     def test_3_too_many_unanswered_events_apply_the_failure_policy(self):
-        # "slow" owes a reply for every RCPT that "d" discarded at once; at the 17th the
-        # gateway gives up on it, and its on_error decides that RCPT.
-        gw, fs = self.start([("slow", ["--events", "rcpt", "--delay-ms", "5000"]),
+        # "slow" owes a reply for every RCPT that "d" discarded at once; past the limit
+        # (MGW_OWED_MAX, 4096) the gateway gives up on it, and its on_error decides that
+        # RCPT. The frames go out in one write and the answers are read after: the
+        # gateway takes one command at a time anyway.
+        owed_max = 4096
+        gw, fs = self.start([("slow", ["--events", "rcpt", "--delay-ms", "100000"]),
                              ("d", ["--discard-at", "rcpt", "--only-from", "<spam@example.org>"])],
-                            slow={"on_error": "reject"})
-        with mgwtest.MilterConn(gw.host, gw.port) as c:
+                            slow={"on_error": "reject", "timeout": "120s"})
+        with mgwtest.MilterConn(gw.host, gw.port, timeout=60) as c:
             self.greet(c)
-            for i in range(16):
-                self.assertEqual(c.command(frame("M", cstr("<spam@example.org>")))[0], "c")
-                self.assertEqual(c.command(frame("R", cstr("<r%d@example.com>" % i)))[0], "d")
-                c.send(frame("A"))
+            c.send(b"".join(frame("M", cstr("<spam@example.org>")) +
+                            frame("R", cstr("<r%d@example.com>" % i)) + frame("A")
+                            for i in range(owed_max)))
+            for i in range(owed_max):
+                self.assertEqual(c.read_frame()[0], "c")
+                self.assertEqual(c.read_frame()[0], "d")
             self.assertEqual(c.command(frame("M", cstr("<ham@example.org>")))[0], "c")
             self.assertEqual(c.command(frame("R", cstr("<r@example.com>")))[0], "r")
         rec = gw.wait_log(msg="filter failed", filter="slow")[0]

@@ -187,11 +187,32 @@ class SendmailVerdicts(SendmailCase):
         self.assertNotDeliveredMsg(msg)
 
     def test_reject_at_header_after_data(self):
-        self.one_filter("--reject-at", "header", "--code", "554", "--xcode", "5.7.1", "--text", "Bad header")
+        f = self.one_filter("--reject-at", "header", "--code", "554", "--xcode", "5.7.1",
+                            "--text", "Bad header")
         msg, _, _ = make_message("reject at header", BODY)
         res = self.send(msg)
         self.assertEqual(res["data"], (554, "5.7.1 Bad header"), "%r\n%s" % (res, self.context()))
         self.sm.wait_queue_empty(15)
+        # pipelined (the default): Sendmail streams the content without waiting (NR_HDR,
+        # NR_EOH, NR_BODY) and the refusal of the first header is its answer at EOM; the
+        # filter got nothing of the message after the header it refused came back
+        seq = self.trace()
+        self.assertRegex(seq, r"\bT c( L)+ N B D E y\b", seq)
+        self.gw.wait_log(msg="verdict", event="BODYEOB", verdict="reject", refused_at="HEADER")
+        self.assertEqual(f.find("eom"), [], f.record_text())
+
+    def test_reject_at_header_strict(self):
+        f = self.filter("--reject-at", "header", "--code", "554", "--xcode", "5.7.1",
+                        "--text", "Bad header")
+        self.gateway(filter_arg("a", f, content="strict"))
+        msg, _, _ = make_message("reject at header, strict", BODY)
+        res = self.send(msg)
+        self.assertEqual(res["data"], (554, "5.7.1 Bad header"), "%r\n%s" % (res, self.context()))
+        self.sm.wait_queue_empty(15)
+        # strict: Sendmail waits for the header's answer and stops there
+        seq = self.trace()
+        self.assertRegex(seq, r"\bT c L y\b", seq)
+        self.gw.wait_log(msg="verdict", event="HEADER", verdict="reject", refused_at="-")
 
     def test_discard_at_eom(self):
         self.one_filter("--discard-at", "eom")
@@ -485,11 +506,13 @@ class SendmailSessions(SendmailCase):
                          "--text", "b refuses the recipient", name="b")
         fc = self.filter("--only-from", "<rej-hdr@example.org>", "--reject-at", "header",
                          "--code", "554", "--xcode", "5.7.1", "--text", "c refuses a header", name="c")
+        # c is strict, so the frames show what Sendmail does after a refused header
         fd = self.filter("--only-from", "<tf-eom@example.org>", "--tempfail-at", "eom",
                          "--code", "451", "--xcode", "4.3.0", "--text", "d says later", name="d")
         fe = self.filter("--only-from", "<disc@example.org>", "--discard-at", "eom", name="e")
         ff = self.filter("--only-from", "<mod@example.org>", "--add-header", "X-Mod:f was here", name="f")
-        self.gateway(*[filter_arg(f.name, f) for f in (fa, fb, fc, fd, fe, ff)])
+        self.gateway(*[filter_arg(f.name, f, **({"content": "strict"} if f is fc else {}))
+                       for f in (fa, fb, fc, fd, fe, ff)])
         plan = [("rej-mail", "rej-mail@example.org", ["r1@example.com"]),
                 ("ok1", "ok1@example.org", ["r2@example.com"]),
                 ("rcpt-only-refused", "rcpt@example.org", ["refused@example.com"]),

@@ -649,6 +649,28 @@ static void unanswered_events_get_no_reply(void **state)
     assert_false(fake_nth(&h->fake, MGW_SMFIC_HEADER, 0)->want_reply);
 }
 
+/* Back-pressure: while the backend holds the session, no further frame is handled, even
+ * with the whole message already in the input buffer; then everything comes, in order. */
+static void backend_flow_control_pauses_reading(void **state)
+{
+    struct harness *h = *state;
+    static struct script sc;
+
+    h->fake.needs.protocol = MGW_SMFIP_NR_HDR | MGW_SMFIP_NR_EOH | MGW_SMFIP_NR_BODY;
+    h->fake.flow_stop_cmd = MGW_SMFIC_HEADER;
+    sc.len = 0;
+    put_greeting(&sc);
+    put_message(&sc, "<a@x>");
+    put_simple(&sc, MGW_SMFIC_QUIT);
+    run(h, &sc, NULL);
+    assert_true(h->fake.events_at_stop > 0);
+    assert_int_equal(h->fake.events_at_resume, h->fake.events_at_stop);
+    /* O, connect, helo, mail, rcpt, data, (headers, eoh, body streamed), eom */
+    assert_replies(h, "Occccca");
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_HEADER), 2);
+    assert_int_equal(fake_count(&h->fake, MGW_SMFIC_BODYEOB), 1);
+}
+
 static void events_the_backend_declined_are_answered_locally(void **state)
 {
     struct harness *h = *state;
@@ -1136,6 +1158,7 @@ int main(void)
         SYNC_AND_ASYNC(illegal_verdicts_are_made_legal),
         cmocka_unit_test_setup_teardown(skip_is_sent_when_negotiated, setup, teardown),
         cmocka_unit_test_setup_teardown(unanswered_events_get_no_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(backend_flow_control_pauses_reading, setup, teardown),
         cmocka_unit_test_setup_teardown(events_the_backend_declined_are_answered_locally, setup,
                                         teardown),
         SYNC_AND_ASYNC(quit_nc_starts_a_new_connection_on_the_same_socket),
