@@ -23,9 +23,10 @@
 #   REALISTIC (1; 0 skips the realistic-message pass),
 #   LOAD_ARGS (extra mgw_load options for both passes; the realistic pass's own shape
 #     options come after them and win),
-#   OUT (results directory, default ./bench-out: results.tsv, idle.tsv),
+#   OUT (results directory, default ./bench-out: results.tsv, idle.tsv, and with gnuplot
+#     chart.svg and chart-realistic.svg),
 #   MILTERGW, MGW_LOAD, LIBMILTER_NULL, TEST_FILTER (binary paths, override BUILD_DIR).
-# Needs: Linux /proc, bash, awk.
+# Needs: Linux /proc, bash, awk; gnuplot for the charts (optional).
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
@@ -44,6 +45,7 @@ MGW_LOAD=${MGW_LOAD:-$build/tools/mgw_load}
 LIBMILTER_NULL=${LIBMILTER_NULL:-$build/tools/libmilter_null}
 TEST_FILTER=${TEST_FILTER:-$build/tests/filter/mgw_test_filter}
 REALISTIC_ARGS="--body-bytes 100000 --rcpts 5 --headers 20"
+SETUPS="libmilter mgw-null mgw-filter mgw-3filters"
 
 if [ ! -x "$MILTERGW" ] || [ ! -x "$MGW_LOAD" ] || [ ! -x "$TEST_FILTER" ]; then
     echo "== building $build (Release)"
@@ -64,6 +66,7 @@ tsv=$OUT/results.tsv
 idle_tsv=$OUT/idle.tsv
 printf 'setup\tshape\tconns\tmsgs_per_sec\tp50_ms\tp99_ms\tsrv_cpu_us_per_msg\tfilter_cpu_us_per_msg\tgw_us_per_event\trss_mb\tevents_per_msg\terrors\n' >"$tsv"
 printf 'setup\tconns\tbase_rss_mb\trss_mb\tkb_per_conn\n' >"$idle_tsv"
+rm -f "$OUT/chart.svg" "$OUT/chart-realistic.svg" # a missing chart must not look current
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mgw-bench.XXXXXX")
 pids=()
@@ -341,7 +344,7 @@ throughput() {
     stop_all
 }
 
-declare -A shape_text
+declare -A shape_text # for the chart titles
 if [ -n "$CONNS" ]; then
     throughput default ""
     if [ "$REALISTIC" != 0 ]; then
@@ -527,8 +530,50 @@ if [ -n "$CONNS" ] || [ -n "$IDLE" ]; then
     }' "$tsv"
 fi
 
+# ---- charts ----
+
+# One SVG per message shape: msgs/s against connections, one line per setup.
+chart() {
+    local shape=$1 file=$2 setup plot="" sep=""
+    for setup in $SETUPS; do
+        awk -F'\t' -v s="$setup" -v sh="$shape" '$1 == s && $2 == sh { print $3, $4 }' "$tsv" \
+            >"$work/plot-$shape-$setup.dat"
+        [ -s "$work/plot-$shape-$setup.dat" ] || continue
+        plot+="$sep'$work/plot-$shape-$setup.dat' using 1:2 with linespoints lw 2 pt 7 title '$setup'"
+        sep=", "
+    done
+    [ -n "$plot" ] || return 0
+    gnuplot <<EOF || echo "bench.sh: gnuplot failed: no $file" >&2
+set terminal svg size 800,480 noenhanced font "sans,12" background rgb "white"
+set output '$OUT/$file'
+set title "msgs/s against MTA connections, ${DURATION}s per point; $shape message:\n${shape_text[$shape]}\n$(nproc) CPUs, $title_cpu, miltergw $commit, $started_at"
+set logscale x
+set xtics ($(echo "$CONNS" | awk '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), $i }'))
+set xrange [$(echo "$CONNS" | awk '{ lo = hi = $1; for (i = 2; i <= NF; i++) { if ($i < lo) lo = $i; if ($i > hi) hi = $i }
+    printf "%g:%g", lo / 1.3, hi * 1.3 }')]
+set xlabel "MTA connections (log scale)"
+set ylabel "messages/s"
+set yrange [0:*]
+set grid
+set key outside right top
+plot $plot
+EOF
+}
+
+# gnuplot reads the title in a double-quoted string, where quotes and backslashes matter.
+title_cpu=${cpu_model//[\"\\]/}
+if [ -n "$CONNS" ]; then
+    if command -v gnuplot >/dev/null 2>&1; then
+        chart default chart.svg
+        if [ "$REALISTIC" != 0 ]; then
+            chart realistic chart-realistic.svg
+        fi
+    else
+        echo "bench.sh: gnuplot not found (apt-get install -y gnuplot-nox): no chart"
+    fi
+fi
 written=""
-for f in results.tsv idle.tsv; do
+for f in results.tsv idle.tsv chart.svg chart-realistic.svg; do
     if [ -e "$OUT/$f" ]; then
         written+=" $f"
     fi
