@@ -18,7 +18,9 @@
  * All connections are set up (negotiated, CONNECT and HELO answered) before the clock
  * starts, so "seconds" covers the message phase only. With --messages 0 the connections
  * stay idle after setup ("ready" is printed) until --duration passes or a signal arrives:
- * that is the idle-memory mode of tools/bench.sh.
+ * that is the idle-memory mode of tools/bench.sh. The report line also gives the number of
+ * message-stage commands sent (events=) and the message shape, so that CPU per message
+ * can be turned into CPU per event without knowing which NO* bits were negotiated.
  *
  * What it does not do: SMTP, TLS, UNKNOWN commands, Sendmail's dialect (K, no ABORT).
  *
@@ -105,6 +107,7 @@ struct conn {
 
 struct stats {
     unsigned long messages, accepted, other, modifications, conn_verdicts, errors;
+    unsigned long events; /* message-stage commands sent (MAIL..EOB; not D, ABORT, QUIT) */
     uint32_t *lat_us; /* owned; one per message */
     size_t nlat, caplat;
     uint32_t protocol, actions; /* of the first negotiated connection, for the report */
@@ -278,6 +281,9 @@ static bool put_event(struct conn *c, const struct mgw_milter_msg *m)
     if (!sends(c, m->cmd))
         return false;
     put(c, m);
+    /* CONNECT and HELO come once per connection, before the clock: not a message's. */
+    if (m->cmd != MGW_SMFIC_CONNECT && m->cmd != MGW_SMFIC_HELO)
+        st.events++;
     if (!mgw_negotiate_replies(c->protocol, m->cmd))
         return false;
     c->wait = m->cmd;
@@ -433,6 +439,7 @@ static void advance(struct conn *c)
             put_macros(c, 'E', nv_i, 1);
             m.cmd = MGW_SMFIC_BODYEOB; /* Postfix: body in B frames, then an empty EOB */
             put(c, &m);
+            st.events++;
             c->wait = MGW_SMFIC_BODYEOB; /* always answered */
             c->deadline = now() + o.timeout_s;
             return;
@@ -822,7 +829,8 @@ static void usage(FILE *f)
           "  -H, --headers H        headers per message (default 8)\n"
           "  -d, --duration S       stop starting messages after S seconds (default: none)\n"
           "  -t, --timeout S        per-reply timeout in seconds (default 30)\n"
-          "Prints one key=value line; exit status 1 on protocol errors.\n",
+          "Prints one key=value line (events= counts the MAIL, RCPT, DATA, header, EOH,\n"
+          "body and EOB commands sent); exit status 1 on protocol errors.\n",
           f);
 }
 
@@ -988,10 +996,11 @@ int main(int argc, char **argv)
     double secs = started ? t_end - t_start : 0;
     printf("messages=%lu seconds=%.3f msgs_per_sec=%.1f p50_ms=%.3f p99_ms=%.3f "
            "accepted=%lu other_verdicts=%lu conn_verdicts=%lu modifications=%lu errors=%lu "
-           "connections=%u protocol=0x%06" PRIx32 " actions=0x%03" PRIx32 "\n",
+           "connections=%u protocol=0x%06" PRIx32 " actions=0x%03" PRIx32 " events=%lu "
+           "rcpts=%u headers=%u body_bytes=%zu\n",
            st.messages, secs, secs > 0 ? (double)st.messages / secs : 0.0, pct_ms(0.50),
            pct_ms(0.99), st.accepted, st.other, st.conn_verdicts, st.modifications, st.errors,
-           o.conns, st.protocol, st.actions);
+           o.conns, st.protocol, st.actions, st.events, o.rcpts, o.headers, o.body_bytes);
     free(st.lat_us);
     free(body);
     free(conns);
