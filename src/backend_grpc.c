@@ -64,6 +64,10 @@
 #define DESCRIBE_METHOD "/miltergw.v1.Filter/Describe"
 #define DESCRIBE_TIMEOUT_MS 5000
 #define LINGER_MS 5000 /* a half-closed stream the filter does not end is cancelled */
+/* One batch (Description.batches) carries at most this much, well under any filter's
+ * receive cap (4 MiB is gRPC's default), so it never fails where single events would not. */
+#define BATCH_MAX_EVENTS 256
+#define BATCH_MAX_BYTES (1u << 20)
 
 struct bridge;
 struct bsession;
@@ -80,6 +84,7 @@ struct filter {
     struct mgw_policy_decl decl;     /* current declaration */
     struct mgw_proto_scratch decl_mem; /* owns decl's macro lists */
     int described;                   /* decl came from the filter itself */
+    int batching;                    /* it takes EventBatch and sends Reply.batch */
 
     /* The Describe call in flight, if any. */
     grpc_call *describe_call;
@@ -106,8 +111,9 @@ struct stream {
     grpc_metadata_array md_initial, md_trailing;
     grpc_status_code status;
     grpc_slice status_details;
-    grpc_byte_buffer **queue; /* messages waiting for the send slot */
+    grpc_slice *queue; /* packed events waiting for the send slot */
     size_t nqueue, capqueue;
+    int batching;      /* the filter's Description.batches when the stream opened */
     grpc_byte_buffer *sending;
     size_t queued_bytes;  /* in queue[] and sending */
     size_t sending_len;   /* of `sending`, taken at the start: gRPC empties the buffer */
@@ -338,13 +344,14 @@ static void describe_done(struct mgw_grpc_tag *tag, int ok)
 
         memset(&f->decl_mem, 0, sizeof f->decl_mem);
         mgw_proto_decl_from_description(d, &f->decl_mem, &f->decl);
+        f->batching = d->batches;
         mgw_proto_scratch_reset(&old);
         free(old.chunks);
         f->described = 1;
         log_info(0, "filter described", "filter=%s target=%s events=0x%" PRIx32
-                 " observe_only=0x%" PRIx32 " actions=0x%" PRIx32,
+                 " observe_only=0x%" PRIx32 " actions=0x%" PRIx32 " batches=%d",
                  f->conf.name, f->conf.target, f->decl.events, f->decl.observe_only,
-                 f->decl.actions);
+                 f->decl.actions, f->batching);
         protobuf_c_message_free_unpacked(&d->base, NULL);
         recompute_needs(b);
     } else {
@@ -475,7 +482,7 @@ static void stream_free_if_done(struct stream *st)
     if (st->sending != NULL)
         grpc_byte_buffer_destroy(st->sending);
     for (size_t i = 0; i < st->nqueue; i++)
-        grpc_byte_buffer_destroy(st->queue[i]);
+        grpc_slice_unref(st->queue[i]);
     free(st->queue);
     mgw_owed_clear(&st->owed);
     grpc_metadata_array_destroy(&st->md_initial);
@@ -528,10 +535,53 @@ static void start_batch(struct stream *st, const grpc_op *ops, size_t n, struct 
     st->batches++;
 }
 
+/* How many queued events the next send carries: one, or for a filter that takes batches
+ * as many as fit (the first always goes, whatever its size). */
+static size_t batch_size(const struct stream *st)
+{
+    size_t k = 1, bytes = GRPC_SLICE_LENGTH(st->queue[0]);
+
+    if (!st->batching)
+        return 1;
+    while (k < st->nqueue && k < BATCH_MAX_EVENTS &&
+           bytes + GRPC_SLICE_LENGTH(st->queue[k]) <= BATCH_MAX_BYTES) {
+        bytes += GRPC_SLICE_LENGTH(st->queue[k]); /* a macro: its argument twice */
+        k++;
+    }
+    return k;
+}
+
+/* One Event{batch: EventBatch{events: queue[0..take)}} on the wire: the events as they
+ * were packed, each after its field prefix (filter_proto.h), no copy of their bytes. */
+static grpc_byte_buffer *batch_buffer(const struct stream *st, size_t take)
+{
+    grpc_slice *parts = mgw_xcalloc(2 * take + 1, sizeof *parts);
+    uint8_t pre[MGW_PROTO_PREFIX_MAX];
+    grpc_byte_buffer *bb;
+    uint64_t inner = 0;
+
+    for (size_t k = 0; k < take; k++) {
+        size_t len = GRPC_SLICE_LENGTH(st->queue[k]);
+        size_t n = mgw_proto_field_prefix(pre, MGW_PROTO_EVENT_BATCH_EVENTS, len);
+
+        parts[2 * k + 1] = grpc_slice_from_copied_buffer((const char *)pre, n);
+        parts[2 * k + 2] = st->queue[k];
+        inner += n + len;
+    }
+    parts[0] = grpc_slice_from_copied_buffer(
+        (const char *)pre, mgw_proto_field_prefix(pre, MGW_PROTO_EVENT_BATCH, inner));
+    bb = grpc_raw_byte_buffer_create(parts, 2 * take + 1);
+    grpc_slice_unref(parts[0]); /* the prefixes; queue[] is the caller's */
+    for (size_t k = 0; k < take; k++)
+        grpc_slice_unref(parts[2 * k + 1]);
+    free(parts);
+    return bb;
+}
+
 static void send_next(struct stream *st)
 {
     grpc_op ops[2];
-    size_t n = 0;
+    size_t n = 0, take;
 
     if (st->sending != NULL || st->broken || st->finished)
         return;
@@ -544,9 +594,15 @@ static void send_next(struct stream *st)
         }
         return;
     }
-    st->sending = st->queue[0];
-    st->sending_len = grpc_byte_buffer_length(st->sending);
-    memmove(st->queue, st->queue + 1, --st->nqueue * sizeof *st->queue);
+    take = batch_size(st);
+    st->sending = take > 1 ? batch_buffer(st, take) : grpc_raw_byte_buffer_create(st->queue, 1);
+    st->sending_len = 0;
+    for (size_t k = 0; k < take; k++) {
+        st->sending_len += GRPC_SLICE_LENGTH(st->queue[k]);
+        grpc_slice_unref(st->queue[k]); /* the byte buffer holds its own references */
+    }
+    st->nqueue -= take;
+    memmove(st->queue, st->queue + take, st->nqueue * sizeof *st->queue);
     if (!st->initial_sent) {
         st->initial_sent = 1;
         ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -599,8 +655,7 @@ static void stream_send(struct stream *st, grpc_slice msg)
         st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
         st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
     }
-    st->queue[st->nqueue++] = grpc_raw_byte_buffer_create(&msg, 1); /* takes its own ref */
-    grpc_slice_unref(msg);
+    st->queue[st->nqueue++] = msg;
     send_next(st);
     flow_update(st);
 }
@@ -726,6 +781,7 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
     st->f = f;
     st->bs = bs;
     st->sid = bs->sid;
+    st->batching = f->batching;
     grpc_metadata_array_init(&st->md_initial);
     grpc_metadata_array_init(&st->md_trailing);
     st->status_details = grpc_empty_slice();
@@ -969,7 +1025,7 @@ static void unwaited_reply(struct stream *st, const struct mgw_owed *o, Miltergw
     free(sc.chunks);
 }
 
-static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
+static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
 {
     struct bsession *bs = st->bs;
     struct mgw_owed *front = mgw_owed_front(&st->owed);
@@ -1037,6 +1093,36 @@ static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
         complete_event(bs);
     else
         event_check(bs);
+}
+
+/* A message from the filter: one reply, or a batch of them (Description.batches), each
+ * taken over and handled in order as if it had come alone. */
+static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
+{
+    const char *why = NULL;
+
+    if (r->n_batch == 0) {
+        reply_one(st, r);
+        return;
+    }
+    if (!st->batching)
+        why = "a batch of replies from a filter that did not declare batches";
+    else if (r->event_id != 0 || r->verdict != 0 || r->response != NULL || r->n_modifications)
+        why = "a batch of replies with fields of its own";
+    for (size_t i = 0; why == NULL && i < r->n_batch; i++) {
+        Miltergw__V1__Reply *one = r->batch[i];
+
+        r->batch[i] = NULL; /* now ours: protobuf-c frees NULL elements as nothing */
+        if (one->n_batch > 0) {
+            protobuf_c_message_free_unpacked(&one->base, NULL);
+            why = "a batch inside a batch";
+            break;
+        }
+        reply_one(st, one);
+    }
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (why != NULL)
+        stream_fail(st, "out_of_contract", why);
 }
 
 /* ---- events ---- */

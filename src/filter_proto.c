@@ -316,6 +316,25 @@ static int stage_of(Miltergw__V1__EventType t)
     }
 }
 
+static size_t put_varint(uint8_t *buf, uint64_t v)
+{
+    size_t n = 0;
+
+    while (v >= 0x80) {
+        buf[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    buf[n++] = (uint8_t)v;
+    return n;
+}
+
+size_t mgw_proto_field_prefix(uint8_t *buf, uint32_t field, uint64_t len)
+{
+    size_t n = put_varint(buf, (uint64_t)field << 3 | 2); /* wire type 2: length-delimited */
+
+    return n + put_varint(buf + n, len);
+}
+
 void mgw_proto_decl_default(struct mgw_policy_decl *out)
 {
     memset(out, 0, sizeof *out);

@@ -251,6 +251,17 @@ echo "== miltergw $commit, $started_at; ${DURATION}s per run; connections: ${CON
 
 # ---- throughput ----
 
+# Every setup here accepts every message: any other verdict means a failing filter path
+# (its on_error answering fast), and the row would measure that, not the gateway.
+not_accepted() {
+    local bad
+    bad=$(($(field other_verdicts "$3") + $(field conn_verdicts "$3")))
+    if ((bad > 0)); then
+        load_failed=1
+        echo "bench.sh: $1 at $2 connections: $bad messages not accepted; see the logs in $work" >&2
+    fi
+}
+
 # One measured run, one row. $1 label, $2 shape name, $3 connections, $4 shape's mgw_load
 # args, $5 server pid, $6 port, $7 number of filters, rest = filter pids.
 run() {
@@ -271,6 +282,7 @@ run() {
         cat "$work/load.err" >&2
     fi
     check_alive "$label" "$pid" "$@"
+    not_accepted "$label" "$n" "$out"
     c1=$(cpu_ticks "$pid")
     (($#)) && f1=$(cpu_ticks "$@")
     msgs=$(field messages "$out")
@@ -430,6 +442,7 @@ latency_row() {
         echo "bench.sh: mgw_load against $label failed:" >&2
         cat "$work/load.err" >&2
     fi
+    not_accepted "$label" 1 "$out"
     printf '%-34s %10s %8s %8s %6s\n' "$label" "$(field msgs_per_sec "$out")" \
         "$(field p50_ms "$out")" "$(field p99_ms "$out")" "$(field errors "$out")"
     kill "$gw_pid" 2>/dev/null || true

@@ -107,6 +107,22 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
                            struct mgw_proto_scratch *s, struct mgw_proto_answer *out,
                            const char **why);
 
+/* ---- Batches (Description.batches) ---- */
+
+#define MGW_PROTO_EVENT_BATCH        22 /* Event.batch (an EventBatch) */
+#define MGW_PROTO_EVENT_BATCH_EVENTS 1  /* EventBatch.events */
+#define MGW_PROTO_REPLY_BATCH        5  /* Reply.batch */
+#define MGW_PROTO_PREFIX_MAX         16 /* bytes mgw_proto_field_prefix() may write */
+
+/*
+ * Write the wire prefix of one length-delimited field, number `field`, holding `len`
+ * bytes: its tag and the varint length. An already packed message after such a prefix is
+ * one element of a repeated message field, or a submessage, so a batch is built from
+ * messages packed once, by concatenation, without unpacking or copying them. Returns the
+ * bytes written (at most MGW_PROTO_PREFIX_MAX).
+ */
+size_t mgw_proto_field_prefix(uint8_t *buf, uint32_t field, uint64_t len);
+
 /* The declaration a Description makes. Macro lists are copied into the scratch arena. */
 void mgw_proto_decl_from_description(const Miltergw__V1__Description *d,
                                      struct mgw_proto_scratch *s, struct mgw_policy_decl *out);

@@ -45,6 +45,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
 
+#include "mgw/filter_proto.h"
 #include "test_filter.h"
 
 #define N_REQ_SESSION   16
@@ -54,6 +55,7 @@
 #define BOGUS_ID_OFFSET 1000000u
 #define CRASH_EXIT      70
 #define NO_HEAP         SIZE_MAX
+#define BATCH_MAX       64 /* replies sent as one message */
 
 enum tag_kind {
     TAG_NEW_SESSION,  /* request_registered_call(Session) */
@@ -91,11 +93,11 @@ struct unary {
     int cancelled;
 };
 
-/* A reply waiting to be sent. */
+/* A reply waiting to be sent, packed. */
 struct out {
     struct out *next;
     int64_t due; /* ns, gpr monotonic clock */
-    grpc_byte_buffer *bb;
+    grpc_slice packed;
 };
 
 struct session {
@@ -115,6 +117,7 @@ struct session {
     int64_t due;
     unsigned events, observe; /* the declaration in force for this stream */
     char *sid;                /* owned; NULL until SessionStart */
+    const char *in_batch;     /* while handling an EventBatch: its size, as text */
 };
 
 static struct {
@@ -162,11 +165,17 @@ static gpr_timespec ns_to_timespec(int64_t ns)
 
 /* ---- protobuf-c <-> grpc_byte_buffer ---------------------------------------------------- */
 
-static grpc_byte_buffer *pack_bb(const ProtobufCMessage *m)
+static grpc_slice pack_slice(const ProtobufCMessage *m)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
     grpc_slice s = grpc_slice_malloc(n);
     protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    return s;
+}
+
+static grpc_byte_buffer *pack_bb(const ProtobufCMessage *m)
+{
+    grpc_slice s = pack_slice(m);
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
     return bb;
@@ -290,6 +299,8 @@ static void record_event(const struct session *s, const Miltergw__V1__Event *ev,
     if (g.record_fd < 0)
         return;
     line_start(ev->event_id, true, kind, s);
+    if (s->in_batch)
+        line_kv("batch", s->in_batch);
     switch (ev->event_case) {
     case MILTERGW__V1__EVENT__EVENT_START: {
         const Miltergw__V1__SessionStart *st = ev->start;
@@ -422,7 +433,7 @@ static void drop_queue(struct session *s)
     while (s->head) {
         struct out *o = s->head;
         s->head = o->next;
-        grpc_byte_buffer_destroy(o->bb);
+        grpc_slice_unref(o->packed);
         free(o);
     }
     s->tail = NULL;
@@ -465,12 +476,48 @@ static void enqueue(struct session *s, const Miltergw__V1__Reply *r, int64_t due
 {
     struct out *o = xcalloc(1, sizeof *o);
     o->due = due;
-    o->bb = pack_bb(&r->base);
+    o->packed = pack_slice(&r->base);
     if (s->tail)
         s->tail->next = o;
     else
         s->head = o;
     s->tail = o;
+}
+
+/* The next message to send: the queue head alone, or (batches declared) every reply due
+ * by now as one Reply{batch}, each element the reply as packed, after its field prefix. */
+static grpc_byte_buffer *take_due(struct session *s)
+{
+    int64_t now = now_ns();
+    grpc_slice parts[2 * BATCH_MAX + 1];
+    uint8_t pre[MGW_PROTO_PREFIX_MAX];
+    size_t k = 0, np = 1;
+    grpc_byte_buffer *bb;
+
+    while (s->head && (k == 0 || (!tf.no_batches && k < BATCH_MAX && s->head->due <= now))) {
+        struct out *o = s->head;
+        s->head = o->next;
+        parts[np + 1] = o->packed;
+        parts[np] = grpc_slice_from_copied_buffer(
+            (const char *)pre, mgw_proto_field_prefix(pre, MGW_PROTO_REPLY_BATCH,
+                                                      GRPC_SLICE_LENGTH(o->packed)));
+        np += 2;
+        k++;
+        free(o);
+    }
+    if (s->head == NULL)
+        s->tail = NULL;
+    if (k == 1) {
+        bb = grpc_raw_byte_buffer_create(&parts[2], 1);
+        grpc_slice_unref(parts[1]);
+        grpc_slice_unref(parts[2]);
+        return bb;
+    }
+    /* A Reply whose only field is `batch`: the elements back to back. */
+    bb = grpc_raw_byte_buffer_create(parts + 1, np - 1);
+    for (size_t i = 1; i < np; i++)
+        grpc_slice_unref(parts[i]);
+    return bb;
 }
 
 /* Starts {SEND_MESSAGE(queue head)}, {RECV_MESSAGE} or both in one batch. */
@@ -484,12 +531,7 @@ static void start_io(struct session *s, bool send, bool recv)
         s->first_recv = false;
     }
     if (send) {
-        struct out *o = s->head;
-        s->head = o->next;
-        if (s->head == NULL)
-            s->tail = NULL;
-        s->send_bb = o->bb;
-        free(o);
+        s->send_bb = take_due(s);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = s->send_bb;
     }
@@ -499,7 +541,8 @@ static void start_io(struct session *s, bool send, bool recv)
     }
     struct tag *t = send && recv ? &s->t_sendrecv : send ? &s->t_send : &s->t_recv;
     if (session_batch(s, ops, n, t)) {
-        s->send_busy = send;
+        /* A receive started while a send is in flight leaves that send busy. */
+        s->send_busy = s->send_busy || send;
         s->recv_armed = s->recv_armed || recv;
     } else if (send) {
         grpc_byte_buffer_destroy(s->send_bb);
@@ -720,7 +763,17 @@ static void on_recv(struct session *s, int ok)
         s->recv_done = true;
         return;
     }
-    on_event(s, ev);
+    if (ev->event_case == MILTERGW__V1__EVENT__EVENT_BATCH) {
+        char n[24];
+
+        snprintf(n, sizeof n, "%zu", ev->batch->n_events);
+        s->in_batch = n;
+        for (size_t i = 0; i < ev->batch->n_events; i++)
+            on_event(s, ev->batch->events[i]);
+        s->in_batch = NULL;
+    } else {
+        on_event(s, ev);
+    }
     protobuf_c_message_free_unpacked(&ev->base, NULL);
 }
 

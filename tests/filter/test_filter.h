@@ -79,6 +79,7 @@ struct tf_opts {
     const char *fail_details; /* ... and its details (unescaped) */
     bool skip_body;
     bool progress;
+    bool no_batches; /* --no-batches: declare no Description.batches, send single replies */
     unsigned delay_ms;
     const char *tempfail_rcpt[TF_MAX_LIST];
     size_t n_tempfail_rcpt;

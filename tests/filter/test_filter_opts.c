@@ -98,6 +98,8 @@ static const char usage_text[] =
     "  --delay-at LIST         stages the delay applies to (default all)\n"
     "  --progress              send one PROGRESS reply before the final EOM answer (at once,\n"
     "                          so before the delay)\n"
+    "  --no-batches            declare no batches: get every event alone and send every\n"
+    "                          reply alone (by default replies due together go as one)\n"
     "  --never-answer LIST     at the first such event stop answering for the rest of the\n"
     "                          stream (keep receiving and recording)\n"
     "  --crash-at LIST         _exit(70) when such an event arrives (after recording it)\n"
@@ -378,6 +380,7 @@ enum {
     O_DELAY,
     O_DELAY_AT,
     O_PROGRESS,
+    O_NO_BATCHES,
     O_NEVER,
     O_CRASH,
     O_FAIL_AT,
@@ -424,6 +427,7 @@ static const struct option long_opts[] = {
     {"delay-ms", required_argument, NULL, O_DELAY},
     {"delay-at", required_argument, NULL, O_DELAY_AT},
     {"progress", no_argument, NULL, O_PROGRESS},
+    {"no-batches", no_argument, NULL, O_NO_BATCHES},
     {"never-answer", required_argument, NULL, O_NEVER},
     {"crash-at", required_argument, NULL, O_CRASH},
     {"fail-at", required_argument, NULL, O_FAIL_AT},
@@ -594,6 +598,7 @@ void tf_opts_parse(int argc, char **argv)
         case O_DELAY: tf.delay_ms = parse_uint(optarg, "--delay-ms", 3600000); break;
         case O_DELAY_AT: tf.delay_at = parse_stage_list(optarg, "--delay-at"); break;
         case O_PROGRESS: tf.progress = true; break;
+        case O_NO_BATCHES: tf.no_batches = true; break;
         case O_NEVER: tf.never_at |= parse_stage_list(optarg, "--never-answer"); break;
         case O_CRASH: tf.crash_at |= parse_stage_list(optarg, "--crash-at"); break;
         case O_FAIL_AT: tf.fail_at |= parse_stage_list(optarg, "--fail-at"); break;
@@ -680,6 +685,7 @@ void tf_describe(Miltergw__V1__Description *d, Miltergw__V1__EventType *events,
     d->n_macros = tf.n_macro_ptrs;
     d->rejected_recipients = tf.rcpt_rej;
     d->header_leading_space = tf.leadspc;
+    d->batches = !tf.no_batches;
 }
 
 const char *tf_stage_name(unsigned st)

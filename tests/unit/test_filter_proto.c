@@ -1641,6 +1641,82 @@ static void test_scratch_memory_is_aligned_and_reusable(void **state)
     end_table();
 }
 
+/* ---- Batches: packed messages concatenated behind field prefixes ---- */
+
+static size_t append(uint8_t *buf, size_t at, uint32_t field, const uint8_t *m, size_t len)
+{
+    at += mgw_proto_field_prefix(buf + at, field, len);
+    memcpy(buf + at, m, len);
+    return at + len;
+}
+
+/* The field numbers are the proto's, and what the bridge and the test filter build by
+ * concatenation reads back as the batch of the messages packed alone. Sizes straddle the
+ * one- and two-byte varint lengths. */
+static void test_batches_are_packed_messages_behind_prefixes(void **state)
+{
+    static uint8_t body[300], packed[3][400], inner[2000], wire[2100];
+    const size_t sizes[3] = {0, 100, sizeof body};
+    size_t lens[3], ilen = 0, wlen;
+    Miltergw__V1__Event *back;
+    Miltergw__V1__Reply *rback;
+
+    (void)state;
+    assert_int_equal(protobuf_c_message_descriptor_get_field_by_name(
+                         &miltergw__v1__event__descriptor, "batch")->id, MGW_PROTO_EVENT_BATCH);
+    assert_int_equal(protobuf_c_message_descriptor_get_field_by_name(
+                         &miltergw__v1__event_batch__descriptor, "events")->id,
+                     MGW_PROTO_EVENT_BATCH_EVENTS);
+    assert_int_equal(protobuf_c_message_descriptor_get_field_by_name(
+                         &miltergw__v1__reply__descriptor, "batch")->id, MGW_PROTO_REPLY_BATCH);
+    memset(body, 'x', sizeof body);
+    for (int i = 0; i < 3; i++) {
+        Miltergw__V1__Event ev = MILTERGW__V1__EVENT__INIT;
+        Miltergw__V1__BodyChunk bc = MILTERGW__V1__BODY_CHUNK__INIT;
+
+        ev.event_id = 7 + (uint64_t)i;
+        ev.event_case = MILTERGW__V1__EVENT__EVENT_BODY;
+        ev.body = &bc;
+        bc.data.data = body;
+        bc.data.len = sizes[i];
+        lens[i] = protobuf_c_message_pack(&ev.base, packed[i]);
+        ilen = append(inner, ilen, MGW_PROTO_EVENT_BATCH_EVENTS, packed[i], lens[i]);
+    }
+    assert_true(ilen > 127); /* the outer length takes two bytes */
+    wlen = append(wire, 0, MGW_PROTO_EVENT_BATCH, inner, ilen);
+    back = miltergw__v1__event__unpack(NULL, wlen, wire);
+    assert_non_null(back);
+    assert_int_equal(back->event_case, MILTERGW__V1__EVENT__EVENT_BATCH);
+    assert_int_equal(back->batch->n_events, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(back->batch->events[i]->event_id, 7 + i);
+        assert_int_equal(back->batch->events[i]->body->data.len, sizes[i]);
+    }
+    miltergw__v1__event__free_unpacked(back, NULL);
+
+    /* Replies: a Reply holding only `batch` is its elements back to back. */
+    wlen = 0;
+    for (int i = 0; i < 2; i++) {
+        Miltergw__V1__Reply r = MILTERGW__V1__REPLY__INIT;
+        uint8_t one[32];
+        size_t n;
+
+        r.event_id = 40 + (uint64_t)i;
+        r.verdict = MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
+        n = protobuf_c_message_pack(&r.base, one);
+        wlen = append(wire, wlen, MGW_PROTO_REPLY_BATCH, one, n);
+    }
+    rback = miltergw__v1__reply__unpack(NULL, wlen, wire);
+    assert_non_null(rback);
+    assert_int_equal(rback->n_batch, 2);
+    assert_int_equal(rback->event_id, 0);
+    assert_int_equal(rback->batch[1]->event_id, 41);
+    /* The bridge takes elements over and leaves NULL behind: freeing the rest is safe. */
+    miltergw__v1__reply__free_unpacked(rback->batch[0], NULL);
+    rback->batch[0] = NULL;
+    miltergw__v1__reply__free_unpacked(rback, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1660,6 +1736,7 @@ int main(void)
         cmocka_unit_test(test_effective_description_reads_back_as_the_declaration),
         cmocka_unit_test(test_default_declaration_is_conservative),
         cmocka_unit_test(test_scratch_memory_is_aligned_and_reusable),
+        cmocka_unit_test(test_batches_are_packed_messages_behind_prefixes),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
