@@ -841,6 +841,29 @@ class BridgeRawMilter(unittest.TestCase):
         rec = gw.wait_log(msg="filter failed", filter="slow")[0]
         self.assertEqual(rec.get("reason"), "out_of_contract", rec)
 
+    def test_5_streamed_content_goes_in_batches_to_filters_that_take_them(self):
+        # The whole content in one write: while the first header is on its way to the
+        # filters, the rest queue up behind it; "a" (batches declared) gets them as one
+        # EventBatch and answers with Reply batches, "b" (--no-batches) one by one. Both
+        # see the same events in the same order, and both answers count.
+        gw, fs = self.start([("a", ["--add-header", "X-A:1"]),
+                             ("b", ["--no-batches", "--add-header", "X-B:2"])])
+        names = ["X-H%02d" % i for i in range(20)]
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            self.assertEqual(c.command(frame("M", cstr("<s@example.org>")))[0], "c")
+            self.assertEqual(c.command(frame("R", cstr("<r@example.com>")))[0], "c")
+            self.assertEqual(c.command(frame("T"))[0], "c")
+            c.send(b"".join(frame("L", cstr(n, "value of " + n)) for n in names) +
+                   frame("N") + frame("B", b"body\r\n") + frame("E"))
+            got = [c.read_frame() for _ in range(3)]
+        self.assertEqual([cmd for cmd, _ in got], ["h", "h", "c"], got)
+        self.assertEqual([d for _, d in got[:2]], [cstr("X-A", "1"), cstr("X-B", "2")])
+        for name, batched in (("a", True), ("b", False)):
+            recs = fs[name].find("header")
+            self.assertEqual([r["name"] for r in recs], names, fs[name].record_text())
+            self.assertEqual(any("batch" in r for r in recs), batched, fs[name].record_text())
+
     def test_4_abort_reaches_a_filter_that_accepted_the_connection(self):
         # filter.proto: Abort goes to every filter, retired ones included.
         gw, fs = self.start([("a", ["--accept-at", "connect"]), ("b", [])])
