@@ -556,7 +556,13 @@ static void session_recv(struct mgw_session *s, int ok)
         s->dead = s->recv_done = true;
         return;
     }
-    session_event(s, ev);
+    /* Description.batches: events that queued up at the gateway come as one EventBatch. */
+    if (ev->event_case == MILTERGW__V1__EVENT__EVENT_BATCH) {
+        for (size_t i = 0; i < ev->batch->n_events; i++)
+            session_event(s, ev->batch->events[i]);
+    } else {
+        session_event(s, ev);
+    }
     protobuf_c_message_free_unpacked(&ev->base, NULL);
 }
 
@@ -771,6 +777,7 @@ static void describe_build(const struct mgw_filter *f)
         g.macro_ptrs[d->n_macros++] = m;
     }
     d->rejected_recipients = f->rejected_recipients;
+    d->batches = true; /* this library takes EventBatch (session_recv); replies go one by one */
     d->header_leading_space = f->header_leading_space;
     g.answer = answer_mask(g.events, d->n_events, g.observe, d->n_observe_only);
 }
