@@ -1,9 +1,10 @@
 /*
  * backend_grpc.c - the filter bridge (see backend_grpc.h).
  *
- * Per filter (struct filter): a channel, the registered method handles, the cached
- * declaration (from Describe, or the conservative default until one answers) and a
- * connectivity watch that re-asks Describe when the channel comes back READY.
+ * Per filter (struct filter): its link (filter_link.h: channel, Session method, cached
+ * declaration, kept fresh by Describe) and its index. The channel's settings are
+ * grpc_channel.c's; what each filter owes is owed.c's; the merge and the pipelined
+ * content rule are policy.c's.
  *
  * Per MTA connection (struct bsession): one struct stream per filter, the event being
  * answered, and each filter's answer to it. Per stream: one Session call with at most
@@ -39,7 +40,6 @@
 #include "mgw/backend_grpc.h"
 
 #include <event2/event.h>
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/support/alloc.h>
 #include <inttypes.h>
@@ -50,6 +50,7 @@
 #include <time.h>
 
 #include "mgw/error.h"
+#include "mgw/filter_link.h"
 #include "mgw/filter_proto.h"
 #include "mgw/grpc_channel.h"
 #include "mgw/grpc_pump.h"
@@ -59,9 +60,6 @@
 #include "mgw/policy.h"
 #include "mgw/xmalloc.h"
 
-#define SESSION_METHOD "/miltergw.v1.Filter/Session"
-#define DESCRIBE_METHOD "/miltergw.v1.Filter/Describe"
-#define DESCRIBE_TIMEOUT_MS 5000
 #define LINGER_MS 5000 /* a half-closed stream the filter does not end is cancelled */
 /* One batch (Description.batches) carries at most this much, well under any filter's
  * receive cap (4 MiB is gRPC's default), so it never fails where single events would not. */
@@ -71,31 +69,11 @@
 struct bridge;
 struct bsession;
 
+/* A configured filter: its link (channel, declaration) and its place in the bridge. */
 struct filter {
+    struct mgw_filter_link l;
     struct bridge *b;
     size_t index;
-    int metric; /* mgw_metrics filter index */
-    struct mgw_filter_conf conf;
-    grpc_channel *ch;
-    void *session_method;
-    void *describe_method;
-
-    struct mgw_policy_decl decl;     /* current declaration */
-    struct mgw_proto_scratch decl_mem; /* owns decl's macro lists */
-    int described;                   /* decl came from the filter itself */
-    int batching;                    /* it takes EventBatch and sends Reply.batch */
-
-    /* The Describe call in flight, if any. */
-    grpc_call *describe_call;
-    struct mgw_grpc_tag describe_tag;
-    grpc_byte_buffer *describe_send, *describe_recv;
-    grpc_metadata_array describe_md, describe_trailing;
-    grpc_status_code describe_status;
-    grpc_slice describe_details;
-
-    grpc_connectivity_state state;
-    struct mgw_grpc_tag watch_tag;
-    int watching;
 };
 
 struct stream {
@@ -214,7 +192,7 @@ static uint64_t now_ms(void)
 
 static unsigned timeout_of(const struct filter *f, uint8_t cmd)
 {
-    return cmd == MGW_SMFIC_BODYEOB ? f->conf.eom_timeout_ms : f->conf.timeout_ms;
+    return cmd == MGW_SMFIC_BODYEOB ? f->l.conf.eom_timeout_ms : f->l.conf.timeout_ms;
 }
 
 static enum mgw_metrics_filter_error error_kind(const char *reason)
@@ -243,53 +221,6 @@ static uint64_t sid_of(const struct stream *st)
     return st->sid;
 }
 
-static grpc_slice pack_slice(const ProtobufCMessage *m)
-{
-    size_t n = protobuf_c_message_get_packed_size(m);
-    grpc_slice s = grpc_slice_malloc(n);
-
-    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
-    return s;
-}
-
-static grpc_byte_buffer *pack(const ProtobufCMessage *m)
-{
-    grpc_slice s = pack_slice(m);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1); /* takes its own ref */
-
-    grpc_slice_unref(s);
-    return bb;
-}
-
-/* Unpack a received buffer (one slice without copy when possible; GRPC_CORE.md §3). */
-static ProtobufCMessage *unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *d)
-{
-    grpc_byte_buffer_reader r;
-    grpc_slice s;
-    ProtobufCMessage *m;
-
-    if (bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE &&
-        bb->data.raw.slice_buffer.count == 1) {
-        s = bb->data.raw.slice_buffer.slices[0];
-        return protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-    }
-    if (!grpc_byte_buffer_reader_init(&r, bb))
-        return NULL;
-    s = grpc_byte_buffer_reader_readall(&r);
-    m = protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-    grpc_slice_unref(s);
-    grpc_byte_buffer_reader_destroy(&r);
-    return m;
-}
-
-static const char *state_name(grpc_connectivity_state s)
-{
-    static const char *const names[] = {"idle", "connecting", "ready", "transient_failure",
-                                        "shutdown"};
-
-    return (unsigned)s < 5 ? names[s] : "?";
-}
-
 /* ---- needs (negotiation) ---- */
 
 static void recompute_needs(struct bridge *b)
@@ -298,16 +229,16 @@ static void recompute_needs(struct bridge *b)
     size_t cap;
 
     for (size_t i = 0; i < b->nfilters; i++) {
-        decls[i] = b->filters[i].decl;
-        decls[i].shadow = b->filters[i].conf.shadow;
-        decls[i].pipelined = !b->filters[i].conf.content_strict;
+        decls[i] = b->filters[i].l.decl;
+        decls[i].shadow = b->filters[i].l.conf.shadow;
+        decls[i].pipelined = !b->filters[i].l.conf.content_strict;
         /* Not implemented yet: refused recipients and header leading space need the
          * bridge to translate for filters that did not ask; never request them, and say
          * so rather than pretend. */
         if (decls[i].rejected_recipients || decls[i].header_leading_space)
             log_warn(0, "filter asks for something not supported yet; ignored",
                      "filter=%s rejected_recipients=%d header_leading_space=%d",
-                     b->filters[i].conf.name, decls[i].rejected_recipients,
+                     b->filters[i].l.conf.name, decls[i].rejected_recipients,
                      decls[i].header_leading_space);
         decls[i].rejected_recipients = false;
         decls[i].header_leading_space = false;
@@ -325,139 +256,6 @@ static void bridge_needs(void *impl, struct mgw_backend_needs *out)
     struct bridge *b = impl;
 
     *out = b->needs;
-}
-
-/* ---- Describe ---- */
-
-static void describe_done(struct mgw_grpc_tag *tag, int ok)
-{
-    struct filter *f = (struct filter *)((char *)tag - offsetof(struct filter, describe_tag));
-    struct bridge *b = f->b;
-    Miltergw__V1__Description *d = NULL;
-
-    if (ok && f->describe_status == GRPC_STATUS_OK && f->describe_recv != NULL)
-        d = (Miltergw__V1__Description *)unpack(f->describe_recv,
-                                                &miltergw__v1__description__descriptor);
-    if (d != NULL) {
-        struct mgw_proto_scratch old = f->decl_mem;
-
-        memset(&f->decl_mem, 0, sizeof f->decl_mem);
-        mgw_proto_decl_from_description(d, &f->decl_mem, &f->decl);
-        f->batching = d->batches;
-        mgw_proto_scratch_reset(&old);
-        free(old.chunks);
-        f->described = 1;
-        log_info(0, "filter described", "filter=%s target=%s events=0x%" PRIx32
-                 " observe_only=0x%" PRIx32 " actions=0x%" PRIx32 " batches=%d",
-                 f->conf.name, f->conf.target, f->decl.events, f->decl.observe_only,
-                 f->decl.actions, f->batching);
-        protobuf_c_message_free_unpacked(&d->base, NULL);
-        recompute_needs(b);
-    } else {
-        char *details = grpc_slice_to_c_string(f->describe_details);
-        char q[300];
-
-        /* Status details come from the filter (or a proxy): never raw into a log line. */
-        log_warn(0, "filter describe failed", "filter=%s target=%s status=%d detail=%s using=%s",
-                 f->conf.name, f->conf.target, (int)f->describe_status,
-                 mgw_log_quote(q, sizeof q, details, strlen(details)),
-                 f->described ? "previous_declaration" : "default_declaration");
-        gpr_free(details);
-    }
-    if (f->describe_recv)
-        grpc_byte_buffer_destroy(f->describe_recv);
-    grpc_byte_buffer_destroy(f->describe_send);
-    grpc_metadata_array_destroy(&f->describe_md);
-    grpc_metadata_array_destroy(&f->describe_trailing);
-    grpc_slice_unref(f->describe_details);
-    grpc_call_unref(f->describe_call);
-    f->describe_call = NULL;
-    f->describe_recv = f->describe_send = NULL;
-    if (b->describing > 0 && --b->describing == 0 && b->ready != NULL) {
-        void (*ready)(void *) = b->ready;
-
-        b->ready = NULL;
-        ready(b->ready_arg);
-    }
-}
-
-static void describe_start(struct filter *f)
-{
-    Miltergw__V1__DescribeRequest req = MILTERGW__V1__DESCRIBE_REQUEST__INIT;
-    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                         gpr_time_from_millis(DESCRIBE_TIMEOUT_MS, GPR_TIMESPAN));
-    grpc_op ops[6];
-    grpc_call_error e;
-
-    if (f->describe_call != NULL || f->b->shutting_down)
-        return;
-    req.gateway_version = (char *)MGW_VERSION;
-    req.filter_name = f->conf.name;
-    f->describe_send = pack(&req.base);
-    f->describe_recv = NULL;
-    grpc_metadata_array_init(&f->describe_md);
-    grpc_metadata_array_init(&f->describe_trailing);
-    f->describe_details = grpc_empty_slice();
-    f->describe_call = grpc_channel_create_registered_call(
-        f->ch, NULL, GRPC_PROPAGATE_DEFAULTS, mgw_grpc_pump_cq(f->b->pump), f->describe_method,
-        deadline, NULL);
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = f->describe_send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &f->describe_md;
-    ops[4].op = GRPC_OP_RECV_MESSAGE;
-    ops[4].data.recv_message.recv_message = &f->describe_recv;
-    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[5].data.recv_status_on_client.trailing_metadata = &f->describe_trailing;
-    ops[5].data.recv_status_on_client.status = &f->describe_status;
-    ops[5].data.recv_status_on_client.status_details = &f->describe_details;
-    f->describe_tag.cb = describe_done;
-    e = grpc_call_start_batch(f->describe_call, ops, 6, &f->describe_tag, NULL);
-    if (e != GRPC_CALL_OK)
-        mgw_panic("bridge: Describe batch refused (%d)", (int)e);
-}
-
-/* ---- connectivity ---- */
-
-static void watch_arm(struct filter *f)
-{
-    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                         gpr_time_from_seconds(3600, GPR_TIMESPAN));
-
-    f->watching = 1;
-    grpc_channel_watch_connectivity_state(f->ch, f->state, deadline, mgw_grpc_pump_cq(f->b->pump),
-                                          &f->watch_tag);
-}
-
-static void watch_done(struct mgw_grpc_tag *tag, int ok)
-{
-    struct filter *f = (struct filter *)((char *)tag - offsetof(struct filter, watch_tag));
-    grpc_connectivity_state prev = f->state;
-
-    f->watching = 0;
-    if (f->b->shutting_down)
-        return;
-    f->state = grpc_channel_check_connectivity_state(f->ch, 0);
-    if (f->state != prev) {
-        enum mgw_log_level lvl =
-            f->state == GRPC_CHANNEL_TRANSIENT_FAILURE ? MGW_LOG_WARN : MGW_LOG_INFO;
-
-        mgw_log(lvl, 0, "filter channel", "filter=%s target=%s state=%s", f->conf.name,
-                f->conf.target, state_name(f->state));
-        /* (Re)connected: the filter may have been redeployed with new needs, also behind
-         * a rolling restart that never showed TRANSIENT_FAILURE. At start the first
-         * Describe is still in flight and this is a no-op. */
-        if (f->state == GRPC_CHANNEL_READY && !f->conf.has_decl)
-            describe_start(f);
-        mgw_metrics_filter_set_ready(f->metric, f->state == GRPC_CHANNEL_READY);
-    }
-    /* An idle channel reconnects only when asked; keep it connected. */
-    if (f->state == GRPC_CHANNEL_IDLE)
-        grpc_channel_check_connectivity_state(f->ch, 1);
-    watch_arm(f);
 }
 
 /* ---- streams ---- */
@@ -526,7 +324,7 @@ static void start_batch(struct stream *st, const grpc_op *ops, size_t n, struct 
 
     /* GRPC_CORE.md §4.4: a refused batch is our bug and may leave the call unusable. */
     if (e != GRPC_CALL_OK) {
-        log_error(sid_of(st), "grpc batch refused", "filter=%s error=%d", st->f->conf.name,
+        log_error(sid_of(st), "grpc batch refused", "filter=%s error=%d", st->f->l.conf.name,
                   (int)e);
         grpc_call_cancel(st->call, NULL);
         return;
@@ -612,7 +410,7 @@ static void send_next(struct stream *st)
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n].data.send_message.send_message = st->sending;
     n++;
-    st->send_due_ms = now_ms() + st->f->conf.timeout_ms;
+    st->send_due_ms = now_ms() + st->f->l.conf.timeout_ms;
     start_batch(st, ops, n, &st->send_tag);
     deadline_update(st);
 }
@@ -624,8 +422,8 @@ static void send_next(struct stream *st)
 static void flow_update(struct stream *st)
 {
     struct bsession *bs = st->bs;
-    size_t limit = st->f->conf.max_queue / (st->flow_held ? 4 : 2);
-    int hold = !st->broken && !st->f->conf.shadow && st->queued_bytes > limit;
+    size_t limit = st->f->l.conf.max_queue / (st->flow_held ? 4 : 2);
+    int hold = !st->broken && !st->f->l.conf.shadow && st->queued_bytes > limit;
 
     if (bs == NULL || hold == st->flow_held)
         return;
@@ -640,12 +438,12 @@ static void stream_send(struct stream *st, grpc_slice msg)
 {
     size_t len = GRPC_SLICE_LENGTH(msg);
 
-    if (st->queued_bytes + len > st->f->conf.max_queue) {
+    if (st->queued_bytes + len > st->f->l.conf.max_queue) {
         char detail[120];
 
         grpc_slice_unref(msg);
         snprintf(detail, sizeof detail, "%zu bytes not yet taken by the filter, max_queue %u",
-                 st->queued_bytes + len, st->f->conf.max_queue);
+                 st->queued_bytes + len, st->f->l.conf.max_queue);
         stream_fail(st, "queue_full", detail);
         return;
     }
@@ -714,7 +512,7 @@ static void on_recv(struct mgw_grpc_tag *tag, int ok)
         st->finished = 1;
     } else {
         Miltergw__V1__Reply *r =
-            (Miltergw__V1__Reply *)unpack(bb, &miltergw__v1__reply__descriptor);
+            (Miltergw__V1__Reply *)mgw_grpc_unpack(bb, &miltergw__v1__reply__descriptor);
 
         grpc_byte_buffer_destroy(bb);
         if (r == NULL)
@@ -780,7 +578,7 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
     st->f = f;
     st->bs = bs;
     st->sid = bs->sid;
-    st->batching = f->batching;
+    st->batching = f->l.batching;
     grpc_metadata_array_init(&st->md_initial);
     grpc_metadata_array_init(&st->md_trailing);
     st->status_details = grpc_empty_slice();
@@ -792,14 +590,14 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
     TAILQ_INSERT_TAIL(&b->streams, st, link);
 
     /* Fail fast: a channel known to be down gets no call and costs no waiting. */
-    if (grpc_channel_check_connectivity_state(f->ch, 1) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+    if (grpc_channel_check_connectivity_state(f->l.ch, 1) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
         st->broken = 1;
         log_warn(bs->sid, "filter unavailable", "filter=%s target=%s on_error=%s",
-                 f->conf.name, f->conf.target, mgw_on_error_name(f->conf.on_error));
+                 f->l.conf.name, f->l.conf.target, mgw_on_error_name(f->l.conf.on_error));
         return st;
     }
-    st->call = grpc_channel_create_registered_call(f->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                                   mgw_grpc_pump_cq(b->pump), f->session_method,
+    st->call = grpc_channel_create_registered_call(f->l.ch, NULL, GRPC_PROPAGATE_DEFAULTS,
+                                                   mgw_grpc_pump_cq(b->pump), f->l.session_method,
                                                    gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
@@ -855,8 +653,8 @@ static void answer_failed(struct bsession *bs, size_t i)
     a->pending = 0;
     a->draining = 0;
     a->state = MGW_POLICY_FAILED;
-    a->pa.kind = mgw_on_error_verdict(bs->b->filters[i].conf.on_error);
-    mgw_metrics_filter_failure_policy(bs->b->filters[i].metric,
+    a->pa.kind = mgw_on_error_verdict(bs->b->filters[i].l.conf.on_error);
+    mgw_metrics_filter_failure_policy(bs->b->filters[i].l.metric,
                                       mgw_metrics_failure_action_of(a->pa.kind));
     bs->waiting--;
 }
@@ -904,7 +702,7 @@ static void content_refused(struct bsession *bs, size_t i, const struct mgw_owed
     bs->fate_text[i] = reply ? mgw_xstrdup(reply) : NULL;
     bs->fate[i] = (struct mgw_policy_deferred){o->id, o->cmd, state, kind, bs->fate_text[i]};
     log_info(bs->sid, "content refused", "filter=%s event=%s verdict=%s failure_policy=%s",
-             bs->b->filters[i].conf.name, event_name(o->cmd), mgw_verdict_name(kind),
+             bs->b->filters[i].l.conf.name, event_name(o->cmd), mgw_verdict_name(kind),
              state == MGW_POLICY_FAILED ? "yes" : "no");
     bs->doomed = 1;
 }
@@ -930,20 +728,20 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
     if (st->broken)
         return;
     st->broken = 1;
-    mgw_metrics_filter_error(st->f->metric, error_kind(reason));
+    mgw_metrics_filter_error(st->f->l.metric, error_kind(reason));
     evtimer_del(st->timer);
     if (st->call != NULL && !st->finished)
         grpc_call_cancel(st->call, NULL);
     log_warn(st->sid, "filter failed", "filter=%s reason=%s event=%s on_error=%s detail=%s",
-             st->f->conf.name, reason, bs && bs->active ? event_name(bs->cmd) : "-",
-             mgw_on_error_name(st->f->conf.on_error),
+             st->f->l.conf.name, reason, bs && bs->active ? event_name(bs->cmd) : "-",
+             mgw_on_error_name(st->f->l.conf.on_error),
              mgw_log_quote(q, sizeof q, detail, strlen(detail)));
     /* The oldest content event it still owed an answer to gets its on_error (rule 7). */
     o = bs != NULL ? mgw_owed_find(&st->owed, MGW_OWED_DEFERRED, bs->msg_first_id) : NULL;
     if (o != NULL) {
-        enum mgw_verdict_kind k = mgw_on_error_verdict(st->f->conf.on_error);
+        enum mgw_verdict_kind k = mgw_on_error_verdict(st->f->l.conf.on_error);
 
-        mgw_metrics_filter_failure_policy(st->f->metric, mgw_metrics_failure_action_of(k));
+        mgw_metrics_filter_failure_policy(st->f->l.metric, mgw_metrics_failure_action_of(k));
         if (mgw_policy_refusal(k))
             content_refused(bs, stream_index(st), o, MGW_POLICY_FAILED, k, NULL);
     }
@@ -972,10 +770,10 @@ static void report_unusable(struct stream *st, uint8_t cmd, const struct mgw_pro
     if (pa->warning == NULL && pa->mods_invalid == 0 && pa->bodies_dropped == 0)
         return;
     log_warn(st->sid, "filter reply partly unusable", "filter=%s event=%s detail=\"%s\" "
-             "invalid_mods=%zu extra_bodies=%zu", st->f->conf.name, event_name(cmd),
+             "invalid_mods=%zu extra_bodies=%zu", st->f->l.conf.name, event_name(cmd),
              pa->warning ? pa->warning : "-", pa->mods_invalid, pa->bodies_dropped);
-    mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_INVALID, pa->mods_invalid);
-    mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_BODY_CONFLICT, pa->bodies_dropped);
+    mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_INVALID, pa->mods_invalid);
+    mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_BODY_CONFLICT, pa->bodies_dropped);
 }
 
 /* A reply the MTA does not wait for: a shadow filter's (logged and counted, never
@@ -987,32 +785,32 @@ static void unwaited_reply(struct stream *st, const struct mgw_owed *o, Miltergw
     struct mgw_proto_scratch sc = {0};
     struct mgw_proto_answer pa;
     const char *why = NULL;
-    int shadow = st->f->conf.shadow;
+    int shadow = st->f->l.conf.shadow;
 
     if (mgw_proto_reply_answer(r, o->cmd, &sc, &pa, &why) < 0) {
         /* Out of contract on this very event: its on_error applies here. */
-        enum mgw_verdict_kind k = mgw_on_error_verdict(st->f->conf.on_error);
+        enum mgw_verdict_kind k = mgw_on_error_verdict(st->f->l.conf.on_error);
 
         if (!shadow && bs != NULL && mgw_policy_refusal(k))
             content_refused(bs, stream_index(st), o, MGW_POLICY_FAILED, k, NULL);
         stream_fail(st, "out_of_contract", why);
     } else if (shadow) {
         report_unusable(st, o->cmd, &pa);
-        mgw_metrics_shadow_verdict(st->f->metric, pa.kind);
+        mgw_metrics_shadow_verdict(st->f->l.metric, pa.kind);
         if (pa.nmods > 0)
-            mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_SHADOW, pa.nmods);
+            mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_SHADOW, pa.nmods);
         if (pa.kind != MGW_VERDICT_CONTINUE || pa.nmods > 0)
             log_info(st->sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
-                     st->f->conf.name, event_name(o->cmd), mgw_verdict_name(pa.kind), pa.nmods);
+                     st->f->l.conf.name, event_name(o->cmd), mgw_verdict_name(pa.kind), pa.nmods);
         apply_effect(st, o->cmd, pa.kind);
     } else {
         report_unusable(st, o->cmd, &pa);
-        mgw_metrics_observe_latency(st->f->metric, (double)(now_us() - o->sent_us) / 1e6);
+        mgw_metrics_observe_latency(st->f->l.metric, (double)(now_us() - o->sent_us) / 1e6);
         if (pa.nmods > 0) {
             log_warn(st->sid, "modification dropped", "filter=%s event=%s mods=%zu reason=%s",
-                     st->f->conf.name, event_name(o->cmd), pa.nmods,
+                     st->f->l.conf.name, event_name(o->cmd), pa.nmods,
                      mgw_policy_drop_name(MGW_POLICY_DROP_NOT_EOM));
-            mgw_metrics_mods_dropped(st->f->metric, MGW_POLICY_DROP_NOT_EOM, pa.nmods);
+            mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_NOT_EOM, pa.nmods);
         }
         if (o->id >= bs->msg_first_id) {
             apply_effect(st, o->cmd, pa.kind);
@@ -1034,7 +832,7 @@ static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
     struct mgw_owed o;
 
     /* A shadow filter's replies count after the MTA connection let go too. */
-    if (st->broken || (bs == NULL && !st->f->conf.shadow)) {
+    if (st->broken || (bs == NULL && !st->f->l.conf.shadow)) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
@@ -1061,7 +859,7 @@ static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
     }
     mgw_owed_pop(&st->owed, &o);
     deadline_update(st);
-    if (st->f->conf.shadow || o.kind == MGW_OWED_DEFERRED) {
+    if (st->f->l.conf.shadow || o.kind == MGW_OWED_DEFERRED) {
         unwaited_reply(st, &o, r);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         if (bs != NULL)
@@ -1084,7 +882,7 @@ static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
     a->reply = r;
     a->pending = 0;
     a->state = MGW_POLICY_ANSWERED;
-    mgw_metrics_observe_latency(st->f->metric, seconds_since(&bs->ev_start));
+    mgw_metrics_observe_latency(st->f->l.metric, seconds_since(&bs->ev_start));
     apply_effect(st, bs->cmd, a->pa.kind);
     bs->waiting--;
     /* Nothing outranks a discard: answer the MTA now (PRODUCT.md, merge semantics). */
@@ -1169,7 +967,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
                        !(is_message_event(cmd) && st->retired_msg) &&
                        !(cmd == MGW_SMFIC_BODY && st->skip_body);
         int answers = receives && !(bs->decls[i].observe_only & bit);
-        int waited_for = answers && want_reply && !f->conf.shadow;
+        int waited_for = answers && want_reply && !f->l.conf.shadow;
 
         a->state = MGW_POLICY_NOT_ASKED;
         if (!receives)
@@ -1177,8 +975,8 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
         if (st->broken) {
             if (waited_for) {
                 a->state = MGW_POLICY_FAILED;
-                a->pa.kind = mgw_on_error_verdict(f->conf.on_error);
-                mgw_metrics_filter_failure_policy(f->metric,
+                a->pa.kind = mgw_on_error_verdict(f->l.conf.on_error);
+                mgw_metrics_filter_failure_policy(f->l.metric,
                                                   mgw_metrics_failure_action_of(a->pa.kind));
             }
             continue;
@@ -1196,7 +994,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
 
             if (waited_for)
                 o.kind = MGW_OWED_WAITED;
-            else if (pipelined && !f->conf.shadow)
+            else if (pipelined && !f->l.conf.shadow)
                 o.kind = MGW_OWED_DEFERRED;
             if (mgw_owed_push(&st->owed, &o) < 0) {
                 stream_fail(st, "out_of_contract", "too many unanswered events");
@@ -1206,7 +1004,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
                 deadline_update(st);
         }
         stream_send(st, grpc_slice_ref(msg));
-        mgw_metrics_filter_event(f->metric, (enum mgw_metrics_event)mgw_metrics_event_of_cmd(cmd));
+        mgw_metrics_filter_event(f->l.metric, (enum mgw_metrics_event)mgw_metrics_event_of_cmd(cmd));
     }
     bs->dispatching = 0;
 }
@@ -1257,10 +1055,10 @@ static void log_drops(struct bsession *bs, const struct mgw_policy_drop *drops, 
 
         if (mgw_log_enabled(lvl))
             mgw_log(lvl, bs->sid, "modification dropped", "filter=%s mod=%s reason=%s",
-                    bs->b->filters[drops[k].filter].conf.name,
+                    bs->b->filters[drops[k].filter].l.conf.name,
                     mgw_milter_cmd_name(drops[k].msg->cmd, MGW_MILTER_FROM_MILTER),
                     mgw_policy_drop_name(drops[k].reason));
-        mgw_metrics_mods_dropped(bs->b->filters[drops[k].filter].metric, drops[k].reason, 1);
+        mgw_metrics_mods_dropped(bs->b->filters[drops[k].filter].l.metric, drops[k].reason, 1);
     }
 }
 
@@ -1303,7 +1101,7 @@ static void complete_event(struct bsession *bs)
         if (fated) {
             /* Answering each event, nobody would have been asked this one. */
             if (a->state != MGW_POLICY_NOT_ASKED && a->pa.nmods > 0)
-                mgw_metrics_mods_dropped(b->filters[i].metric, MGW_POLICY_DROP_REFUSED,
+                mgw_metrics_mods_dropped(b->filters[i].l.metric, MGW_POLICY_DROP_REFUSED,
                                          a->pa.nmods);
             a->state = MGW_POLICY_NOT_ASKED;
         }
@@ -1314,7 +1112,7 @@ static void complete_event(struct bsession *bs)
         pa[i].nmods = a->pa.nmods;
         pa[i].actions = bs->decls[i].actions & bs->negotiated.actions;
         pa[i].receives = receives_of(bs, i);
-        pa[i].shadow = b->filters[i].conf.shadow;
+        pa[i].shadow = b->filters[i].l.conf.shadow;
         total += a->pa.nmods;
     }
     mods = mgw_xcalloc(total + 1, sizeof *mods);
@@ -1332,7 +1130,7 @@ static void complete_event(struct bsession *bs)
         log_info(bs->sid, "verdict",
                  "event=%s verdict=%s decided_by=%s failure_policy=%s mods=%zu refused_at=%s",
                  event_name(cmd), mgw_verdict_name(res.kind),
-                 res.decider == MGW_POLICY_NONE ? "-" : b->filters[res.decider].conf.name,
+                 res.decider == MGW_POLICY_NONE ? "-" : b->filters[res.decider].l.conf.name,
                  res.failure_applied ? "yes" : "no", res.nmods,
                  fated ? event_name(fate_cmd) : "-");
     }
@@ -1391,12 +1189,12 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         /* The message is over for everyone still on the connection. */
         id = bs->next_id++;
         mgw_proto_event_build(&pe, &bs->ev_sc, id, ev);
-        msg = pack_slice(&pe.ev.base);
+        msg = mgw_grpc_pack_slice(&pe.ev.base);
         for (size_t i = 0; i < bs->b->nfilters; i++) {
             /* Retired ones included: the contract says every filter (filter.proto). */
             if (!bs->streams[i]->broken) {
                 stream_send(bs->streams[i], grpc_slice_ref(msg));
-                mgw_metrics_filter_event(bs->b->filters[i].metric, MGW_METRICS_EV_ABORT);
+                mgw_metrics_filter_event(bs->b->filters[i].l.metric, MGW_METRICS_EV_ABORT);
             }
         }
         grpc_slice_unref(msg);
@@ -1412,10 +1210,10 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         bs->eom_id = bs->next_id++;
         if (mgw_proto_event_build(&pe, &bs->ev_sc, bs->eom_id, ev) < 0)
             return MGW_EINVAL;
-        bs->eom_after_body = pack_slice(&pe.ev.base);
+        bs->eom_after_body = mgw_grpc_pack_slice(&pe.ev.base);
         bs->have_eom_after_body = 1;
         mgw_proto_event_body(&pe, id, m->u.body.data, m->u.body.len);
-        msg = pack_slice(&pe.ev.base);
+        msg = mgw_grpc_pack_slice(&pe.ev.base);
         start_event(bs, MGW_SMFIC_BODY, msg, id);
         return 0;
     }
@@ -1425,7 +1223,7 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
     id = bs->next_id++;
     if (mgw_proto_event_build(&pe, &bs->ev_sc, id, ev) < 0)
         return MGW_EINVAL;
-    msg = pack_slice(&pe.ev.base);
+    msg = mgw_grpc_pack_slice(&pe.ev.base);
     if (!want_reply) {
         fan_out(bs, m->cmd, msg, id, 0);
         grpc_slice_unref(msg);
@@ -1466,19 +1264,19 @@ static void *bridge_open(void *impl, const struct mgw_session_info *info,
         struct mgw_proto_event pe;
         struct mgw_proto_start_info si = {
             .session_id = bs->sid_str, .gateway_version = MGW_VERSION,
-            .filter_name = f->conf.name, .offered = &bs->offered,
+            .filter_name = f->l.conf.name, .offered = &bs->offered,
             .negotiated = &bs->negotiated, .effective = &bs->decls[i]};
 
         /* What the filter declared less what this MTA cannot do: what it is told and
          * what it is held to. */
-        mgw_policy_effective_decl(&f->decl, &bs->offered, &bs->negotiated, &bs->decls[i]);
+        mgw_policy_effective_decl(&f->l.decl, &bs->offered, &bs->negotiated, &bs->decls[i]);
         bs->streams[i] = stream_open(bs, f);
         if (!bs->streams[i]->broken) {
             mgw_proto_event_start(&pe, &sc, start_id, &si);
-            stream_send(bs->streams[i], pack_slice(&pe.ev.base));
+            stream_send(bs->streams[i], mgw_grpc_pack_slice(&pe.ev.base));
             mgw_proto_scratch_reset(&sc);
         }
-        /* Macro lists are borrowed from f->decl, which a Describe refresh may free; they
+        /* Macro lists are borrowed from f->l.decl, which a Describe refresh may free; they
          * were needed only for negotiation and the SessionStart just packed. */
         memset(bs->decls[i].macros, 0, sizeof bs->decls[i].macros);
     }
@@ -1514,6 +1312,24 @@ static const struct mgw_backend_ops bridge_ops = {
 
 /* ---- lifetime ---- */
 
+static void on_decl_changed(void *arg)
+{
+    recompute_needs(arg);
+}
+
+/* One first Describe is over: when the last is, the bridge is ready. */
+static void on_decl_settled(void *arg)
+{
+    struct bridge *b = arg;
+
+    if (b->describing > 0 && --b->describing == 0 && b->ready != NULL) {
+        void (*ready)(void *) = b->ready;
+
+        b->ready = NULL;
+        ready(b->ready_arg);
+    }
+}
+
 struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filter_conf *filters,
                                   size_t n, void (*ready)(void *arg), void *arg, char *err,
                                   size_t errlen)
@@ -1533,41 +1349,23 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
 
         f->b = b;
         f->index = i;
-        f->metric = mgw_metrics_filter_register(filters[i].name);
-        mgw_filter_conf_copy(&f->conf, &filters[i]);
-        if (f->conf.max_queue == 0)
-            f->conf.max_queue = MGW_FILTER_DEFAULT_MAX_QUEUE;
-        if (f->conf.max_message == 0)
-            f->conf.max_message = MGW_FILTER_DEFAULT_MAX_MESSAGE;
-        b->nfilters = i + 1;
-        f->ch = mgw_grpc_channel_new(&f->conf, why, sizeof why);
-        if (f->ch == NULL) {
-            snprintf(err, errlen, "filter %s: %s", f->conf.name, why);
+        if (mgw_filter_link_init(&f->l, &filters[i], b->pump, on_decl_changed, on_decl_settled,
+                                 b, why, sizeof why) < 0) {
+            snprintf(err, errlen, "filter %s: %s", filters[i].name, why);
             mgw_bridge_free((struct mgw_bridge *)b);
             return NULL;
         }
-        f->session_method = grpc_channel_register_call(f->ch, SESSION_METHOD, NULL, NULL);
-        f->describe_method = grpc_channel_register_call(f->ch, DESCRIBE_METHOD, NULL, NULL);
-        if (f->conf.has_decl) {
-            /* The operator's declaration replaces Describe (filter_conf.h). */
-            f->decl = f->conf.decl;
-            f->described = 1;
-        } else {
-            mgw_proto_decl_default(&f->decl);
-            describing++;
-        }
-        f->watch_tag.cb = watch_done;
-        f->describe_tag.cb = describe_done;
-        f->state = grpc_channel_check_connectivity_state(f->ch, 1);
-        watch_arm(f);
+        b->nfilters = i + 1;
     }
     recompute_needs(b);
     b->ready = ready;
     b->ready_arg = arg;
+    /* Counted before any starts: a Describe cannot answer inside start, but be exact. */
+    for (size_t i = 0; i < n; i++)
+        describing += !b->filters[i].l.conf.has_decl;
     b->describing = describing;
     for (size_t i = 0; i < n; i++)
-        if (!b->filters[i].conf.has_decl)
-            describe_start(&b->filters[i]);
+        mgw_filter_link_start(&b->filters[i].l);
     if (describing == 0 && ready != NULL) {
         b->ready = NULL;
         ready(arg);
@@ -1593,7 +1391,7 @@ size_t mgw_bridge_ready_count(const struct mgw_bridge *mb, size_t *total)
     size_t n = 0;
 
     for (size_t i = 0; i < b->nfilters; i++)
-        n += b->filters[i].state == GRPC_CHANNEL_READY;
+        n += b->filters[i].l.state == GRPC_CHANNEL_READY;
     *total = b->nfilters;
     return n;
 }
@@ -1616,23 +1414,15 @@ struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *mb)
         if (st->call != NULL && !st->finished)
             grpc_call_cancel(st->call, NULL);
     }
-    for (size_t i = 0; i < b->nfilters; i++) {
-        if (b->filters[i].describe_call != NULL)
-            grpc_call_cancel(b->filters[i].describe_call, NULL);
-    }
     /* Destroying a channel completes its watch; the pump delivers every outstanding
      * completion before its thread ends, so every stream frees itself. */
     for (size_t i = 0; i < b->nfilters; i++)
-        if (b->filters[i].ch != NULL)
-            grpc_channel_destroy(b->filters[i].ch);
+        mgw_filter_link_close(&b->filters[i].l);
     b->pump = mgw_grpc_pump_free(b->pump);
     if (!TAILQ_EMPTY(&b->streams))
         log_error(0, "streams left at shutdown", "");
-    for (size_t i = 0; i < b->nfilters; i++) {
-        mgw_proto_scratch_reset(&b->filters[i].decl_mem);
-        free(b->filters[i].decl_mem.chunks);
-        mgw_filter_conf_clear(&b->filters[i].conf);
-    }
+    for (size_t i = 0; i < b->nfilters; i++)
+        mgw_filter_link_clear(&b->filters[i].l);
     free(b->filters);
     free(b->needs_mem);
     free(b);

@@ -6,6 +6,7 @@
 #include "mgw/grpc_channel.h"
 
 #include <errno.h>
+#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,4 +112,43 @@ grpc_channel *mgw_grpc_channel_new(const struct mgw_filter_conf *c, char *err, s
     ch = grpc_channel_create(c->target, cr, &args);
     grpc_channel_credentials_release(cr);
     return ch;
+}
+
+grpc_slice mgw_grpc_pack_slice(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    grpc_slice s = grpc_slice_malloc(n);
+
+    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    return s;
+}
+
+grpc_byte_buffer *mgw_grpc_pack(const ProtobufCMessage *m)
+{
+    grpc_slice s = mgw_grpc_pack_slice(m);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1); /* takes its own ref */
+
+    grpc_slice_unref(s);
+    return bb;
+}
+
+/* Unpack a received buffer (one slice without copy when possible; GRPC_CORE.md §3). */
+ProtobufCMessage *mgw_grpc_unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *d)
+{
+    grpc_byte_buffer_reader r;
+    grpc_slice s;
+    ProtobufCMessage *m;
+
+    if (bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE &&
+        bb->data.raw.slice_buffer.count == 1) {
+        s = bb->data.raw.slice_buffer.slices[0];
+        return protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    }
+    if (!grpc_byte_buffer_reader_init(&r, bb))
+        return NULL;
+    s = grpc_byte_buffer_reader_readall(&r);
+    m = protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    grpc_slice_unref(s);
+    grpc_byte_buffer_reader_destroy(&r);
+    return m;
 }
