@@ -455,6 +455,26 @@ static const struct verdict_case verdict_cases[] = {
      false},
 };
 
+/* Report the first of kind, decider, reply text and failure_applied that is not as
+ * wanted; true if one was not. */
+static bool result_differs(const char *name, const struct mgw_policy_result *r,
+                           enum mgw_verdict_kind kind, size_t decider, const char *reply,
+                           bool failure_applied)
+{
+    if (r->kind != kind)
+        case_failed(name, "kind: got %s, want %s", kname(r->kind), kname(kind));
+    else if (r->decider != decider)
+        case_failed(name, "decider: got %ld, want %ld", idx(r->decider), idx(decider));
+    else if ((r->reply == NULL) != (reply == NULL) || (r->reply && strcmp(r->reply, reply) != 0))
+        case_failed(name, "reply: got %s, want %s", str_or_null(r->reply), str_or_null(reply));
+    else if (r->failure_applied != failure_applied)
+        case_failed(name, "failure_applied: got %d, want %d", r->failure_applied,
+                    failure_applied);
+    else
+        return false;
+    return true;
+}
+
 static void test_verdicts_follow_the_merge_rule(void **state)
 {
     (void)state;
@@ -467,19 +487,9 @@ static void test_verdicts_follow_the_merge_rule(void **state)
 
         if (rc != 0)
             case_failed(t->name, "return: got %d, want 0", rc);
-        else if (r.kind != t->kind)
-            case_failed(t->name, "kind: got %s, want %s", kname(r.kind), kname(t->kind));
-        else if (r.decider != t->decider)
-            case_failed(t->name, "decider: got %ld, want %ld", idx(r.decider), idx(t->decider));
-        else if ((r.reply == NULL) != (t->reply == NULL) ||
-                 (r.reply && strcmp(r.reply, t->reply) != 0))
-            case_failed(t->name, "reply: got %s, want %s", r.reply ? r.reply : "NULL",
-                        t->reply ? t->reply : "NULL");
-        else if (r.keeper != t->keeper)
+        else if (!result_differs(t->name, &r, t->kind, t->decider, t->reply, t->failure_applied) &&
+                 r.keeper != t->keeper)
             case_failed(t->name, "keeper: got %ld, want %ld", idx(r.keeper), idx(t->keeper));
-        else if (r.failure_applied != t->failure_applied)
-            case_failed(t->name, "failure_applied: got %d, want %d", r.failure_applied,
-                        t->failure_applied);
     }
     end_table();
 }
@@ -536,19 +546,9 @@ static void test_pipelined_refusals_decide_as_strict_answers_would(void **state)
 
         if (fated != t->fated)
             case_failed(t->name, "fated: got %d, want %d", fated, t->fated);
-        else if (!fated)
+        else if (!fated ||
+                 result_differs(t->name, &r, t->kind, t->decider, t->reply, t->failure_applied))
             continue;
-        else if (r.kind != t->kind)
-            case_failed(t->name, "kind: got %s, want %s", kname(r.kind), kname(t->kind));
-        else if (r.decider != t->decider)
-            case_failed(t->name, "decider: got %ld, want %ld", idx(r.decider), idx(t->decider));
-        else if ((r.reply == NULL) != (t->reply == NULL) ||
-                 (r.reply && strcmp(r.reply, t->reply) != 0))
-            case_failed(t->name, "reply: got %s, want %s", str_or_null(r.reply),
-                        str_or_null(t->reply));
-        else if (r.failure_applied != t->failure_applied)
-            case_failed(t->name, "failure_applied: got %d, want %d", r.failure_applied,
-                        t->failure_applied);
         else if (cmd != t->cmd)
             case_failed(t->name, "cmd: got %c, want %c", cmd, t->cmd);
         else if (r.nmods != 0)
@@ -557,42 +557,30 @@ static void test_pipelined_refusals_decide_as_strict_answers_would(void **state)
     end_table();
 }
 
-static void test_only_refusals_refuse(void **state)
+/* What each verdict is, as the bridge asks: a refusal of the message (pipelined content,
+ * rule 7), and whether it settles an event early (only a discard, which nothing outranks). */
+static void test_verdict_predicates(void **state)
 {
     static const struct {
         enum mgw_verdict_kind kind;
-        bool want;
+        bool refusal, final_early;
     } cases[] = {
-        {MGW_VERDICT_CONTINUE, false}, {MGW_VERDICT_ACCEPT, false}, {MGW_VERDICT_REJECT, true},
-        {MGW_VERDICT_TEMPFAIL, true},  {MGW_VERDICT_DISCARD, true}, {MGW_VERDICT_SKIP, false},
+        {MGW_VERDICT_CONTINUE, false, false}, {MGW_VERDICT_ACCEPT, false, false},
+        {MGW_VERDICT_REJECT, true, false},    {MGW_VERDICT_TEMPFAIL, true, false},
+        {MGW_VERDICT_DISCARD, true, true},    {MGW_VERDICT_SKIP, false, false},
     };
 
     (void)state;
     for (size_t i = 0; i < NELEM(cases); i++) {
-        if (mgw_policy_refusal(cases[i].kind) != cases[i].want)
-            case_failed("reject, tempfail and discard refuse the message", "%s: got %d",
-                        kname(cases[i].kind), !cases[i].want);
-    }
-    end_table();
-}
+        bool refusal = mgw_policy_refusal(cases[i].kind);
+        bool early = mgw_policy_final_early(cases[i].kind);
 
-static void test_only_discard_is_answered_early(void **state)
-{
-    static const struct {
-        enum mgw_verdict_kind kind;
-        bool want;
-    } cases[] = {
-        {MGW_VERDICT_CONTINUE, false}, {MGW_VERDICT_ACCEPT, false}, {MGW_VERDICT_REJECT, false},
-        {MGW_VERDICT_TEMPFAIL, false}, {MGW_VERDICT_DISCARD, true}, {MGW_VERDICT_SKIP, false},
-    };
-
-    (void)state;
-    for (size_t i = 0; i < NELEM(cases); i++) {
-        bool got = mgw_policy_final_early(cases[i].kind);
-
-        if (got != cases[i].want)
+        if (refusal != cases[i].refusal)
+            case_failed("reject, tempfail and discard refuse the message", "%s: got %d, want %d",
+                        kname(cases[i].kind), refusal, cases[i].refusal);
+        if (early != cases[i].final_early)
             case_failed("only a discard, which nothing outranks, settles an event early",
-                        "%s: got %d, want %d", kname(cases[i].kind), got, cases[i].want);
+                        "%s: got %d, want %d", kname(cases[i].kind), early, cases[i].final_early);
     }
     end_table();
 }
@@ -1563,8 +1551,7 @@ int main(void)
         cmocka_unit_test(test_every_rank_pair_has_the_expected_winner),
         cmocka_unit_test(test_verdicts_follow_the_merge_rule),
         cmocka_unit_test(test_pipelined_refusals_decide_as_strict_answers_would),
-        cmocka_unit_test(test_only_refusals_refuse),
-        cmocka_unit_test(test_only_discard_is_answered_early),
+        cmocka_unit_test(test_verdict_predicates),
         cmocka_unit_test(test_answers_change_the_filter_liveness_per_stage),
         cmocka_unit_test(test_modifications_are_ordered_policed_and_deduplicated),
         cmocka_unit_test(test_each_modification_needs_its_declared_action),
