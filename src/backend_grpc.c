@@ -7,8 +7,9 @@
  * content rule are policy.c's.
  *
  * Per MTA connection (struct bsession): one struct stream per filter, the event being
- * answered, and each filter's answer to it. Per stream: one Session call with at most
- * one SEND_MESSAGE in flight (an outbound queue behind it), one RECV_MESSAGE always
+ * answered, and each filter's answer to it. Per stream: one Session call, made at the
+ * filter's first event (until then only the SessionStart waits, packed: gRPC's per-call
+ * state is most of what an idle connection costs), with at most one SEND_MESSAGE in flight (an outbound queue behind it), one RECV_MESSAGE always
  * armed, RECV_STATUS from the start, a count of outstanding batches (completions arrive
  * in any order: the stream is freed when it reaches 0 after the session let go of it),
  * a FIFO of the events the filter owes a reply for (owed.h), each with its deadline, and
@@ -32,8 +33,8 @@
  * Failure of one filter (status, end of stream, out-of-contract reply, deadline) cancels
  * its call and marks its stream broken: it gets its on_error verdict for the current
  * event and, immediately, for every later event it would have answered on this
- * connection. A filter whose channel is in TRANSIENT_FAILURE at connection start gets no
- * call at all, so a filter known to be down costs no waiting.
+ * connection. A filter whose channel is in TRANSIENT_FAILURE when its first event comes
+ * gets no call at all, so a filter known to be down costs no waiting.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -95,6 +96,7 @@ struct stream {
     size_t queued_bytes;  /* in queue[] and sending */
     size_t sending_len;   /* of `sending`, taken at the start: gRPC empties the buffer */
     uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
+    int started; /* the call exists (or failed fast): at the first event it receives */
     int initial_sent, close_wanted, close_sent, broken, finished;
     int flow_held; /* this stream holds the MTA's reading (back-pressure) */
     /* Liveness in the current message / connection (policy effects). */
@@ -138,7 +140,6 @@ struct bsession {
     grpc_slice eom_after_body; /* 'E' with data: the EOM event, sent after its body */
     uint64_t eom_id;
     int have_eom_after_body;
-    struct mgw_proto_scratch ev_sc;
 
     /* Pipelined content (policy.h rule 7), for the current message: each filter's first
      * refusal (allocated at the first one; texts owned), and whether one is known, after
@@ -162,6 +163,10 @@ struct bridge {
     void (*ready)(void *);
     void *ready_arg;
     int shutting_down;
+    /* Where events and SessionStarts are built: each is packed before the call that
+     * built it returns, so one arena serves every session (an idle connection holds
+     * none of it). */
+    struct mgw_proto_scratch sc;
 };
 
 static void stream_fail(struct stream *st, const char *reason, const char *detail);
@@ -380,7 +385,7 @@ static void send_next(struct stream *st)
     grpc_op ops[2];
     size_t n = 0, take;
 
-    if (st->sending != NULL || st->broken || st->finished)
+    if (!st->started || st->sending != NULL || st->broken || st->finished)
         return;
     memset(ops, 0, sizeof ops);
     if (st->nqueue == 0) {
@@ -569,11 +574,13 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* A stream starts with its SessionStart queued and no call: gRPC's per-call state (some
+ * 13 KB, most of an idle connection's cost) waits until the filter receives its first
+ * event (stream_start), and a connection that brings it none never makes one. */
 static struct stream *stream_open(struct bsession *bs, struct filter *f)
 {
     struct bridge *b = bs->b;
     struct stream *st = mgw_xcalloc(1, sizeof *st);
-    grpc_op ops[2];
 
     st->f = f;
     st->bs = bs;
@@ -588,16 +595,29 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
     st->status_tag.cb = on_status;
     st->close_tag.cb = on_close_sent;
     TAILQ_INSERT_TAIL(&b->streams, st, link);
+    return st;
+}
 
+/* Make the call, before the first event the filter receives; what is queued (the
+ * SessionStart first) goes once it exists. */
+static void stream_start(struct stream *st)
+{
+    struct filter *f = st->f;
+    grpc_op ops[2];
+
+    if (st->started)
+        return;
+    st->started = 1;
     /* Fail fast: a channel known to be down gets no call and costs no waiting. */
     if (grpc_channel_check_connectivity_state(f->l.ch, 1) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
         st->broken = 1;
-        log_warn(bs->sid, "filter unavailable", "filter=%s target=%s on_error=%s",
+        log_warn(st->sid, "filter unavailable", "filter=%s target=%s on_error=%s",
                  f->l.conf.name, f->l.conf.target, mgw_on_error_name(f->l.conf.on_error));
-        return st;
+        return;
     }
     st->call = grpc_channel_create_registered_call(f->l.ch, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                                   mgw_grpc_pump_cq(b->pump), f->l.session_method,
+                                                   mgw_grpc_pump_cq(f->b->pump),
+                                                   f->l.session_method,
                                                    gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
@@ -611,7 +631,7 @@ static struct stream *stream_open(struct bsession *bs, struct filter *f)
     ops[1].op = GRPC_OP_RECV_MESSAGE;
     ops[1].data.recv_message.recv_message = &st->recv_buf;
     start_batch(st, ops, 2, &st->recv_tag);
-    return st;
+    send_next(st);
 }
 
 /* The MTA connection lets go: half-close (Quit), and cancel if the filter lingers. Owed
@@ -818,8 +838,7 @@ static void unwaited_reply(struct stream *st, const struct mgw_owed *o, Miltergw
                 content_refused(bs, stream_index(st), o, MGW_POLICY_ANSWERED, pa.kind, pa.reply);
         }
     }
-    mgw_proto_scratch_reset(&sc);
-    free(sc.chunks);
+    mgw_proto_scratch_free(&sc);
 }
 
 static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
@@ -972,6 +991,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
         a->state = MGW_POLICY_NOT_ASKED;
         if (!receives)
             continue;
+        stream_start(st);
         if (st->broken) {
             if (waited_for) {
                 a->state = MGW_POLICY_FAILED;
@@ -1036,8 +1056,7 @@ static void release_answers(struct answer *ans, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (ans[i].reply != NULL)
             protobuf_c_message_free_unpacked(&ans[i].reply->base, NULL);
-        mgw_proto_scratch_reset(&ans[i].sc);
-        free(ans[i].sc.chunks);
+        mgw_proto_scratch_free(&ans[i].sc);
     }
     free(ans);
 }
@@ -1184,15 +1203,16 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
 
     if (bs->active)
         mgw_panic("bridge: event '%c' while '%c' is unanswered", m->cmd, bs->cmd);
-    mgw_proto_scratch_reset(&bs->ev_sc);
+    mgw_proto_scratch_reset(&bs->b->sc);
     if (m->cmd == MGW_SMFIC_ABORT) {
         /* The message is over for everyone still on the connection. */
         id = bs->next_id++;
-        mgw_proto_event_build(&pe, &bs->ev_sc, id, ev);
+        mgw_proto_event_build(&pe, &bs->b->sc, id, ev);
         msg = mgw_grpc_pack_slice(&pe.ev.base);
         for (size_t i = 0; i < bs->b->nfilters; i++) {
-            /* Retired ones included: the contract says every filter (filter.proto). */
-            if (!bs->streams[i]->broken) {
+            /* Retired ones included: every filter with a stream (filter.proto); one that
+             * has received nothing yet has nothing to abandon. */
+            if (bs->streams[i]->started && !bs->streams[i]->broken) {
                 stream_send(bs->streams[i], grpc_slice_ref(msg));
                 mgw_metrics_filter_event(bs->b->filters[i].l.metric, MGW_METRICS_EV_ABORT);
             }
@@ -1208,7 +1228,7 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
          * first, then EndOfMessage (filter.proto). */
         id = bs->next_id++;
         bs->eom_id = bs->next_id++;
-        if (mgw_proto_event_build(&pe, &bs->ev_sc, bs->eom_id, ev) < 0)
+        if (mgw_proto_event_build(&pe, &bs->b->sc, bs->eom_id, ev) < 0)
             return MGW_EINVAL;
         bs->eom_after_body = mgw_grpc_pack_slice(&pe.ev.base);
         bs->have_eom_after_body = 1;
@@ -1221,7 +1241,7 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
     if (!want_reply && bs->doomed && is_message_event(m->cmd))
         return 0;
     id = bs->next_id++;
-    if (mgw_proto_event_build(&pe, &bs->ev_sc, id, ev) < 0)
+    if (mgw_proto_event_build(&pe, &bs->b->sc, id, ev) < 0)
         return MGW_EINVAL;
     msg = mgw_grpc_pack_slice(&pe.ev.base);
     if (!want_reply) {
@@ -1241,7 +1261,6 @@ static void *bridge_open(void *impl, const struct mgw_session_info *info,
 {
     struct bridge *b = impl;
     struct bsession *bs = mgw_xcalloc(1, sizeof *bs);
-    struct mgw_proto_scratch sc = {0};
     uint64_t start_id;
 
     bs->b = b;
@@ -1271,16 +1290,13 @@ static void *bridge_open(void *impl, const struct mgw_session_info *info,
          * what it is held to. */
         mgw_policy_effective_decl(&f->l.decl, &bs->offered, &bs->negotiated, &bs->decls[i]);
         bs->streams[i] = stream_open(bs, f);
-        if (!bs->streams[i]->broken) {
-            mgw_proto_event_start(&pe, &sc, start_id, &si);
-            stream_send(bs->streams[i], mgw_grpc_pack_slice(&pe.ev.base));
-            mgw_proto_scratch_reset(&sc);
-        }
+        mgw_proto_event_start(&pe, &b->sc, start_id, &si);
+        stream_send(bs->streams[i], mgw_grpc_pack_slice(&pe.ev.base));
+        mgw_proto_scratch_reset(&b->sc);
         /* Macro lists are borrowed from f->l.decl, which a Describe refresh may free; they
          * were needed only for negotiation and the SessionStart just packed. */
         memset(bs->decls[i].macros, 0, sizeof bs->decls[i].macros);
     }
-    free(sc.chunks);
     return bs;
 }
 
@@ -1294,8 +1310,6 @@ static void bridge_close(void *impl)
         grpc_slice_unref(bs->eom_after_body);
     fate_free(bs);
     release_answers(bs->ans, bs->b->nfilters);
-    mgw_proto_scratch_reset(&bs->ev_sc);
-    free(bs->ev_sc.chunks);
     free(bs->streams);
     free(bs->decls);
     free(bs);
@@ -1425,6 +1439,7 @@ struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *mb)
         mgw_filter_link_clear(&b->filters[i].l);
     free(b->filters);
     free(b->needs_mem);
+    mgw_proto_scratch_free(&b->sc);
     free(b);
     return NULL;
 }

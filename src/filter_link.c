@@ -45,8 +45,7 @@ static void describe_done(struct mgw_grpc_tag *tag, int ok)
         memset(&f->decl_mem, 0, sizeof f->decl_mem);
         mgw_proto_decl_from_description(d, &f->decl_mem, &f->decl);
         f->batching = d->batches;
-        mgw_proto_scratch_reset(&old);
-        free(old.chunks);
+        mgw_proto_scratch_free(&old);
         f->described = 1;
         log_info(0, "filter described", "filter=%s target=%s events=0x%" PRIx32
                  " observe_only=0x%" PRIx32 " actions=0x%" PRIx32 " batches=%d",
@@ -217,7 +216,6 @@ void mgw_filter_link_close(struct mgw_filter_link *f)
 
 void mgw_filter_link_clear(struct mgw_filter_link *f)
 {
-    mgw_proto_scratch_reset(&f->decl_mem);
-    free(f->decl_mem.chunks);
+    mgw_proto_scratch_free(&f->decl_mem);
     mgw_filter_conf_clear(&f->conf);
 }

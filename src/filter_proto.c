@@ -60,6 +60,13 @@ void mgw_proto_scratch_reset(struct mgw_proto_scratch *s)
     }
 }
 
+void mgw_proto_scratch_free(struct mgw_proto_scratch *s)
+{
+    mgw_proto_scratch_reset(s);
+    free(s->chunks);
+    s->chunks = NULL;
+}
+
 /* ---- UTF-8 ---- */
 
 /* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid (RFC 3629). */

@@ -34,7 +34,8 @@ struct mgw_proto_scratch {
 };
 
 void *mgw_proto_scratch_alloc(struct mgw_proto_scratch *s, size_t n);
-void mgw_proto_scratch_reset(struct mgw_proto_scratch *s);
+void mgw_proto_scratch_reset(struct mgw_proto_scratch *s); /* keeps one chunk for reuse */
+void mgw_proto_scratch_free(struct mgw_proto_scratch *s);  /* keeps nothing; reusable */
 
 /* An Event ready to pack, with all its parts (they point into the scratch arena and
  * into the milter event's buffers: pack it before either goes away). */

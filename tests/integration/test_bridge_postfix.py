@@ -876,6 +876,28 @@ class BridgeRawMilter(unittest.TestCase):
         fs["a"].wait_record("abort")
         self.assertEqual(fs["a"].find("mail"), [], fs["a"].record_text())
 
+    def test_6_a_filter_gets_its_stream_at_its_first_event(self):
+        # filter.proto: a stream opens when the filter's first event comes, so a
+        # connection that brings a filter nothing costs it no stream (and the gateway no
+        # gRPC call), and has nothing for it to abandon (no Abort either).
+        gw, fs = self.start([("a", []), ("b", ["--events", "mail,eom"])])
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            c.send(frame("A"))
+        fs["a"].wait_record("close")
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            self.assertEqual(c.command(frame("M", cstr("<s@example.org>")))[0], "c")
+        fs["b"].wait_record("mail")
+        fs["a"].wait_record("close", count=2)
+        a_sessions = list(fs["a"].sessions())
+        self.assertEqual(len(a_sessions), 2, fs["a"].record_text())
+        b_sessions = fs["b"].sessions()
+        self.assertEqual(list(b_sessions), a_sessions[1:], fs["b"].record_text())
+        kinds = [r["kind"] for r in b_sessions[a_sessions[1]]]
+        self.assertEqual(kinds[:2], ["start", "mail"], fs["b"].record_text())
+        self.assertEqual(fs["b"].find("abort"), [], fs["b"].record_text())
+
 
 # =========================================================================================
 # Shutdown right after a session (no Postfix: a raw milter client, to hit the moment when

@@ -44,13 +44,30 @@
 
 static struct mgw_proto_scratch sc;
 
-/* As the bridge does: reset keeps one chunk for reuse, so free that one too. */
-static void scratch_release(void)
+/* Reset keeps one ordinary chunk for the next event; free keeps nothing (the bridge
+ * relies on it: a shared arena, nothing held per connection), and the arena is usable
+ * again after either. */
+static void test_scratch_reset_keeps_one_chunk_and_free_none(void **state)
 {
-    mgw_proto_scratch_reset(&sc);
-    free(sc.chunks);
-    sc.chunks = NULL;
+    struct mgw_proto_scratch s = {0};
+    unsigned char *p;
+
+    (void)state;
+    p = mgw_proto_scratch_alloc(&s, 100);
+    memset(p, 0xa5, 100);
+    memset(mgw_proto_scratch_alloc(&s, 10000), 0x5a, 10000); /* a second, larger chunk */
+    mgw_proto_scratch_reset(&s);
+    assert_non_null(s.chunks);
+    memset(mgw_proto_scratch_alloc(&s, 64), 1, 64);
+    mgw_proto_scratch_free(&s);
+    assert_null(s.chunks);
+    mgw_proto_scratch_free(&s); /* twice is harmless */
+    memset(mgw_proto_scratch_alloc(&s, 1 << 20), 2, 1 << 20); /* oversized: dropped at reset */
+    mgw_proto_scratch_reset(&s);
+    assert_null(s.chunks);
+    mgw_proto_scratch_free(&s);
 }
+
 
 /* ---- a small text builder for renderings ---- */
 
@@ -335,7 +352,7 @@ static void run_event_case(const struct event_case *c, uint64_t id)
     rc = mgw_proto_event_build(&pe, &sc, id, &ev);
     if (rc != 0) {
         case_failed(c->name, "build rc: got %d, want 0", rc);
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
         return;
     }
     if ((back = roundtrip(c->name, &pe.ev)) != NULL) {
@@ -346,7 +363,7 @@ static void run_event_case(const struct event_case *c, uint64_t id)
             case_failed(c->name, "event:\n  got  %s\n  want %s", b.buf, c->want);
         miltergw__v1__event__free_unpacked(back, NULL);
     }
-    scratch_release();
+    mgw_proto_scratch_free(&sc);
 }
 
 #define MACROS_CONNECT "j\0mx.example.org\0{daemon_name}\0smtpd\0"
@@ -533,7 +550,7 @@ static void test_commands_that_are_no_event_are_refused(void **state)
 
         if (rc != MGW_EINVAL)
             case_failed(cases[i].name, "rc: got %d, want %d (MGW_EINVAL)", rc, MGW_EINVAL);
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -577,7 +594,7 @@ static void test_body_chunks_carry_their_bytes(void **state)
             miltergw__v1__event__free_unpacked(back, NULL);
         }
         free(data);
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -652,7 +669,7 @@ static void test_session_start_describes_the_session(void **state)
 
         mgw_proto_event_start(&pe, &sc, 5 + i, &info);
         if ((back = roundtrip(n, &pe.ev)) == NULL) {
-            scratch_release();
+            mgw_proto_scratch_free(&sc);
             continue;
         }
         if (back->event_case != MILTERGW__V1__EVENT__EVENT_START || back->start == NULL) {
@@ -696,7 +713,7 @@ static void test_session_start_describes_the_session(void **state)
         }
     next:
         miltergw__v1__event__free_unpacked(back, NULL);
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -756,7 +773,7 @@ static void test_verdicts_translate_or_are_out_of_contract(void **state)
             case_failed(cases[i].name, "why: got \"%s\", want it to say \"%s\"",
                         str_or_null(why), cases[i].want_why);
         }
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -837,7 +854,7 @@ static void test_smtp_responses_are_formatted(void **state)
         rc = mgw_proto_reply_answer(&r, 'R', &sc, &a, &why);
         if (rc != 0) {
             case_failed(n, "rc: got %d (%s), want 0", rc, str_or_null(why));
-            scratch_release();
+            mgw_proto_scratch_free(&sc);
             continue;
         }
         if (cases[i].want_reply == NULL ? a.reply != NULL
@@ -848,7 +865,7 @@ static void test_smtp_responses_are_formatted(void **state)
         if ((a.warning != NULL) != cases[i].want_warning)
             case_failed(n, "warning: got \"%s\", want %s", str_or_null(a.warning),
                         cases[i].want_warning ? "one" : "none");
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -898,7 +915,7 @@ static void test_smtp_responses_at_the_documented_limits_fit(void **state)
         else if (a.reply == NULL || strlen(a.reply) != want_len)
             case_failed(cases[i].name, "reply: got %zu bytes (warning \"%s\"), want %zu",
                         a.reply ? strlen(a.reply) : 0, str_or_null(a.warning), want_len);
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -925,7 +942,7 @@ static void test_discard_before_mail_is_out_of_contract(void **state)
             case_failed("discard", "at '%c': rc %d, want %d", cases[i].cmd, rc, cases[i].want_rc);
         if (rc != 0 && (why == NULL || strstr(why, "discard before MAIL") == NULL))
             case_failed("discard", "at '%c': why \"%s\"", cases[i].cmd, str_or_null(why));
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -1215,7 +1232,7 @@ static void test_modifications_become_milter_frames(void **state)
                         mgw_verdict_name(a.kind), str_or_null(a.reply));
     next:
         pool_free();
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -1296,7 +1313,7 @@ static void test_large_bodies_are_split_into_chunks(void **state)
     next:
         free(body);
         pool_free();
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -1343,7 +1360,7 @@ static void test_nul_in_a_name_on_the_wire_is_cut_by_protobuf_c(void **state)
                         "(invalid 0)", got.buf, a.mods_invalid);
     }
     miltergw__v1__reply__free_unpacked(r, NULL);
-    scratch_release();
+    mgw_proto_scratch_free(&sc);
     end_table();
 }
 
@@ -1539,7 +1556,7 @@ static void test_descriptions_become_declarations(void **state)
         memset(&d, 0xA5, sizeof d); /* everything must be written */
         mgw_proto_decl_from_description(&st.d, &sc, &d);
         check_decl(cases[i].name, &d, &cases[i]);
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -1572,7 +1589,7 @@ static void test_effective_description_reads_back_as_the_declaration(void **stat
 
         mgw_proto_event_start(&pe, &sc, 1, &info);
         if ((back = roundtrip(n, &pe.ev)) == NULL) {
-            scratch_release();
+            mgw_proto_scratch_free(&sc);
             continue;
         }
         mgw_proto_decl_from_description(back->start->effective, &sc, &got);
@@ -1585,7 +1602,7 @@ static void test_effective_description_reads_back_as_the_declaration(void **stat
                         want->events, want->observe_only, want->actions,
                         want->rejected_recipients);
         miltergw__v1__event__free_unpacked(back, NULL);
-        scratch_release();
+        mgw_proto_scratch_free(&sc);
     }
     end_table();
 }
@@ -1633,7 +1650,7 @@ static void test_scratch_memory_is_aligned_and_reusable(void **state)
         }
         mgw_proto_scratch_reset(&sc);
     }
-    scratch_release();
+    mgw_proto_scratch_free(&sc);
     mgw_proto_scratch_reset(&sc); /* reset of an empty arena is harmless */
     if (sc.chunks != NULL)
         case_failed("an empty arena stays empty", "chunks: got %p, want NULL",
@@ -1720,6 +1737,7 @@ static void test_batches_are_packed_messages_behind_prefixes(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scratch_reset_keeps_one_chunk_and_free_none),
         cmocka_unit_test(test_milter_commands_become_events),
         cmocka_unit_test(test_strings_become_valid_utf8),
         cmocka_unit_test(test_commands_that_are_no_event_are_refused),
