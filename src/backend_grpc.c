@@ -1405,7 +1405,7 @@ size_t mgw_bridge_ready_count(const struct mgw_bridge *mb, size_t *total)
     size_t n = 0;
 
     for (size_t i = 0; i < b->nfilters; i++)
-        n += b->filters[i].l.state == GRPC_CHANNEL_READY;
+        n += __atomic_load_n(&b->filters[i].l.state, __ATOMIC_RELAXED) == GRPC_CHANNEL_READY;
     *total = b->nfilters;
     return n;
 }

@@ -44,6 +44,8 @@ static void usage(FILE *f)
             "                            (default 7210s; never inside a message)\n"
             "      --drain-timeout DUR   on SIGTERM, how long messages in progress may take\n"
             "                            to finish (default 30s)\n"
+            "      --workers N           event loops running MTA sessions (default 0: one per\n"
+            "                            CPU core)\n"
             "      --log-level LEVEL     error, warn, info (default) or debug\n"
             "      --log-format FORMAT   logfmt (default) or json\n"
             "  -V, --version             print the version and exit\n"
@@ -73,6 +75,7 @@ static const struct {
     {"max-frame", "limits.max_frame"},
     {"idle-timeout", "limits.idle_timeout"},
     {"drain-timeout", "drain_timeout"},
+    {"workers", "workers"},
     {"log-level", "log.level"},
     {"log-format", "log.format"},
 };

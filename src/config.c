@@ -101,6 +101,7 @@ struct raw_config {
     struct raw_log log;
     struct raw_limits limits;
     char *drain_timeout;
+    char *workers;
     struct raw_filter *filters;
     unsigned filters_count;
 };
@@ -197,6 +198,7 @@ static const cyaml_schema_field_t top_fields[] = {
     CYAML_FIELD_MAPPING("log", OPT, struct raw_config, log, log_fields),
     CYAML_FIELD_MAPPING("limits", OPT, struct raw_config, limits, limits_fields),
     STR(struct raw_config, drain_timeout),
+    STR(struct raw_config, workers),
     CYAML_FIELD_SEQUENCE("filters", CYAML_FLAG_POINTER | OPT, struct raw_config, filters,
                          &filter_entry, 0, MGW_CONFIG_MAX_FILTERS),
     CYAML_FIELD_END,
@@ -701,6 +703,7 @@ static const struct setting top_settings[] = {
         MGW_DEFAULT_IDLE_TIMEOUT_MS, 0, MAX_DURATION_MS),
     NUM("drain_timeout", K_DURATION, TOP(drain_timeout), CFG(drain_timeout_ms),
         MGW_CONFIG_DEFAULT_DRAIN_TIMEOUT_MS, 0, 3600000),
+    NUM("workers", K_UINT, TOP(workers), CFG(workers), 0, 0, MGW_CONFIG_MAX_WORKERS),
 };
 
 static const struct setting filter_settings[] = {

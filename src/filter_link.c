@@ -139,7 +139,8 @@ static void watch_done(struct mgw_grpc_tag *tag, int ok)
     f->watching = 0;
     if (f->closing)
         return;
-    f->state = grpc_channel_check_connectivity_state(f->ch, 0);
+    /* Atomic: /readyz reads it from the control thread (mgw_bridge_ready_count). */
+    __atomic_store_n(&f->state, grpc_channel_check_connectivity_state(f->ch, 0), __ATOMIC_RELAXED);
     if (f->state != prev) {
         enum mgw_log_level lvl =
             f->state == GRPC_CHANNEL_TRANSIENT_FAILURE ? MGW_LOG_WARN : MGW_LOG_INFO;
@@ -195,7 +196,7 @@ int mgw_filter_link_init(struct mgw_filter_link *f, const struct mgw_filter_conf
 
 int mgw_filter_link_start(struct mgw_filter_link *f)
 {
-    f->state = grpc_channel_check_connectivity_state(f->ch, 1);
+    __atomic_store_n(&f->state, grpc_channel_check_connectivity_state(f->ch, 1), __ATOMIC_RELAXED);
     watch_arm(f);
     if (f->conf.has_decl)
         return 0;

@@ -25,7 +25,6 @@
 
 #include "mgw/error.h"
 #include "mgw/log.h"
-#include "mgw/session.h"
 #include "mgw/xmalloc.h"
 
 #define BACKLOG 511
@@ -34,7 +33,8 @@
 struct mgw_listener {
     struct evconnlistener *evl;
     struct event *pause_ev;
-    struct mgw_server *srv;
+    mgw_adopt_fn *adopt;
+    void *adopt_arg;
     char name[300];       /* spec with the real port, for logs */
     char path[108];       /* unix socket we created, to unlink */
     ino_t ino;
@@ -63,10 +63,10 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
                       int salen, void *arg)
 {
     struct mgw_listener *l = arg;
-    char peer[64];
+    char peer[MGW_PEER_MAX];
 
     format_peer(sa, peer, sizeof peer);
-    mgw_server_adopt(l->srv, fd, peer);
+    l->adopt(l->adopt_arg, fd, peer);
 }
 
 static void on_resume(evutil_socket_t fd, short what, void *arg)
@@ -214,7 +214,8 @@ static int bind_inet(const struct mgw_listen_spec *sp, struct mgw_listener *l, c
 
 struct mgw_listener *mgw_listener_new(struct event_base *base, const char *spec,
                                       const struct mgw_unix_opts *unix_opts,
-                                      struct mgw_server *srv, char *err, size_t errlen)
+                                      mgw_adopt_fn *adopt, void *adopt_arg, char *err,
+                                      size_t errlen)
 {
     struct mgw_listen_spec sp;
     struct mgw_listener *l;
@@ -223,7 +224,8 @@ struct mgw_listener *mgw_listener_new(struct event_base *base, const char *spec,
     if (mgw_listen_spec_parse(spec, &sp, err, errlen) < 0)
         return NULL;
     l = mgw_xcalloc(1, sizeof *l);
-    l->srv = srv;
+    l->adopt = adopt;
+    l->adopt_arg = adopt_arg;
     fd = sp.kind == MGW_LISTEN_UNIX ? bind_unix(&sp, unix_opts, l, err, errlen)
                                     : bind_inet(&sp, l, err, errlen);
     if (fd < 0)

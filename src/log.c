@@ -17,13 +17,14 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Set by the control thread (a reload), read by every worker loop: atomic. */
 static enum mgw_log_level log_level = MGW_LOG_INFO;
 static enum mgw_log_format log_format = MGW_LOG_LOGFMT;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void mgw_log_set_level(enum mgw_log_level level)
 {
-    log_level = level;
+    __atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
 }
 
 int mgw_log_parse_level(const char *name, enum mgw_log_level *out)
@@ -39,7 +40,7 @@ int mgw_log_parse_level(const char *name, enum mgw_log_level *out)
 
 void mgw_log_set_format(enum mgw_log_format format)
 {
-    log_format = format;
+    __atomic_store_n(&log_format, format, __ATOMIC_RELAXED);
 }
 
 int mgw_log_parse_format(const char *name, enum mgw_log_format *out)
@@ -55,7 +56,7 @@ int mgw_log_parse_format(const char *name, enum mgw_log_format *out)
 
 int mgw_log_enabled(enum mgw_log_level level)
 {
-    return level <= log_level;
+    return level <= __atomic_load_n(&log_level, __ATOMIC_RELAXED);
 }
 
 const char *mgw_log_quote(char *buf, size_t cap, const char *s, size_t len)
@@ -234,7 +235,7 @@ void mgw_log(enum mgw_log_level level, uint64_t sid, const char *msg, const char
         if (r > 0)
             n += (size_t)r < sizeof line - n ? (size_t)r : sizeof line - n - 1;
     }
-    if (log_format == MGW_LOG_JSON) {
+    if (__atomic_load_n(&log_format, __ATOMIC_RELAXED) == MGW_LOG_JSON) {
         char json[8192];
 
         line[n] = '\0';

@@ -7,6 +7,12 @@
  * is one fixed sequence of families, so the output order is set by the code (filters in
  * registration order), never by bump order, and two scrapes of an idle process match.
  *
+ * Threads: every worker loop (workers.h) bumps, and the HTTP endpoint renders, at once.
+ * A bump is a relaxed atomic add (a counter needs no order with anything else); a render
+ * reads each value atomically, so a scrape may see one event's counters half bumped,
+ * never a torn value. Filter registration, rare, holds `reg_mu`, and so does rendering,
+ * which reads the filter table.
+ *
  * It does not serve anything (metrics_http.c does), log, or read clocks.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -14,6 +20,7 @@
 #include "mgw/metrics.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +32,9 @@
 #define PREFIX   "miltergw_"
 #define NBUCKETS 14
 #define NSHADOW  (MGW_VERDICT_SKIP + 1)
+
+#define BUMP(x, n) __atomic_fetch_add(&(x), (n), __ATOMIC_RELAXED)
+#define PEEK(x)    __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* Upper bounds, with their labels spelled as Prometheus clients print them (Go's
  * shortest float form), so the `le` values are stable strings rather than printf's. */
@@ -54,7 +64,7 @@ struct filter_stats {
     bool ready;
     uint64_t events[MGW_METRICS_EV_COUNT];
     uint64_t buckets[NBUCKETS + 1]; /* per bucket, not cumulative; last is +Inf only */
-    double sum;
+    uint64_t sum_ns; /* an integer, so that it can be added to atomically */
     uint64_t errors[MGW_METRICS_FERR_COUNT];
     uint64_t failure[MGW_METRICS_FAIL_COUNT];
     uint64_t dropped[MGW_POLICY_DROP_COUNT];
@@ -66,9 +76,10 @@ static struct {
     uint64_t closed[MGW_METRICS_CLOSE_COUNT];
     uint64_t messages[MGW_METRICS_MSG_COUNT];
     uint64_t reloads[2];
-    int nfilters;
+    int nfilters; /* written under reg_mu; a new entry is complete before it counts */
     struct filter_stats filters[MGW_METRICS_MAX_FILTERS];
 } reg;
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int is_gauge(enum mgw_metric m)
 {
@@ -77,7 +88,7 @@ static int is_gauge(enum mgw_metric m)
 
 static struct filter_stats *filter_at(int f)
 {
-    return f >= 0 && f < reg.nfilters ? &reg.filters[f] : NULL;
+    return f >= 0 && f < __atomic_load_n(&reg.nfilters, __ATOMIC_ACQUIRE) ? &reg.filters[f] : NULL;
 }
 
 /* ---- Bumps ---- */
@@ -85,30 +96,30 @@ static struct filter_stats *filter_at(int f)
 void mgw_metrics_inc(enum mgw_metric m)
 {
     if ((unsigned)m < MGW_METRIC_COUNT)
-        reg.scalar[m]++;
+        BUMP(reg.scalar[m], 1);
 }
 
 void mgw_metrics_add(enum mgw_metric m, uint64_t n)
 {
     if ((unsigned)m < MGW_METRIC_COUNT)
-        reg.scalar[m] += n;
+        BUMP(reg.scalar[m], n);
 }
 
 void mgw_metrics_dec(enum mgw_metric m)
 {
     if ((unsigned)m < MGW_METRIC_COUNT && is_gauge(m))
-        reg.scalar[m]--;
+        BUMP(reg.scalar[m], (uint64_t)-1);
 }
 
 void mgw_metrics_set(enum mgw_metric m, int64_t v)
 {
     if ((unsigned)m < MGW_METRIC_COUNT && is_gauge(m))
-        reg.scalar[m] = (uint64_t)v;
+        __atomic_store_n(&reg.scalar[m], (uint64_t)v, __ATOMIC_RELAXED);
 }
 
 int64_t mgw_metrics_get(enum mgw_metric m)
 {
-    return (unsigned)m < MGW_METRIC_COUNT ? (int64_t)reg.scalar[m] : 0;
+    return (unsigned)m < MGW_METRIC_COUNT ? (int64_t)PEEK(reg.scalar[m]) : 0;
 }
 
 enum mgw_metrics_close_reason mgw_metrics_close_reason_parse(const char *name)
@@ -123,16 +134,16 @@ enum mgw_metrics_close_reason mgw_metrics_close_reason_parse(const char *name)
 
 void mgw_metrics_session_opened(void)
 {
-    reg.scalar[MGW_METRIC_SESSIONS_TOTAL]++;
-    reg.scalar[MGW_METRIC_SESSIONS_OPEN]++;
+    BUMP(reg.scalar[MGW_METRIC_SESSIONS_TOTAL], 1);
+    BUMP(reg.scalar[MGW_METRIC_SESSIONS_OPEN], 1);
 }
 
 void mgw_metrics_session_closed(enum mgw_metrics_close_reason r)
 {
     if ((unsigned)r >= MGW_METRICS_CLOSE_COUNT)
         r = MGW_METRICS_CLOSE_OTHER;
-    reg.scalar[MGW_METRIC_SESSIONS_OPEN]--;
-    reg.closed[r]++;
+    BUMP(reg.scalar[MGW_METRIC_SESSIONS_OPEN], (uint64_t)-1);
+    BUMP(reg.closed[r], 1);
 }
 
 void mgw_metrics_message(enum mgw_verdict_kind final, bool quarantined)
@@ -152,12 +163,12 @@ void mgw_metrics_message(enum mgw_verdict_kind final, bool quarantined)
      * does not apply. */
     if (quarantined && (v == MGW_METRICS_MSG_ACCEPT || v == MGW_METRICS_MSG_CONTINUE))
         v = MGW_METRICS_MSG_QUARANTINE;
-    reg.messages[v]++;
+    BUMP(reg.messages[v], 1);
 }
 
 void mgw_metrics_config_reload(bool ok)
 {
-    reg.reloads[ok ? 0 : 1]++;
+    BUMP(reg.reloads[ok ? 0 : 1], 1);
 }
 
 int mgw_metrics_event_of_cmd(uint8_t cmd)
@@ -188,15 +199,11 @@ enum mgw_metrics_failure_action mgw_metrics_failure_action_of(enum mgw_verdict_k
     }
 }
 
-int mgw_metrics_filter_register(const char *name)
+static int filter_register_locked(const char *name, size_t len)
 {
-    size_t len;
-
-    if (name == NULL || (len = strlen(name)) == 0 || len >= MGW_METRICS_FILTER_NAME_MAX)
-        return MGW_EINVAL;
     for (int i = 0; i < reg.nfilters; i++) {
         if (strcmp(reg.filters[i].name, name) == 0) {
-            reg.filters[i].active = true;
+            __atomic_store_n(&reg.filters[i].active, true, __ATOMIC_RELAXED);
             return i;
         }
     }
@@ -206,13 +213,29 @@ int mgw_metrics_filter_register(const char *name)
     memset(fs, 0, sizeof *fs);
     memcpy(fs->name, name, len + 1);
     fs->active = true;
-    return reg.nfilters++;
+    __atomic_store_n(&reg.nfilters, reg.nfilters + 1, __ATOMIC_RELEASE);
+    return reg.nfilters - 1;
+}
+
+int mgw_metrics_filter_register(const char *name)
+{
+    size_t len;
+    int f;
+
+    if (name == NULL || (len = strlen(name)) == 0 || len >= MGW_METRICS_FILTER_NAME_MAX)
+        return MGW_EINVAL;
+    pthread_mutex_lock(&reg_mu);
+    f = filter_register_locked(name, len);
+    pthread_mutex_unlock(&reg_mu);
+    return f;
 }
 
 void mgw_metrics_filters_retire(void)
 {
+    pthread_mutex_lock(&reg_mu);
     for (int i = 0; i < reg.nfilters; i++)
-        reg.filters[i].active = false;
+        __atomic_store_n(&reg.filters[i].active, false, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&reg_mu);
 }
 
 void mgw_metrics_filter_event(int f, enum mgw_metrics_event ev)
@@ -220,7 +243,7 @@ void mgw_metrics_filter_event(int f, enum mgw_metrics_event ev)
     struct filter_stats *fs = filter_at(f);
 
     if (fs && (unsigned)ev < MGW_METRICS_EV_COUNT)
-        fs->events[ev]++;
+        BUMP(fs->events[ev], 1);
 }
 
 void mgw_metrics_observe_latency(int f, double seconds)
@@ -235,8 +258,8 @@ void mgw_metrics_observe_latency(int f, double seconds)
     /* Prometheus buckets are "le": a value equal to a bound belongs to that bucket. */
     while (i < NBUCKETS && seconds > bucket_le[i])
         i++;
-    fs->buckets[i]++;
-    fs->sum += seconds;
+    BUMP(fs->buckets[i], 1);
+    BUMP(fs->sum_ns, (uint64_t)(seconds * 1e9 + 0.5));
 }
 
 void mgw_metrics_filter_error(int f, enum mgw_metrics_filter_error kind)
@@ -244,7 +267,7 @@ void mgw_metrics_filter_error(int f, enum mgw_metrics_filter_error kind)
     struct filter_stats *fs = filter_at(f);
 
     if (fs && (unsigned)kind < MGW_METRICS_FERR_COUNT)
-        fs->errors[kind]++;
+        BUMP(fs->errors[kind], 1);
 }
 
 void mgw_metrics_filter_failure_policy(int f, enum mgw_metrics_failure_action a)
@@ -252,7 +275,7 @@ void mgw_metrics_filter_failure_policy(int f, enum mgw_metrics_failure_action a)
     struct filter_stats *fs = filter_at(f);
 
     if (fs && (unsigned)a < MGW_METRICS_FAIL_COUNT)
-        fs->failure[a]++;
+        BUMP(fs->failure[a], 1);
 }
 
 void mgw_metrics_filter_set_ready(int f, bool ready)
@@ -260,7 +283,7 @@ void mgw_metrics_filter_set_ready(int f, bool ready)
     struct filter_stats *fs = filter_at(f);
 
     if (fs)
-        fs->ready = ready;
+        __atomic_store_n(&fs->ready, ready, __ATOMIC_RELAXED);
 }
 
 void mgw_metrics_mods_dropped(int f, enum mgw_policy_drop_reason r, uint64_t n)
@@ -268,7 +291,7 @@ void mgw_metrics_mods_dropped(int f, enum mgw_policy_drop_reason r, uint64_t n)
     struct filter_stats *fs = filter_at(f);
 
     if (fs && r != MGW_POLICY_KEPT && (unsigned)r < MGW_POLICY_DROP_COUNT)
-        fs->dropped[r] += n;
+        BUMP(fs->dropped[r], n);
 }
 
 void mgw_metrics_shadow_verdict(int f, enum mgw_verdict_kind k)
@@ -276,19 +299,21 @@ void mgw_metrics_shadow_verdict(int f, enum mgw_verdict_kind k)
     struct filter_stats *fs = filter_at(f);
 
     if (fs && (unsigned)k < NSHADOW)
-        fs->shadow[k]++;
+        BUMP(fs->shadow[k], 1);
 }
 
 uint64_t mgw_metrics_filter_events(int f, enum mgw_metrics_event ev)
 {
     struct filter_stats *fs = filter_at(f);
 
-    return fs && (unsigned)ev < MGW_METRICS_EV_COUNT ? fs->events[ev] : 0;
+    return fs && (unsigned)ev < MGW_METRICS_EV_COUNT ? PEEK(fs->events[ev]) : 0;
 }
 
 void mgw_metrics_reset(void)
 {
+    pthread_mutex_lock(&reg_mu);
     memset(&reg, 0, sizeof reg);
+    pthread_mutex_unlock(&reg_mu);
 }
 
 /* ---- Rendering ---- */
@@ -428,11 +453,11 @@ static void filter_family(struct sbuf *b, const char *name, const char *help, co
         const struct filter_stats *fs = &reg.filters[f];
         const uint64_t *vals = (const uint64_t *)((const char *)fs + off);
 
-        if (!fs->active)
+        if (!PEEK(fs->active))
             continue;
         for (int i = 0; i < n; i++)
             if (names[i])
-                counter_line(b, name, fs->name, key, names[i], vals[i]);
+                counter_line(b, name, fs->name, key, names[i], PEEK(vals[i]));
     }
 }
 
@@ -445,16 +470,16 @@ static void render_histograms(struct sbuf *b)
         const struct filter_stats *fs = &reg.filters[f];
         uint64_t cum = 0;
 
-        if (!fs->active)
+        if (!PEEK(fs->active))
             continue;
         for (int i = 0; i < NBUCKETS; i++) {
-            cum += fs->buckets[i];
+            cum += PEEK(fs->buckets[i]);
             counter_line(b, "filter_latency_seconds_bucket", fs->name, "le", bucket_label[i], cum);
         }
-        cum += fs->buckets[NBUCKETS];
+        cum += PEEK(fs->buckets[NBUCKETS]);
         counter_line(b, "filter_latency_seconds_bucket", fs->name, "le", "+Inf", cum);
         sample(b, "filter_latency_seconds_sum", fs->name, NULL, NULL);
-        sb_double(b, fs->sum);
+        sb_double(b, (double)PEEK(fs->sum_ns) / 1e9);
         sb_puts(b, "\n");
         counter_line(b, "filter_latency_seconds_count", fs->name, NULL, NULL, cum);
     }
@@ -481,10 +506,10 @@ static void render_filters(struct sbuf *b)
                   offsetof(struct filter_stats, failure), fail_names, MGW_METRICS_FAIL_COUNT);
     family(b, "filter_channel_ready", "gauge", "1 when the filter's gRPC channel is READY.");
     for (int f = 0; f < reg.nfilters; f++) {
-        if (!reg.filters[f].active)
+        if (!PEEK(reg.filters[f].active))
             continue;
         sample(b, "filter_channel_ready", reg.filters[f].name, NULL, NULL);
-        sb_puts(b, reg.filters[f].ready ? "1\n" : "0\n");
+        sb_puts(b, PEEK(reg.filters[f].ready) ? "1\n" : "0\n");
     }
     filter_family(b, "modifications_dropped_total",
                   "Modifications from a filter that were not applied, by reason.", "reason",
@@ -498,21 +523,21 @@ static void labelled(struct sbuf *b, const char *name, const char *help, const c
 {
     family(b, name, "counter", help);
     for (int i = 0; i < n; i++)
-        counter_line(b, name, NULL, key, names[i], vals[i]);
+        counter_line(b, name, NULL, key, names[i], PEEK(vals[i]));
 }
 
 static void gauge(struct sbuf *b, const char *name, const char *help, enum mgw_metric m)
 {
     family(b, name, "gauge", help);
     sample(b, name, NULL, NULL, NULL);
-    sb_i64(b, (int64_t)reg.scalar[m]);
+    sb_i64(b, (int64_t)PEEK(reg.scalar[m]));
     sb_puts(b, "\n");
 }
 
 static void counter(struct sbuf *b, const char *name, const char *help, enum mgw_metric m)
 {
     family(b, name, "counter", help);
-    counter_line(b, name, NULL, NULL, NULL, reg.scalar[m]);
+    counter_line(b, name, NULL, NULL, NULL, PEEK(reg.scalar[m]));
 }
 
 char *mgw_metrics_render(size_t *len)
@@ -520,6 +545,7 @@ char *mgw_metrics_render(size_t *len)
     struct sbuf b = {0};
 
     sb_reserve(&b, 16384);
+    pthread_mutex_lock(&reg_mu);
     gauge(&b, "sessions_open", "MTA connections open now.", MGW_METRIC_SESSIONS_OPEN);
     counter(&b, "sessions_total", "MTA connections accepted.", MGW_METRIC_SESSIONS_TOTAL);
     labelled(&b, "sessions_closed_total", "MTA connections closed, by reason.", "reason",
@@ -532,6 +558,7 @@ char *mgw_metrics_render(size_t *len)
              reload_names, reg.reloads, 2);
     gauge(&b, "draining", "1 while shutting down and draining sessions.", MGW_METRIC_DRAINING);
     render_filters(&b);
+    pthread_mutex_unlock(&reg_mu);
     if (len)
         *len = b.len;
     return b.p;

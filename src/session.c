@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,11 +100,29 @@ struct mgw_server {
     struct mgw_backend *backend;
     TAILQ_HEAD(, mgw_session) sessions;
     unsigned nsessions;
-    uint64_t next_sid;
+    unsigned worker; /* which worker loop runs it, for logs */
     void (*empty_cb)(void *);
     void *empty_arg;
     int draining;
 };
+
+/* Every server of the process (one per worker loop, workers.h) draws session ids from one
+ * counter, so ids stay unique and ordered across loops, and max_connections counts the
+ * sessions of the whole process. Both are touched with atomics only. */
+static uint64_t next_sid;
+static unsigned process_sessions;
+static pthread_once_t sid_once = PTHREAD_ONCE_INIT;
+
+static void sid_seed(void)
+{
+    uint64_t seed = 0;
+
+    /* Random high bits keep ids unique across restarts when logs are merged; the
+     * counter keeps them ordered within one process. Never 0 (0 means "no session"). */
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
+        seed = (uint64_t)time(NULL) * 2654435761u;
+    next_sid = (seed & 0xffffff0000000000ull) | 1;
+}
 
 static void session_drain(struct mgw_session *s);
 static void session_read_on(struct mgw_session *s);
@@ -903,6 +922,7 @@ static void session_free(struct mgw_session *s)
     free(s->wbuf);
     TAILQ_REMOVE(&srv->sessions, s, link);
     srv->nsessions--;
+    __atomic_sub_fetch(&process_sessions, 1, __ATOMIC_RELAXED);
     mgw_metrics_session_closed(mgw_metrics_close_reason_parse(s->close_reason ? s->close_reason
                                                                               : "other"));
     free(s);
@@ -917,7 +937,9 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
     socklen_t sl = sizeof ss;
     int one = 1;
 
-    if (srv->cfg.max_connections && srv->nsessions >= srv->cfg.max_connections) {
+    if (__atomic_add_fetch(&process_sessions, 1, __ATOMIC_RELAXED) > srv->cfg.max_connections &&
+        srv->cfg.max_connections) {
+        __atomic_sub_fetch(&process_sessions, 1, __ATOMIC_RELAXED);
         log_warn(0, "connection refused", "reason=max_connections limit=%u peer=%s",
                  srv->cfg.max_connections, peer ? peer : "-");
         evutil_closesocket(fd);
@@ -927,7 +949,7 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
     s->srv = srv;
     s->backend = srv->backend;
     s->backend->sessions++;
-    s->sid = srv->next_sid++;
+    s->sid = __atomic_fetch_add(&next_sid, 1, __ATOMIC_RELAXED);
     snprintf(s->peer, sizeof s->peer, "%s", peer ? peer : "-");
     s->dec.dir = MGW_MILTER_FROM_MTA;
     s->dec.max_frame = srv->cfg.max_frame ? srv->cfg.max_frame : MGW_MILTER_DEFAULT_MAX_FRAME;
@@ -953,7 +975,7 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->nsessions++;
     mgw_metrics_session_opened();
-    log_debug(s->sid, "session opened", "peer=%s", s->peer);
+    log_debug(s->sid, "session opened", "peer=%s worker=%u", s->peer, srv->worker);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     return 0;
 }
@@ -962,18 +984,23 @@ struct mgw_server *mgw_server_new(struct event_base *base, const struct mgw_serv
                                   struct mgw_backend *backend)
 {
     struct mgw_server *srv = mgw_xcalloc(1, sizeof *srv);
-    uint64_t seed = 0;
 
+    pthread_once(&sid_once, sid_seed);
     srv->base = base;
     srv->cfg = *cfg;
     srv->backend = backend;
     TAILQ_INIT(&srv->sessions);
-    /* Random high bits keep ids unique across restarts when logs are merged; the
-     * counter keeps them ordered within one process. Never 0 (0 means "no session"). */
-    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
-        seed = (uint64_t)time(NULL) * 2654435761u;
-    srv->next_sid = (seed & 0xffffff0000000000ull) | 1;
     return srv;
+}
+
+void mgw_server_set_worker(struct mgw_server *srv, unsigned worker)
+{
+    srv->worker = worker;
+}
+
+unsigned mgw_server_process_sessions(void)
+{
+    return __atomic_load_n(&process_sessions, __ATOMIC_RELAXED);
 }
 
 void mgw_server_replace(struct mgw_server *srv, const struct mgw_server_config *cfg,

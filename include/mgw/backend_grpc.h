@@ -45,7 +45,8 @@ struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *b);
  * already so): the same moment as mgw_bridge_new()'s `ready`, set later. */
 void mgw_bridge_on_ready(struct mgw_bridge *b, void (*ready)(void *arg), void *arg);
 
-/* How many filter channels are READY now (for /readyz); *total gets the filter count. */
+/* How many filter channels are READY now (for /readyz); *total gets the filter count.
+ * Safe from any thread while the bridge lives. */
 size_t mgw_bridge_ready_count(const struct mgw_bridge *b, size_t *total);
 
 /* Cancel every stream, close the channels, stop the completion-queue thread, free.

@@ -13,6 +13,7 @@
  *   log: { level: info, format: logfmt }
  *   limits: { max_connections: 10000, max_frame: 1048581, idle_timeout: 7210s }
  *   drain_timeout: 30s
+ *   workers: 0                                    event loops; 0 = one per CPU core
  *   filters:                                      ordered: the merge order
  *     - { name, target, on_error, mode, timeout, eom_timeout, max_queue, max_message,
  *         load_balancing, keepalive: { time, timeout }, tls: { ca, cert, key, server_name },
@@ -61,6 +62,7 @@ enum mgw_config_ready {
 #define MGW_CONFIG_DEFAULT_DRAIN_TIMEOUT_MS (30u * 1000u)
 #define MGW_CONFIG_MAX_LISTEN               64
 #define MGW_CONFIG_MAX_FILTERS              64
+#define MGW_CONFIG_MAX_WORKERS              256
 #define MGW_CONFIG_MAX_FILE                 (1024u * 1024u) /* bytes; a larger file is refused */
 
 struct mgw_config {
@@ -81,6 +83,8 @@ struct mgw_config {
     struct mgw_server_config server; /* limits: max_frame, max_connections, idle_timeout_ms
                                         (0 = none); defaults as in session.h */
     unsigned drain_timeout_ms;       /* SIGTERM: time given to messages in progress */
+    unsigned workers; /* event loops running sessions; 0 = one per online CPU (workers.h).
+                         A reload keeps the running count: changing it needs a restart. */
 
     struct mgw_filter_conf *filters; /* owned, nfilters in merge order; names unique */
     size_t nfilters;

@@ -3,8 +3,8 @@
  *
  * gRPC 1.51's core moves I/O only while some thread sits in grpc_completion_queue_next(),
  * so one thread ("grpc-cq") parks there. It hands each (tag, ok) to the libevent thread
- * through a mutex-protected list and an eventfd written only when the list was empty, so
- * a burst of completions costs one wakeup (GRPC_CORE.md §1, §5: the "evfd" wiring).
+ * through a mailbox (mailbox.h), so a burst of completions costs one wakeup (GRPC_CORE.md
+ * §1, §5: the "evfd" wiring).
  * Everything else - every grpc_call_start_batch, cancel and unref - happens on the
  * libevent thread, so calls need no locks.
  *
@@ -21,7 +21,6 @@ struct event_base;
 
 struct mgw_grpc_tag {
     void (*cb)(struct mgw_grpc_tag *tag, int ok);
-    struct mgw_grpc_tag *next; /* pump's private list link */
 };
 
 struct mgw_grpc_pump;

@@ -44,8 +44,13 @@ int mgw_listen_spec_parse(const char *spec, struct mgw_listen_spec *out, char *e
 int mgw_hostport_parse(const char *spec, char *host, size_t cap, uint16_t *port);
 
 struct event_base;
-struct mgw_server;
 struct mgw_listener;
+
+#define MGW_PEER_MAX 64 /* "[IPv6]:port" and its NUL */
+
+/* Where an accepted connection goes (it takes the socket): workers.h's loops. `peer`
+ * is for logs and lives only during the call. */
+typedef void mgw_adopt_fn(void *arg, int fd, const char *peer);
 
 #define MGW_DEFAULT_UNIX_MODE 0660
 
@@ -57,11 +62,12 @@ struct mgw_unix_opts {
     gid_t gid;
 };
 
-/* Bind, listen, and hand every accepted connection to `srv`. Returns NULL with a reason
- * in err on failure. */
+/* Bind, listen, and hand every accepted connection to adopt(adopt_arg, ...). Returns
+ * NULL with a reason in err on failure. */
 struct mgw_listener *mgw_listener_new(struct event_base *base, const char *spec,
                                       const struct mgw_unix_opts *unix_opts,
-                                      struct mgw_server *srv, char *err, size_t errlen);
+                                      mgw_adopt_fn *adopt, void *adopt_arg, char *err,
+                                      size_t errlen);
 
 /* Stop accepting and close; removes the unix socket file we created. NULL-safe. */
 struct mgw_listener *mgw_listener_free(struct mgw_listener *l);

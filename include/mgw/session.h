@@ -68,6 +68,13 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
 
 unsigned mgw_server_session_count(const struct mgw_server *srv);
 
+/* Sessions of every server in the process, from any thread. max_connections counts
+ * these: with one server per worker loop (workers.h), the limit is the process's. */
+unsigned mgw_server_process_sessions(void);
+
+/* Which worker loop runs this server: named in the "session opened" log line. */
+void mgw_server_set_worker(struct mgw_server *srv, unsigned worker);
+
 /* Bytes the sessions hold in their own buffers (answer scratch, unread input, unsent
  * output): what a large answer leaves behind, for tests. */
 size_t mgw_server_buffered_bytes(const struct mgw_server *srv);

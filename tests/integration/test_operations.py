@@ -369,6 +369,54 @@ class OpsHealth(OpsCase):
 # Reload under traffic
 
 
+class OpsWorkers(OpsCase):
+    """`workers: N` runs sessions on N loops, connections given in turn; the connection
+    limit, the session ids and the metrics are the process's, not a loop's."""
+
+    def greet(self, c):
+        c.negotiate()
+        self.assertEqual(c.command(mgwtest.connect_frame())[0], "c")
+
+    def test_connections_go_to_every_loop_in_turn_under_one_limit(self):
+        f = self.filter()
+        gw = self.gateway(self.config([{"name": "a", "target": f.target}], workers=3,
+                                      log={"level": "debug", "format": "logfmt"},
+                                      limits={"max_connections": 5}))
+        conns = []
+        self.addCleanup(lambda: [c.close() for c in conns])
+        for _ in range(5):
+            c = mgwtest.MilterConn("127.0.0.1", self.gw_port)
+            conns.append(c)
+            self.greet(c)  # adopted and answered: the next one comes after it
+        opened = gw.find_log(msg="session opened")
+        self.assertEqual([r["worker"] for r in opened], ["0", "1", "2", "0", "1"], self.context())
+        self.assertEqual(len({r["sid"] for r in opened}), 5, opened)
+
+        # The sixth would be the second on loop 2, which has one: the limit is the process's.
+        extra = mgwtest.MilterConn("127.0.0.1", self.gw_port)
+        self.addCleanup(extra.close)
+        with self.assertRaises((EOFError, ConnectionError)):
+            extra.negotiate()
+        gw.wait_log(msg="connection refused", reason="max_connections")
+
+        for c in conns:
+            self.assertEqual(c.command(mgwtest.frame("M", mgwtest.cstr("<s@example.org>")))[0], "c")
+        f.wait_record("mail", count=5)
+        self.assertEqual(len(f.sessions()), 5, f.record_text())
+        self.assertEqual(gw.metric("miltergw_sessions_open"), 5)
+
+        # A session that ends on one loop frees a place for a connection on another.
+        conns.pop(0).close()
+        wait_for(lambda: gw.metric("miltergw_sessions_open") == 4, 10, "sessions_open 4")
+        c = mgwtest.MilterConn("127.0.0.1", self.gw_port)
+        conns.append(c)
+        self.greet(c)
+        for c in conns:
+            c.close()
+        wait_for(lambda: gw.metric("miltergw_sessions_open") == 0, 10, "sessions_open 0")
+        self.assertEqual(gw.metric("miltergw_sessions_total"), 6)
+
+
 class OpsReload(OpsCase):
     WORKERS = 4
     MIN_MAILS = 40

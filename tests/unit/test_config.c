@@ -86,6 +86,7 @@ static const char full_yaml[] =
     "log: { level: debug, format: json }\n"
     "limits: { max_connections: 500, max_frame: 2000000, idle_timeout: 2m }\n"
     "drain_timeout: 45s\n"
+    "workers: 3\n"
     "filters:\n"
     "  - name: spam\n"
     "    target: \"dns:///spamfilter:50051\"\n"
@@ -157,6 +158,7 @@ static void test_every_key_is_parsed(void **state)
     CHECK_U("max_frame", c->server.max_frame, 2000000);
     CHECK_U("idle_timeout_ms", c->server.idle_timeout_ms, 120000);
     CHECK_U("drain_timeout_ms", c->drain_timeout_ms, 45000);
+    CHECK_U("workers", c->workers, 3);
     CHECK_U("nfilters", c->nfilters, 2);
 
     f = &c->filters[0];
@@ -225,6 +227,7 @@ static void check_top_defaults(const char *name, const struct mgw_config *c)
         {"max_frame", c->server.max_frame, MGW_MILTER_DEFAULT_MAX_FRAME},
         {"idle_timeout_ms", c->server.idle_timeout_ms, MGW_DEFAULT_IDLE_TIMEOUT_MS},
         {"drain_timeout_ms", c->drain_timeout_ms, MGW_CONFIG_DEFAULT_DRAIN_TIMEOUT_MS},
+        {"workers", c->workers, 0},
         {"refs", c->refs, 1},
     };
 
@@ -335,7 +338,7 @@ static const struct {
     /* unknown keys */
     {"an unknown top-level key is refused at its line", "listen: []\n\nlistne: [a]\n", 3,
      "unknown key \"listne\" (known here: listen, unix_socket, http, log, limits, "
-     "drain_timeout, filters)"},
+     "drain_timeout, workers, filters)"},
     {"an unknown key in a section is refused at its line",
      "limits:\n  max_frame: 70000\n  max_frames: 70000\n", 3,
      "limits: unknown key \"max_frames\" (known here: max_connections, max_frame, "
@@ -365,7 +368,7 @@ static const struct {
      "data, eoh, eom)"},
     {"keys are case sensitive", "Listen: []\n", 1,
      "unknown key \"Listen\" (known here: listen, unix_socket, http, log, limits, "
-     "drain_timeout, filters)"},
+     "drain_timeout, workers, filters)"},
     {"a key given twice is refused at the second one",
      "log: { level: info }\nlimits: {}\nlog: { level: debug }\n", 3,
      "log: duplicate key (first on line 1)"},
@@ -399,6 +402,8 @@ static const struct {
      "limits.max_connections: \"many\" is not a number"},
     {"a negative number is refused", "limits: { max_connections: -1 }\n", 1,
      "limits.max_connections: \"-1\" is not a number"},
+    {"more worker loops than 256 are refused", "workers: 257\n", 1,
+     "workers: 257 is out of range (0 to 256)"},
     {"a frame cap below 64 KiB is refused", "limits: { max_frame: 65535 }\n", 1,
      "limits.max_frame: 65535 is out of range (65536 to 2147483647)"},
     {"a number too large for 32 bits is refused", "limits: { max_frame: 99999999999999999999 }\n",
