@@ -21,6 +21,9 @@
 # Usage: tools/bench.sh [BUILD_DIR]       (default: build-bench, Release, built if needed)
 #
 # Environment: DURATION (5), CONNS ("1 16 100 1000"), IDLE ("1000 10000"), LATENCY (1),
+#   WORKERS (miltergw --workers for every run; "" = its default, one per CPU), SCALING
+#   ("1 2": a table of mgw-null and mgw-filter at SCALING_CONNS (100) connections with
+#   each --workers count; "" skips it),
 #   REALISTIC (1; 0 skips the realistic-message pass),
 #   LOAD_ARGS (extra mgw_load options for both passes; the realistic pass's own shape
 #     options come after them and win),
@@ -40,6 +43,9 @@ IDLE=${IDLE-1000 10000}      # set to "" to skip the idle-memory runs
 LATENCY=${LATENCY:-1}        # 0 skips the fan-out / filter-down runs
 REALISTIC=${REALISTIC:-1}    # 0 skips the realistic-message pass
 LOAD_ARGS=${LOAD_ARGS:-}
+WORKERS=${WORKERS:-}         # miltergw's --workers for every run; "" = its default
+SCALING=${SCALING-1 2}       # worker counts for the scaling table; "" skips it
+GW_WORKERS_ARG=${WORKERS:+--workers $WORKERS}
 OUT=${OUT:-$PWD/bench-out}
 MILTERGW=${MILTERGW:-$build/miltergw}
 MGW_LOAD=${MGW_LOAD:-$build/tools/mgw_load}
@@ -67,7 +73,7 @@ tsv=$OUT/results.tsv
 idle_tsv=$OUT/idle.tsv
 printf 'setup\tshape\tconns\tmsgs_per_sec\tp50_ms\tp99_ms\tsrv_cpu_us_per_msg\tfilter_cpu_us_per_msg\tgw_us_per_event\trss_mb\tevents_per_msg\terrors\n' >"$tsv"
 printf 'setup\tconns\tbase_rss_mb\trss_mb\tkb_per_conn\n' >"$idle_tsv"
-rm -f "$OUT/chart.svg" "$OUT/chart-realistic.svg" # a missing chart must not look current
+rm -f "$OUT/chart.svg" "$OUT/chart-realistic.svg" "$OUT/scaling.tsv" # nothing stale may look current
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mgw-bench.XXXXXX")
 pids=()
@@ -175,7 +181,8 @@ start_miltergw() {
     local log=$work/$1.log
     shift
     : >"$log"
-    "$MILTERGW" --listen inet:127.0.0.1:0 --max-connections 0 "$@" 2>"$log" &
+    # shellcheck disable=SC2086 # GW_WORKERS_ARG is empty or one option and its value
+    "$MILTERGW" --listen inet:127.0.0.1:0 --max-connections 0 $GW_WORKERS_ARG "$@" 2>"$log" &
     gw_pid=$!
     pids+=("$gw_pid")
     wait_for "$log" 'msg=listening'
@@ -363,6 +370,33 @@ if [ -n "$CONNS" ]; then
     if [ "$REALISTIC" != 0 ]; then
         throughput realistic "$REALISTIC_ARGS"
     fi
+fi
+
+# ---- scaling with worker loops ----
+
+# The default message at SCALING_CONNS connections, miltergw with each --workers count
+# in SCALING, fresh servers per count; rows go to scaling.tsv (setup = mgw-null/wN ...).
+SCALING_CONNS=${SCALING_CONNS:-100}
+if [ -n "$SCALING" ]; then
+    echo
+    echo "== scaling: default message, $SCALING_CONNS connections, miltergw --workers N" \
+        "(the load generator and the filters share the same $(nproc) CPUs)"
+    printf '%-12s %6s %10s %8s %8s %14s %15s %11s %7s %6s\n' setup conns msgs/s p50_ms p99_ms \
+        srv_cpu_us/msg filt_cpu_us/msg gw_us/event rss_MB errors
+    main_tsv=$tsv
+    tsv=$OUT/scaling.tsv
+    head -1 "$main_tsv" >"$tsv"
+    for w in $SCALING; do
+        GW_WORKERS_ARG="--workers $w"
+        start_miltergw "scale-null-$w"
+        run "mgw-null/w$w" default "$SCALING_CONNS" "" "$gw_pid" "$gw_port" 0
+        start_filter "scale-f-$w"
+        start_miltergw "scale-filter-$w" --filter "f1=127.0.0.1:$filter_port"
+        run "mgw-filter/w$w" default "$SCALING_CONNS" "" "$gw_pid" "$gw_port" 1 "$filter_pid"
+        stop_all
+    done
+    tsv=$main_tsv
+    GW_WORKERS_ARG=${WORKERS:+--workers $WORKERS}
 fi
 
 # ---- idle memory ----
@@ -595,7 +629,7 @@ if [ -n "$CONNS" ]; then
     fi
 fi
 written=""
-for f in results.tsv idle.tsv chart.svg chart-realistic.svg; do
+for f in results.tsv idle.tsv scaling.tsv chart.svg chart-realistic.svg; do
     if [ -e "$OUT/$f" ]; then
         written+=" $f"
     fi
