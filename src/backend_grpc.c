@@ -7,18 +7,12 @@
  * content rule are policy.c's.
  *
  * Per MTA connection (struct bsession): one struct stream per filter, the event being
- * answered, and each filter's answer to it. Per stream: one Session call, made at the
- * filter's first event (until then only the SessionStart waits, packed: gRPC's per-call
- * state is most of what an idle connection costs), with at most one SEND_MESSAGE in flight (an outbound queue behind it), one RECV_MESSAGE always
- * armed, RECV_STATUS from the start, a count of outstanding batches (completions arrive
- * in any order: the stream is freed when it reaches 0 after the session let go of it),
- * a FIFO of the events the filter owes a reply for (owed.h), each with its deadline, and
- * one timer for the nearest deadline: the oldest owed reply, or the send in flight (a
- * filter that takes no event within its timeout, e.g. a channel stuck connecting, fails
- * too). The outbound queue is bounded in bytes (max_queue): events the MTA does not wait
- * for (observe-only, shadow, NR_*) could otherwise pile up at MTA speed; past half of it
- * a non-shadow stream pauses the session's reading (back-pressure) until it is under a
- * quarter.
+ * answered, and each filter's answer to it. A stream is the transport (filter_stream.h:
+ * the call, made at the filter's first event, its outbound queue and batches, deadlines,
+ * back-pressure, lifetime) followed by what the bridge keeps per filter and connection:
+ * the filter, the session while attached, and the filter's liveness (retired for the
+ * message or the connection, body skipped). The bridge pushes what the filter owes
+ * (owed.h) as it sends; the transport arms the oldest one's deadline.
  *
  * Pipelined content (policy.h rule 7): headers, end of headers and body chunks the MTA
  * streams under NR_* are owed as DEFERRED. Their replies apply their liveness effect at
@@ -52,6 +46,7 @@
 
 #include "mgw/error.h"
 #include "mgw/filter_link.h"
+#include "mgw/filter_stream.h"
 #include "mgw/filter_proto.h"
 #include "mgw/grpc_channel.h"
 #include "mgw/grpc_pump.h"
@@ -61,11 +56,6 @@
 #include "mgw/policy.h"
 #include "mgw/xmalloc.h"
 
-#define LINGER_MS 5000 /* a half-closed stream the filter does not end is cancelled */
-/* One batch (Description.batches) carries at most this much, well under any filter's
- * receive cap (4 MiB is gRPC's default), so it never fails where single events would not. */
-#define BATCH_MAX_EVENTS 256
-#define BATCH_MAX_BYTES (1u << 20)
 
 struct bridge;
 struct bsession;
@@ -78,32 +68,11 @@ struct filter {
 };
 
 struct stream {
+    struct mgw_filter_stream t; /* first: the transport allocates the whole (filter_stream.h) */
     struct filter *f;
     struct bsession *bs; /* NULL once the MTA connection let go */
-    uint64_t sid;        /* of that connection, for logs after it let go */
-    uint64_t linger_due_ms; /* once detached: when a half-closed stream is cancelled */
-    grpc_call *call;
-    int batches;
-    struct mgw_grpc_tag recv_tag, send_tag, status_tag, close_tag;
-    grpc_byte_buffer *recv_buf;
-    grpc_metadata_array md_initial, md_trailing;
-    grpc_status_code status;
-    grpc_slice status_details;
-    grpc_slice *queue; /* packed events waiting for the send slot */
-    size_t nqueue, capqueue;
-    int batching;      /* the filter's Description.batches when the stream opened */
-    grpc_byte_buffer *sending;
-    size_t queued_bytes;  /* in queue[] and sending */
-    size_t sending_len;   /* of `sending`, taken at the start: gRPC empties the buffer */
-    uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
-    int started; /* the call exists (or failed fast): at the first event it receives */
-    int initial_sent, close_wanted, close_sent, broken, finished;
-    int flow_held; /* this stream holds the MTA's reading (back-pressure) */
     /* Liveness in the current message / connection (policy effects). */
     int retired_msg, retired_conn, skip_body;
-    struct mgw_owed_fifo owed;
-    struct event *timer; /* nearest deadline while attached; linger after */
-    TAILQ_ENTRY(stream) link;
 };
 
 struct answer {
@@ -158,11 +127,10 @@ struct bridge {
     struct mgw_backend backend;
     struct mgw_backend_needs needs;
     char *needs_mem;
-    TAILQ_HEAD(, stream) streams;
+    struct mgw_filter_streams streams;
     size_t describing; /* first Describes still running */
     void (*ready)(void *);
     void *ready_arg;
-    int shutting_down;
     /* Where events and SessionStarts are built: each is packed before the call that
      * built it returns, so one arena serves every session (an idle connection holds
      * none of it). */
@@ -221,11 +189,6 @@ static const char *event_name(uint8_t cmd)
     return mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA);
 }
 
-static uint64_t sid_of(const struct stream *st)
-{
-    return st->sid;
-}
-
 /* ---- needs (negotiation) ---- */
 
 static void recompute_needs(struct bridge *b)
@@ -261,393 +224,6 @@ static void bridge_needs(void *impl, struct mgw_backend_needs *out)
     struct bridge *b = impl;
 
     *out = b->needs;
-}
-
-/* ---- streams ---- */
-
-static void arm_timer(struct stream *st, unsigned ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-
-    evtimer_add(st->timer, &tv);
-}
-
-static void stream_free_if_done(struct stream *st)
-{
-    struct bridge *b = st->f->b;
-
-    if (st->bs != NULL || st->batches > 0)
-        return;
-    if (st->call != NULL)
-        grpc_call_unref(st->call);
-    /* A send still set here was never started (shutdown): no completion owns it. */
-    if (st->sending != NULL)
-        grpc_byte_buffer_destroy(st->sending);
-    for (size_t i = 0; i < st->nqueue; i++)
-        grpc_slice_unref(st->queue[i]);
-    free(st->queue);
-    mgw_owed_clear(&st->owed);
-    grpc_metadata_array_destroy(&st->md_initial);
-    grpc_metadata_array_destroy(&st->md_trailing);
-    grpc_slice_unref(st->status_details);
-    if (st->timer != NULL)
-        event_free(st->timer);
-    TAILQ_REMOVE(&b->streams, st, link);
-    free(st);
-}
-
-/* Arm the timer for the nearest deadline (owed reply, send in flight, linger once
- * detached), or stop it. */
-static void deadline_update(struct stream *st)
-{
-    const struct mgw_owed *o = mgw_owed_front(&st->owed);
-    uint64_t due = st->linger_due_ms, now;
-
-    if (st->broken || (st->bs == NULL && st->linger_due_ms == 0))
-        return;
-    if (o != NULL && (due == 0 || o->due_ms < due))
-        due = o->due_ms;
-    if (st->sending != NULL && st->send_due_ms != 0 && (due == 0 || st->send_due_ms < due))
-        due = st->send_due_ms;
-    if (due == 0) {
-        evtimer_del(st->timer);
-        return;
-    }
-    now = now_ms();
-    arm_timer(st, due > now ? (unsigned)(due - now) : 0);
-}
-
-static void start_batch(struct stream *st, const grpc_op *ops, size_t n, struct mgw_grpc_tag *tag)
-{
-    grpc_call_error e;
-
-    /* At shutdown the completion queue is being drained and may already be shut down:
-     * a batch started now would assert in gRPC. Every call is cancelled by then. */
-    if (st->f->b->shutting_down)
-        return;
-    e = grpc_call_start_batch(st->call, ops, n, tag, NULL);
-
-    /* GRPC_CORE.md §4.4: a refused batch is our bug and may leave the call unusable. */
-    if (e != GRPC_CALL_OK) {
-        log_error(sid_of(st), "grpc batch refused", "filter=%s error=%d", st->f->l.conf.name,
-                  (int)e);
-        grpc_call_cancel(st->call, NULL);
-        return;
-    }
-    st->batches++;
-}
-
-/* How many queued events the next send carries: one, or for a filter that takes batches
- * as many as fit (the first always goes, whatever its size). */
-static size_t batch_size(const struct stream *st)
-{
-    size_t k = 1, bytes = GRPC_SLICE_LENGTH(st->queue[0]);
-
-    if (!st->batching)
-        return 1;
-    while (k < st->nqueue && k < BATCH_MAX_EVENTS &&
-           bytes + GRPC_SLICE_LENGTH(st->queue[k]) <= BATCH_MAX_BYTES) {
-        bytes += GRPC_SLICE_LENGTH(st->queue[k]); /* a macro: its argument twice */
-        k++;
-    }
-    return k;
-}
-
-/* One Event{batch: EventBatch{events: queue[0..take)}} on the wire: the events as they
- * were packed, each after its field prefix (filter_proto.h), no copy of their bytes. */
-static grpc_byte_buffer *batch_buffer(const struct stream *st, size_t take)
-{
-    grpc_slice *parts = mgw_xcalloc(2 * take + 1, sizeof *parts);
-    uint8_t pre[MGW_PROTO_PREFIX_MAX];
-    grpc_byte_buffer *bb;
-    uint64_t inner = 0;
-
-    for (size_t k = 0; k < take; k++) {
-        size_t len = GRPC_SLICE_LENGTH(st->queue[k]);
-        size_t n = mgw_proto_field_prefix(pre, MGW_PROTO_EVENT_BATCH_EVENTS, len);
-
-        parts[2 * k + 1] = grpc_slice_from_copied_buffer((const char *)pre, n);
-        parts[2 * k + 2] = st->queue[k];
-        inner += n + len;
-    }
-    parts[0] = grpc_slice_from_copied_buffer(
-        (const char *)pre, mgw_proto_field_prefix(pre, MGW_PROTO_EVENT_BATCH, inner));
-    bb = grpc_raw_byte_buffer_create(parts, 2 * take + 1);
-    grpc_slice_unref(parts[0]); /* the prefixes; queue[] is the caller's */
-    for (size_t k = 0; k < take; k++)
-        grpc_slice_unref(parts[2 * k + 1]);
-    free(parts);
-    return bb;
-}
-
-static void send_next(struct stream *st)
-{
-    grpc_op ops[2];
-    size_t n = 0, take;
-
-    if (!st->started || st->sending != NULL || st->broken || st->finished)
-        return;
-    memset(ops, 0, sizeof ops);
-    if (st->nqueue == 0) {
-        if (st->close_wanted && !st->close_sent) {
-            st->close_sent = 1;
-            ops[0].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-            start_batch(st, ops, 1, &st->close_tag);
-        }
-        return;
-    }
-    take = batch_size(st);
-    st->sending = take > 1 ? batch_buffer(st, take) : grpc_raw_byte_buffer_create(st->queue, 1);
-    st->sending_len = 0;
-    for (size_t k = 0; k < take; k++) {
-        st->sending_len += GRPC_SLICE_LENGTH(st->queue[k]);
-        grpc_slice_unref(st->queue[k]); /* the byte buffer holds its own references */
-    }
-    st->nqueue -= take;
-    memmove(st->queue, st->queue + take, st->nqueue * sizeof *st->queue);
-    if (!st->initial_sent) {
-        st->initial_sent = 1;
-        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-        /* Wait for a connecting channel; the event deadline bounds the wait. */
-        ops[n].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
-        n++;
-    }
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n].data.send_message.send_message = st->sending;
-    n++;
-    st->send_due_ms = now_ms() + st->f->l.conf.timeout_ms;
-    start_batch(st, ops, n, &st->send_tag);
-    deadline_update(st);
-}
-
-/* Back-pressure (backend.h): the MTA streams content without waiting (rule 7), so a
- * stream more than half its max_queue behind stops the session reading until it is back
- * under a quarter. A shadow filter never holds the MTA (it fails at max_queue instead);
- * a stopped filter holds it only until its send deadline fails it. */
-static void flow_update(struct stream *st)
-{
-    struct bsession *bs = st->bs;
-    size_t limit = st->f->l.conf.max_queue / (st->flow_held ? 4 : 2);
-    int hold = !st->broken && !st->f->l.conf.shadow && st->queued_bytes > limit;
-
-    if (bs == NULL || hold == st->flow_held)
-        return;
-    st->flow_held = hold;
-    if (hold ? bs->flow_held++ == 0 : --bs->flow_held == 0)
-        bs->flow(bs->progress_arg, hold);
-}
-
-/* Queue one message; takes over the caller's reference to `msg`. A filter already
- * max_queue bytes behind fails instead: its failure policy, not the gateway's memory. */
-static void stream_send(struct stream *st, grpc_slice msg)
-{
-    size_t len = GRPC_SLICE_LENGTH(msg);
-
-    if (st->queued_bytes + len > st->f->l.conf.max_queue) {
-        char detail[120];
-
-        grpc_slice_unref(msg);
-        snprintf(detail, sizeof detail, "%zu bytes not yet taken by the filter, max_queue %u",
-                 st->queued_bytes + len, st->f->l.conf.max_queue);
-        stream_fail(st, "queue_full", detail);
-        return;
-    }
-    st->queued_bytes += len;
-    if (st->nqueue == st->capqueue) {
-        st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
-        st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
-    }
-    st->queue[st->nqueue++] = msg;
-    send_next(st);
-    flow_update(st);
-}
-
-static void on_send(struct mgw_grpc_tag *tag, int ok)
-{
-    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, send_tag));
-
-    /* The batch count stays up (our hold) until we are done: what we call may end the
-     * MTA session and detach the stream, which must not free it under us. */
-    st->queued_bytes -= st->sending_len;
-    grpc_byte_buffer_destroy(st->sending);
-    st->sending = NULL;
-    st->send_due_ms = 0;
-    if (!ok) {
-        stream_fail(st, "stream_broken", "send failed");
-    } else {
-        send_next(st);
-        deadline_update(st);
-        flow_update(st);
-    }
-    st->batches--;
-    stream_free_if_done(st);
-}
-
-static void on_close_sent(struct mgw_grpc_tag *tag, int ok)
-{
-    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, close_tag));
-
-    st->batches--;
-    stream_free_if_done(st);
-}
-
-static void recv_arm(struct stream *st)
-{
-    grpc_op ops[2];
-    size_t n = 0;
-
-    memset(ops, 0, sizeof ops);
-    ops[n].op = GRPC_OP_RECV_MESSAGE;
-    ops[n].data.recv_message.recv_message = &st->recv_buf;
-    n++;
-    start_batch(st, ops, n, &st->recv_tag);
-}
-
-static void on_reply(struct stream *st, Miltergw__V1__Reply *r);
-
-static void on_recv(struct mgw_grpc_tag *tag, int ok)
-{
-    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, recv_tag));
-    grpc_byte_buffer *bb = st->recv_buf;
-
-    /* This batch's count is our hold until the end (see on_send). */
-    st->recv_buf = NULL;
-    if (!ok || bb == NULL) {
-        /* End of stream: the status, which always follows, says why (on_status). */
-        st->finished = 1;
-    } else {
-        Miltergw__V1__Reply *r =
-            (Miltergw__V1__Reply *)mgw_grpc_unpack(bb, &miltergw__v1__reply__descriptor);
-
-        grpc_byte_buffer_destroy(bb);
-        if (r == NULL)
-            stream_fail(st, "out_of_contract", "reply does not parse as miltergw.v1.Reply");
-        else
-            on_reply(st, r);
-        if (!st->finished && !st->f->b->shutting_down)
-            recv_arm(st);
-    }
-    st->batches--;
-    stream_free_if_done(st);
-}
-
-static void on_status(struct mgw_grpc_tag *tag, int ok)
-{
-    struct stream *st = (struct stream *)((char *)tag - offsetof(struct stream, status_tag));
-
-    st->finished = 1;
-    if (st->status != GRPC_STATUS_OK && !st->broken && st->bs != NULL) {
-        char *details = grpc_slice_to_c_string(st->status_details);
-        char detail[300];
-
-        snprintf(detail, sizeof detail, "grpc status %d: %s", (int)st->status, details);
-        gpr_free(details);
-        stream_fail(st, st->status == GRPC_STATUS_UNAVAILABLE ? "unavailable" : "stream_broken",
-                    detail);
-    } else if (!st->broken && st->bs != NULL) {
-        stream_fail(st, "stream_closed", "the filter ended the stream");
-    }
-    st->batches--; /* our hold until here (see on_send) */
-    stream_free_if_done(st);
-}
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    struct stream *st = arg;
-    const struct mgw_owed *o = mgw_owed_front(&st->owed);
-    char detail[80];
-    uint64_t now;
-
-    now = now_ms();
-    if (o != NULL && o->due_ms <= now) {
-        snprintf(detail, sizeof detail, "no answer to %s within %s", event_name(o->cmd),
-                 o->cmd == MGW_SMFIC_BODYEOB ? "eom_timeout" : "timeout");
-        stream_fail(st, "timeout", detail);
-    } else if (st->sending != NULL && st->send_due_ms != 0 && st->send_due_ms <= now) {
-        stream_fail(st, "timeout", "the filter took no event within timeout");
-    } else if (st->linger_due_ms != 0 && st->linger_due_ms <= now) {
-        /* The filter never ended the half-closed stream. */
-        if (st->call != NULL && !st->finished)
-            grpc_call_cancel(st->call, NULL);
-    } else {
-        deadline_update(st); /* woke early: a deadline moved */
-    }
-}
-
-/* A stream starts with its SessionStart queued and no call: gRPC's per-call state (some
- * 13 KB, most of an idle connection's cost) waits until the filter receives its first
- * event (stream_start), and a connection that brings it none never makes one. */
-static struct stream *stream_open(struct bsession *bs, struct filter *f)
-{
-    struct bridge *b = bs->b;
-    struct stream *st = mgw_xcalloc(1, sizeof *st);
-
-    st->f = f;
-    st->bs = bs;
-    st->sid = bs->sid;
-    st->batching = f->l.batching;
-    grpc_metadata_array_init(&st->md_initial);
-    grpc_metadata_array_init(&st->md_trailing);
-    st->status_details = grpc_empty_slice();
-    st->timer = evtimer_new(b->base, on_deadline, st);
-    st->recv_tag.cb = on_recv;
-    st->send_tag.cb = on_send;
-    st->status_tag.cb = on_status;
-    st->close_tag.cb = on_close_sent;
-    TAILQ_INSERT_TAIL(&b->streams, st, link);
-    return st;
-}
-
-/* Make the call, before the first event the filter receives; what is queued (the
- * SessionStart first) goes once it exists. */
-static void stream_start(struct stream *st)
-{
-    struct filter *f = st->f;
-    grpc_op ops[2];
-
-    if (st->started)
-        return;
-    st->started = 1;
-    /* Fail fast: a channel known to be down gets no call and costs no waiting. */
-    if (grpc_channel_check_connectivity_state(f->l.ch, 1) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
-        st->broken = 1;
-        log_warn(st->sid, "filter unavailable", "filter=%s target=%s on_error=%s",
-                 f->l.conf.name, f->l.conf.target, mgw_on_error_name(f->l.conf.on_error));
-        return;
-    }
-    st->call = grpc_channel_create_registered_call(f->l.ch, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                                   mgw_grpc_pump_cq(f->b->pump),
-                                                   f->l.session_method,
-                                                   gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[0].data.recv_status_on_client.trailing_metadata = &st->md_trailing;
-    ops[0].data.recv_status_on_client.status = &st->status;
-    ops[0].data.recv_status_on_client.status_details = &st->status_details;
-    start_batch(st, ops, 1, &st->status_tag);
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[0].data.recv_initial_metadata.recv_initial_metadata = &st->md_initial;
-    ops[1].op = GRPC_OP_RECV_MESSAGE;
-    ops[1].data.recv_message.recv_message = &st->recv_buf;
-    start_batch(st, ops, 2, &st->recv_tag);
-    send_next(st);
-}
-
-/* The MTA connection lets go: half-close (Quit), and cancel if the filter lingers. Owed
- * replies keep their deadlines meanwhile (a shadow filter's still get logged). */
-static void stream_detach(struct stream *st)
-{
-    st->flow_held = 0; /* the session is going: nothing to resume */
-    st->bs = NULL;
-    evtimer_del(st->timer);
-    if (st->call != NULL && !st->finished && !st->broken) {
-        st->close_wanted = 1;
-        st->linger_due_ms = now_ms() + LINGER_MS;
-        send_next(st);
-        deadline_update(st);
-    }
-    stream_free_if_done(st);
 }
 
 /* ---- answers ---- */
@@ -691,7 +267,7 @@ static void event_check(struct bsession *bs)
     for (size_t i = 0; i < bs->b->nfilters; i++) {
         struct answer *a = &bs->ans[i];
 
-        if (!a->pending || bs->streams[i]->owed.deferred > 0 || !(a->draining || bs->doomed))
+        if (!a->pending || bs->streams[i]->t.owed.deferred > 0 || !(a->draining || bs->doomed))
             continue;
         a->pending = 0;
         a->draining = 0;
@@ -745,19 +321,15 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
     const struct mgw_owed *o;
     char q[400];
 
-    if (st->broken)
+    if (st->t.broken)
         return;
-    st->broken = 1;
     mgw_metrics_filter_error(st->f->l.metric, error_kind(reason));
-    evtimer_del(st->timer);
-    if (st->call != NULL && !st->finished)
-        grpc_call_cancel(st->call, NULL);
-    log_warn(st->sid, "filter failed", "filter=%s reason=%s event=%s on_error=%s detail=%s",
+    log_warn(st->t.sid, "filter failed", "filter=%s reason=%s event=%s on_error=%s detail=%s",
              st->f->l.conf.name, reason, bs && bs->active ? event_name(bs->cmd) : "-",
              mgw_on_error_name(st->f->l.conf.on_error),
              mgw_log_quote(q, sizeof q, detail, strlen(detail)));
     /* The oldest content event it still owed an answer to gets its on_error (rule 7). */
-    o = bs != NULL ? mgw_owed_find(&st->owed, MGW_OWED_DEFERRED, bs->msg_first_id) : NULL;
+    o = bs != NULL ? mgw_owed_find(&st->t.owed, MGW_OWED_DEFERRED, bs->msg_first_id) : NULL;
     if (o != NULL) {
         enum mgw_verdict_kind k = mgw_on_error_verdict(st->f->l.conf.on_error);
 
@@ -765,9 +337,7 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
         if (mgw_policy_refusal(k))
             content_refused(bs, stream_index(st), o, MGW_POLICY_FAILED, k, NULL);
     }
-    /* Nothing more will be answered, nor taken. */
-    mgw_owed_clear(&st->owed);
-    flow_update(st);
+    mgw_filter_stream_break(&st->t);
     if (bs != NULL && bs->active) {
         answer_failed(bs, stream_index(st));
         event_check(bs);
@@ -789,7 +359,7 @@ static void report_unusable(struct stream *st, uint8_t cmd, const struct mgw_pro
 {
     if (pa->warning == NULL && pa->mods_invalid == 0 && pa->bodies_dropped == 0)
         return;
-    log_warn(st->sid, "filter reply partly unusable", "filter=%s event=%s detail=\"%s\" "
+    log_warn(st->t.sid, "filter reply partly unusable", "filter=%s event=%s detail=\"%s\" "
              "invalid_mods=%zu extra_bodies=%zu", st->f->l.conf.name, event_name(cmd),
              pa->warning ? pa->warning : "-", pa->mods_invalid, pa->bodies_dropped);
     mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_INVALID, pa->mods_invalid);
@@ -820,14 +390,14 @@ static void unwaited_reply(struct stream *st, const struct mgw_owed *o, Miltergw
         if (pa.nmods > 0)
             mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_SHADOW, pa.nmods);
         if (pa.kind != MGW_VERDICT_CONTINUE || pa.nmods > 0)
-            log_info(st->sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
+            log_info(st->t.sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
                      st->f->l.conf.name, event_name(o->cmd), mgw_verdict_name(pa.kind), pa.nmods);
         apply_effect(st, o->cmd, pa.kind);
     } else {
         report_unusable(st, o->cmd, &pa);
         mgw_metrics_observe_latency(st->f->l.metric, (double)(now_us() - o->sent_us) / 1e6);
         if (pa.nmods > 0) {
-            log_warn(st->sid, "modification dropped", "filter=%s event=%s mods=%zu reason=%s",
+            log_warn(st->t.sid, "modification dropped", "filter=%s event=%s mods=%zu reason=%s",
                      st->f->l.conf.name, event_name(o->cmd), pa.nmods,
                      mgw_policy_drop_name(MGW_POLICY_DROP_NOT_EOM));
             mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_NOT_EOM, pa.nmods);
@@ -844,14 +414,14 @@ static void unwaited_reply(struct stream *st, const struct mgw_owed *o, Miltergw
 static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
 {
     struct bsession *bs = st->bs;
-    struct mgw_owed *front = mgw_owed_front(&st->owed);
+    struct mgw_owed *front = mgw_owed_front(&st->t.owed);
     struct answer *a;
     const char *why = NULL;
     char detail[160];
     struct mgw_owed o;
 
     /* A shadow filter's replies count after the MTA connection let go too. */
-    if (st->broken || (bs == NULL && !st->f->l.conf.shadow)) {
+    if (st->t.broken || (bs == NULL && !st->f->l.conf.shadow)) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
@@ -869,15 +439,15 @@ static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
     if (r->verdict == MILTERGW__V1__VERDICT__VERDICT_PROGRESS) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
         front->due_ms = now_ms() + timeout_of(st->f, front->cmd);
-        deadline_update(st);
+        mgw_filter_stream_rearm(&st->t);
         /* Only a filter the MTA is waiting for (for this event, or for content answers it
          * still owes) keeps the MTA waiting longer. */
         if (bs != NULL && bs->active && bs->ans[stream_index(st)].pending)
             bs->progress(bs->progress_arg);
         return;
     }
-    mgw_owed_pop(&st->owed, &o);
-    deadline_update(st);
+    mgw_owed_pop(&st->t.owed, &o);
+    mgw_filter_stream_rearm(&st->t);
     if (st->f->l.conf.shadow || o.kind == MGW_OWED_DEFERRED) {
         unwaited_reply(st, &o, r);
         protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -921,7 +491,7 @@ static void on_reply(struct stream *st, Miltergw__V1__Reply *r)
         reply_one(st, r);
         return;
     }
-    if (!st->batching)
+    if (!st->t.batching)
         why = "a batch of replies from a filter that did not declare batches";
     else if (r->event_id != 0 || r->verdict != 0 || r->response != NULL || r->n_modifications)
         why = "a batch of replies with fields of its own";
@@ -949,7 +519,7 @@ static uint32_t receives_of(const struct bsession *bs, size_t i)
     const struct stream *st = bs->streams[i];
     uint32_t ev = bs->decls[i].events;
 
-    if (st->broken || st->retired_conn || st->retired_msg)
+    if (st->t.broken || st->retired_conn || st->retired_msg)
         return 0;
     return st->skip_body ? ev & ~MGW_POLICY_EV_BODY : ev;
 }
@@ -991,8 +561,8 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
         a->state = MGW_POLICY_NOT_ASKED;
         if (!receives)
             continue;
-        stream_start(st);
-        if (st->broken) {
+        mgw_filter_stream_start(&st->t);
+        if (st->t.broken) {
             if (waited_for) {
                 a->state = MGW_POLICY_FAILED;
                 a->pa.kind = mgw_on_error_verdict(f->l.conf.on_error);
@@ -1016,14 +586,14 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
                 o.kind = MGW_OWED_WAITED;
             else if (pipelined && !f->l.conf.shadow)
                 o.kind = MGW_OWED_DEFERRED;
-            if (mgw_owed_push(&st->owed, &o) < 0) {
+            if (mgw_owed_push(&st->t.owed, &o) < 0) {
                 stream_fail(st, "out_of_contract", "too many unanswered events");
                 continue;
             }
-            if (st->owed.len == 1)
-                deadline_update(st);
+            if (st->t.owed.len == 1)
+                mgw_filter_stream_rearm(&st->t);
         }
-        stream_send(st, grpc_slice_ref(msg));
+        mgw_filter_stream_send(&st->t, grpc_slice_ref(msg));
         mgw_metrics_filter_event(f->l.metric, (enum mgw_metrics_event)mgw_metrics_event_of_cmd(cmd));
     }
     bs->dispatching = 0;
@@ -1042,7 +612,7 @@ static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64
     for (size_t i = 0; i < bs->b->nfilters && is_message_event(cmd); i++) {
         struct answer *a = &bs->ans[i];
 
-        if (!a->pending && bs->streams[i]->owed.deferred > 0) {
+        if (!a->pending && bs->streams[i]->t.owed.deferred > 0) {
             a->pending = 1;
             a->draining = 1;
             bs->waiting++;
@@ -1212,8 +782,8 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         for (size_t i = 0; i < bs->b->nfilters; i++) {
             /* Retired ones included: every filter with a stream (filter.proto); one that
              * has received nothing yet has nothing to abandon. */
-            if (bs->streams[i]->started && !bs->streams[i]->broken) {
-                stream_send(bs->streams[i], grpc_slice_ref(msg));
+            if (bs->streams[i]->t.started && !bs->streams[i]->t.broken) {
+                mgw_filter_stream_send(&bs->streams[i]->t, grpc_slice_ref(msg));
                 mgw_metrics_filter_event(bs->b->filters[i].l.metric, MGW_METRICS_EV_ABORT);
             }
         }
@@ -1251,6 +821,47 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
     }
     start_event(bs, m->cmd, msg, id);
     return 0;
+}
+
+/* ---- the transport under each stream (filter_stream.h) ---- */
+
+static void hook_reply(struct mgw_filter_stream *t, Miltergw__V1__Reply *r)
+{
+    on_reply((struct stream *)t, r);
+}
+
+static void hook_failed(struct mgw_filter_stream *t, const char *reason, const char *detail)
+{
+    stream_fail((struct stream *)t, reason, detail);
+}
+
+/* Back-pressure: the session reads again once no stream of it holds it. */
+static void hook_flow(struct mgw_filter_stream *t, int hold)
+{
+    struct bsession *bs = ((struct stream *)t)->bs;
+
+    if (bs != NULL && (hold ? bs->flow_held++ == 0 : --bs->flow_held == 0))
+        bs->flow(bs->progress_arg, hold);
+}
+
+static const struct mgw_filter_stream_hooks stream_hooks = {hook_reply, hook_failed, hook_flow};
+
+static struct stream *stream_open(struct bsession *bs, struct filter *f)
+{
+    struct stream *st = (struct stream *)mgw_filter_stream_open(
+        sizeof *st, &f->l, bs->b->pump, bs->b->base, bs->sid, &stream_hooks, &bs->b->streams);
+
+    st->f = f;
+    st->bs = bs;
+    return st;
+}
+
+/* The MTA connection lets go; owed replies keep their deadlines (a shadow filter's still
+ * get logged). */
+static void stream_detach(struct stream *st)
+{
+    st->bs = NULL;
+    mgw_filter_stream_detach(&st->t);
 }
 
 /* ---- sessions ---- */
@@ -1291,7 +902,7 @@ static void *bridge_open(void *impl, const struct mgw_session_info *info,
         mgw_policy_effective_decl(&f->l.decl, &bs->offered, &bs->negotiated, &bs->decls[i]);
         bs->streams[i] = stream_open(bs, f);
         mgw_proto_event_start(&pe, &b->sc, start_id, &si);
-        stream_send(bs->streams[i], mgw_grpc_pack_slice(&pe.ev.base));
+        mgw_filter_stream_send(&bs->streams[i]->t, mgw_grpc_pack_slice(&pe.ev.base));
         mgw_proto_scratch_reset(&b->sc);
         /* Macro lists are borrowed from f->l.decl, which a Describe refresh may free; they
          * were needed only for negotiation and the SessionStart just packed. */
@@ -1356,7 +967,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     b->filters = mgw_xcalloc(n, sizeof *b->filters);
     b->backend.ops = &bridge_ops;
     b->backend.impl = b;
-    TAILQ_INIT(&b->streams);
+    TAILQ_INIT(&b->streams.all);
     for (size_t i = 0; i < n; i++) {
         struct filter *f = &b->filters[i];
         char why[400];
@@ -1418,22 +1029,17 @@ struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *mb)
 struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *mb)
 {
     struct bridge *b = (struct bridge *)mb;
-    struct stream *st;
 
     if (b == NULL)
         return NULL;
-    b->shutting_down = 1;
     b->ready = NULL;
-    TAILQ_FOREACH(st, &b->streams, link) {
-        if (st->call != NULL && !st->finished)
-            grpc_call_cancel(st->call, NULL);
-    }
+    mgw_filter_streams_shutdown(&b->streams);
     /* Destroying a channel completes its watch; the pump delivers every outstanding
      * completion before its thread ends, so every stream frees itself. */
     for (size_t i = 0; i < b->nfilters; i++)
         mgw_filter_link_close(&b->filters[i].l);
     b->pump = mgw_grpc_pump_free(b->pump);
-    if (!TAILQ_EMPTY(&b->streams))
+    if (!TAILQ_EMPTY(&b->streams.all))
         log_error(0, "streams left at shutdown", "");
     for (size_t i = 0; i < b->nfilters; i++)
         mgw_filter_link_clear(&b->filters[i].l);

@@ -1,0 +1,122 @@
+/*
+ * filter_stream.h - one Session call to one filter for one MTA connection: the transport
+ * under the bridge (backend_grpc.c), which does the per-event bookkeeping on top.
+ *
+ * The call is made at start (the bridge starts it before the filter's first event; until
+ * then only what was queued, the SessionStart, waits). At most one SEND_MESSAGE is in
+ * flight, with an outbound queue behind it, bounded in bytes (max_queue): a filter that
+ * declared batches gets what queued up meanwhile as one EventBatch, built from the events
+ * as packed. One RECV_MESSAGE is always armed, RECV_STATUS from the start. One timer
+ * covers the nearest deadline: the oldest owed reply (owed.h, kept by the bridge), the
+ * send in flight (a filter that takes no event within its timeout, e.g. a channel stuck
+ * connecting, fails too), and, once detached, the linger of a half-closed stream.
+ * Back-pressure: a non-shadow stream more than half its max_queue behind asks its owner
+ * to hold the MTA connection's reading until it is back under a quarter.
+ *
+ * Lifetime: completions arrive in any order, so the stream counts its outstanding
+ * batches and frees itself once it is detached and the count is 0. The owner's own state
+ * follows the transport in the same allocation (`size` at open), so it lives exactly as
+ * long. Everything runs on the loop thread of the pump's base.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef MGW_FILTER_STREAM_H
+#define MGW_FILTER_STREAM_H
+
+#include <grpc/grpc.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "miltergw/v1/filter.pb-c.h"
+#include "mgw/filter_link.h"
+#include "mgw/grpc_pump.h"
+#include "mgw/owed.h"
+
+struct event_base;
+struct event;
+struct mgw_filter_stream;
+
+/* The owner's side. Each runs on the loop thread; `failed` is not called again once the
+ * stream is broken. */
+struct mgw_filter_stream_hooks {
+    /* A Reply arrived (the owner takes it over). */
+    void (*reply)(struct mgw_filter_stream *st, Miltergw__V1__Reply *r);
+    /* The stream cannot go on: reason is a metrics.h error kind name ("timeout",
+     * "queue_full", "stream_broken", "stream_closed", "unavailable", "out_of_contract").
+     * The owner calls mgw_filter_stream_break() (at once or after looking at `owed`). */
+    void (*failed)(struct mgw_filter_stream *st, const char *reason, const char *detail);
+    /* Hold (1) or release (0) the MTA connection's reading. */
+    void (*flow)(struct mgw_filter_stream *st, int hold);
+};
+
+/* Every stream of one bridge, for shutdown. */
+struct mgw_filter_streams {
+    TAILQ_HEAD(, mgw_filter_stream) all;
+    int shutting_down;
+};
+
+struct mgw_filter_stream {
+    /* Read by the owner. */
+    const struct mgw_filter_link *link;
+    uint64_t sid;              /* of the MTA connection, for logs after it let go */
+    int batching;              /* the filter's Description.batches when the stream opened */
+    int started, broken;       /* the call was made (or failed fast); the stream failed */
+    int attached;              /* the MTA connection holds it */
+    struct mgw_owed_fifo owed; /* kept by the owner; its front's deadline is armed here */
+
+    /* Private. */
+    const struct mgw_filter_stream_hooks *hooks;
+    struct mgw_filter_streams *set;
+    struct mgw_grpc_pump *pump;
+    uint64_t linger_due_ms; /* once detached: when a half-closed stream is cancelled */
+    grpc_call *call;
+    int batches; /* outstanding: the stream is freed at 0 once detached */
+    struct mgw_grpc_tag recv_tag, send_tag, status_tag, close_tag;
+    grpc_byte_buffer *recv_buf;
+    grpc_metadata_array md_initial, md_trailing;
+    grpc_status_code status;
+    grpc_slice status_details;
+    grpc_slice *queue; /* packed events waiting for the send slot */
+    size_t nqueue, capqueue;
+    grpc_byte_buffer *sending;
+    size_t queued_bytes;  /* in queue[] and sending */
+    size_t sending_len;   /* of `sending`, taken at the start: gRPC empties the buffer */
+    uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
+    int initial_sent, close_wanted, close_sent, finished;
+    int flow_held;
+    struct event *timer;
+    TAILQ_ENTRY(mgw_filter_stream) entry;
+};
+
+/* A detached-from-nothing stream, no call yet, of `size` >= sizeof(struct
+ * mgw_filter_stream) zeroed bytes (the owner's state after the transport). */
+struct mgw_filter_stream *mgw_filter_stream_open(size_t size, const struct mgw_filter_link *link,
+                                                 struct mgw_grpc_pump *pump,
+                                                 struct event_base *base, uint64_t sid,
+                                                 const struct mgw_filter_stream_hooks *hooks,
+                                                 struct mgw_filter_streams *set);
+
+/* Make the call (once; a channel in TRANSIENT_FAILURE gets none: the stream is broken at
+ * once, with a "filter unavailable" line). */
+void mgw_filter_stream_start(struct mgw_filter_stream *st);
+
+/* Queue one packed message, taking over the caller's reference; past max_queue the
+ * stream fails ("queue_full") instead. */
+void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg);
+
+/* The owed FIFO's front changed: re-arm the deadline. */
+void mgw_filter_stream_rearm(struct mgw_filter_stream *st);
+
+/* Fail: cancel the call, forget what is owed and queued for sending, release any hold. */
+void mgw_filter_stream_break(struct mgw_filter_stream *st);
+
+/* The MTA connection lets go: half-close, cancel if the filter lingers; freed once its
+ * completions are in. The owner's hooks are not called for it any more except `reply`
+ * (a shadow filter's replies are still logged). */
+void mgw_filter_stream_detach(struct mgw_filter_stream *st);
+
+/* Shutdown: no batch starts from now on; every call is cancelled. */
+void mgw_filter_streams_shutdown(struct mgw_filter_streams *set);
+
+#endif

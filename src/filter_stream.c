@@ -1,0 +1,447 @@
+/*
+ * filter_stream.c - one Session call to one filter (see filter_stream.h).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "mgw/filter_stream.h"
+
+#include <event2/event.h>
+#include <grpc/support/alloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mgw/grpc_channel.h"
+#include "mgw/log.h"
+#include "mgw/filter_proto.h"
+#include "mgw/xmalloc.h"
+
+#define LINGER_MS 5000 /* a half-closed stream the filter does not end is cancelled */
+/* One batch (Description.batches) carries at most this much, well under any filter's
+ * receive cap (4 MiB is gRPC's default), so it never fails where single events would not. */
+#define BATCH_MAX_EVENTS 256
+#define BATCH_MAX_BYTES (1u << 20)
+
+static uint64_t now_ms(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
+}
+
+static void fail(struct mgw_filter_stream *st, const char *reason, const char *detail)
+{
+    if (!st->broken)
+        st->hooks->failed(st, reason, detail);
+}
+
+static void arm_timer(struct mgw_filter_stream *st, unsigned ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    evtimer_add(st->timer, &tv);
+}
+
+static void free_if_done(struct mgw_filter_stream *st)
+{
+    if (st->attached || st->batches > 0)
+        return;
+    if (st->call != NULL)
+        grpc_call_unref(st->call);
+    /* A send still set here was never started (shutdown): no completion owns it. */
+    if (st->sending != NULL)
+        grpc_byte_buffer_destroy(st->sending);
+    for (size_t i = 0; i < st->nqueue; i++)
+        grpc_slice_unref(st->queue[i]);
+    free(st->queue);
+    mgw_owed_clear(&st->owed);
+    grpc_metadata_array_destroy(&st->md_initial);
+    grpc_metadata_array_destroy(&st->md_trailing);
+    grpc_slice_unref(st->status_details);
+    if (st->timer != NULL)
+        event_free(st->timer);
+    TAILQ_REMOVE(&st->set->all, st, entry);
+    free(st);
+}
+
+/* The stream a completion's tag belongs to. */
+#define STREAM_OF(tag, member) \
+    ((struct mgw_filter_stream *)((char *)(tag) - offsetof(struct mgw_filter_stream, member)))
+
+/* A batch completed: its hold on the stream ends (see on_send). */
+static void batch_done(struct mgw_filter_stream *st)
+{
+    st->batches--;
+    free_if_done(st);
+}
+
+/* Arm the timer for the nearest deadline (owed reply, send in flight, linger once
+ * detached), or stop it. */
+void mgw_filter_stream_rearm(struct mgw_filter_stream *st)
+{
+    const struct mgw_owed *o = mgw_owed_front(&st->owed);
+    uint64_t due = st->linger_due_ms, now;
+
+    if (st->broken || (!st->attached && st->linger_due_ms == 0))
+        return;
+    if (o != NULL && (due == 0 || o->due_ms < due))
+        due = o->due_ms;
+    if (st->sending != NULL && st->send_due_ms != 0 && (due == 0 || st->send_due_ms < due))
+        due = st->send_due_ms;
+    if (due == 0) {
+        evtimer_del(st->timer);
+        return;
+    }
+    now = now_ms();
+    arm_timer(st, due > now ? (unsigned)(due - now) : 0);
+}
+
+static void start_batch(struct mgw_filter_stream *st, const grpc_op *ops, size_t n,
+                        struct mgw_grpc_tag *tag)
+{
+    grpc_call_error e;
+
+    /* At shutdown the completion queue is being drained and may already be shut down:
+     * a batch started now would assert in gRPC. Every call is cancelled by then. */
+    if (st->set->shutting_down)
+        return;
+    e = grpc_call_start_batch(st->call, ops, n, tag, NULL);
+
+    /* GRPC_CORE.md §4.4: a refused batch is our bug and may leave the call unusable. */
+    if (e != GRPC_CALL_OK) {
+        log_error(st->sid, "grpc batch refused", "filter=%s error=%d", st->link->conf.name,
+                  (int)e);
+        grpc_call_cancel(st->call, NULL);
+        return;
+    }
+    st->batches++;
+}
+
+/* How many queued events the next send carries: one, or for a filter that takes batches
+ * as many as fit (the first always goes, whatever its size). */
+static size_t batch_size(const struct mgw_filter_stream *st)
+{
+    size_t k = 1, bytes = GRPC_SLICE_LENGTH(st->queue[0]);
+
+    if (!st->batching)
+        return 1;
+    while (k < st->nqueue && k < BATCH_MAX_EVENTS &&
+           bytes + GRPC_SLICE_LENGTH(st->queue[k]) <= BATCH_MAX_BYTES) {
+        bytes += GRPC_SLICE_LENGTH(st->queue[k]); /* a macro: its argument twice */
+        k++;
+    }
+    return k;
+}
+
+/* One Event{batch: EventBatch{events: queue[0..take)}} on the wire: the events as they
+ * were packed, each after its field prefix (filter_proto.h), no copy of their bytes. */
+static grpc_byte_buffer *batch_buffer(const struct mgw_filter_stream *st, size_t take)
+{
+    grpc_slice *parts = mgw_xcalloc(2 * take + 1, sizeof *parts);
+    uint8_t pre[MGW_PROTO_PREFIX_MAX];
+    grpc_byte_buffer *bb;
+    uint64_t inner = 0;
+
+    for (size_t k = 0; k < take; k++) {
+        size_t len = GRPC_SLICE_LENGTH(st->queue[k]);
+        size_t n = mgw_proto_field_prefix(pre, MGW_PROTO_EVENT_BATCH_EVENTS, len);
+
+        parts[2 * k + 1] = grpc_slice_from_copied_buffer((const char *)pre, n);
+        parts[2 * k + 2] = st->queue[k];
+        inner += n + len;
+    }
+    parts[0] = grpc_slice_from_copied_buffer(
+        (const char *)pre, mgw_proto_field_prefix(pre, MGW_PROTO_EVENT_BATCH, inner));
+    bb = grpc_raw_byte_buffer_create(parts, 2 * take + 1);
+    grpc_slice_unref(parts[0]); /* the prefixes; queue[] is the caller's */
+    for (size_t k = 0; k < take; k++)
+        grpc_slice_unref(parts[2 * k + 1]);
+    free(parts);
+    return bb;
+}
+
+static void send_next(struct mgw_filter_stream *st)
+{
+    grpc_op ops[2];
+    size_t n = 0, take;
+
+    if (!st->started || st->sending != NULL || st->broken || st->finished)
+        return;
+    memset(ops, 0, sizeof ops);
+    if (st->nqueue == 0) {
+        if (st->close_wanted && !st->close_sent) {
+            st->close_sent = 1;
+            ops[0].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+            start_batch(st, ops, 1, &st->close_tag);
+        }
+        return;
+    }
+    take = batch_size(st);
+    st->sending = take > 1 ? batch_buffer(st, take) : grpc_raw_byte_buffer_create(st->queue, 1);
+    st->sending_len = 0;
+    for (size_t k = 0; k < take; k++) {
+        st->sending_len += GRPC_SLICE_LENGTH(st->queue[k]);
+        grpc_slice_unref(st->queue[k]); /* the byte buffer holds its own references */
+    }
+    st->nqueue -= take;
+    memmove(st->queue, st->queue + take, st->nqueue * sizeof *st->queue);
+    if (!st->initial_sent) {
+        st->initial_sent = 1;
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        /* Wait for a connecting channel; the event deadline bounds the wait. */
+        ops[n].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
+        n++;
+    }
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n].data.send_message.send_message = st->sending;
+    n++;
+    st->send_due_ms = now_ms() + st->link->conf.timeout_ms;
+    start_batch(st, ops, n, &st->send_tag);
+    mgw_filter_stream_rearm(st);
+}
+
+/* Back-pressure: the MTA streams content without waiting (policy.h rule 7), so a stream
+ * more than half its max_queue behind holds the session's reading until it is back under
+ * a quarter. A shadow filter never holds the MTA (it fails at max_queue instead); a
+ * stopped filter holds it only until its send deadline fails it. */
+static void flow_update(struct mgw_filter_stream *st)
+{
+    size_t limit = st->link->conf.max_queue / (st->flow_held ? 4 : 2);
+    int hold = !st->broken && !st->link->conf.shadow && st->queued_bytes > limit;
+
+    if (!st->attached || hold == st->flow_held)
+        return;
+    st->flow_held = hold;
+    st->hooks->flow(st, hold);
+}
+
+void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
+{
+    size_t len = GRPC_SLICE_LENGTH(msg);
+
+    if (st->queued_bytes + len > st->link->conf.max_queue) {
+        char detail[120];
+
+        grpc_slice_unref(msg);
+        snprintf(detail, sizeof detail, "%zu bytes not yet taken by the filter, max_queue %u",
+                 st->queued_bytes + len, st->link->conf.max_queue);
+        fail(st, "queue_full", detail);
+        return;
+    }
+    st->queued_bytes += len;
+    if (st->nqueue == st->capqueue) {
+        st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
+        st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
+    }
+    st->queue[st->nqueue++] = msg;
+    send_next(st);
+    flow_update(st);
+}
+
+static void on_send(struct mgw_grpc_tag *tag, int ok)
+{
+    struct mgw_filter_stream *st = STREAM_OF(tag, send_tag);
+
+    /* The batch count stays up (our hold) until we are done: what we call may end the
+     * MTA session and detach the stream, which must not free it under us. */
+    st->queued_bytes -= st->sending_len;
+    grpc_byte_buffer_destroy(st->sending);
+    st->sending = NULL;
+    st->send_due_ms = 0;
+    if (!ok) {
+        fail(st, "stream_broken", "send failed");
+    } else {
+        send_next(st);
+        mgw_filter_stream_rearm(st);
+        flow_update(st);
+    }
+    batch_done(st);
+}
+
+static void on_close_sent(struct mgw_grpc_tag *tag, int ok)
+{
+    struct mgw_filter_stream *st = STREAM_OF(tag, close_tag);
+
+    batch_done(st);
+}
+
+static void recv_arm(struct mgw_filter_stream *st)
+{
+    grpc_op op;
+
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &st->recv_buf;
+    start_batch(st, &op, 1, &st->recv_tag);
+}
+
+static void on_recv(struct mgw_grpc_tag *tag, int ok)
+{
+    struct mgw_filter_stream *st = STREAM_OF(tag, recv_tag);
+    grpc_byte_buffer *bb = st->recv_buf;
+
+    /* This batch's count is our hold until the end (see on_send). */
+    st->recv_buf = NULL;
+    if (!ok || bb == NULL) {
+        /* End of stream: the status, which always follows, says why (on_status). */
+        st->finished = 1;
+    } else {
+        Miltergw__V1__Reply *r =
+            (Miltergw__V1__Reply *)mgw_grpc_unpack(bb, &miltergw__v1__reply__descriptor);
+
+        grpc_byte_buffer_destroy(bb);
+        if (r == NULL)
+            fail(st, "out_of_contract", "reply does not parse as miltergw.v1.Reply");
+        else
+            st->hooks->reply(st, r);
+        if (!st->finished && !st->set->shutting_down)
+            recv_arm(st);
+    }
+    batch_done(st);
+}
+
+static void on_status(struct mgw_grpc_tag *tag, int ok)
+{
+    struct mgw_filter_stream *st = STREAM_OF(tag, status_tag);
+
+    st->finished = 1;
+    if (st->status != GRPC_STATUS_OK && st->attached) {
+        char *details = grpc_slice_to_c_string(st->status_details);
+        char detail[300];
+
+        snprintf(detail, sizeof detail, "grpc status %d: %s", (int)st->status, details);
+        gpr_free(details);
+        fail(st, st->status == GRPC_STATUS_UNAVAILABLE ? "unavailable" : "stream_broken", detail);
+    } else if (st->attached) {
+        fail(st, "stream_closed", "the filter ended the stream");
+    }
+    batch_done(st); /* our hold until here (see on_send) */
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct mgw_filter_stream *st = arg;
+    const struct mgw_owed *o = mgw_owed_front(&st->owed);
+    char detail[80];
+    uint64_t now;
+
+    now = now_ms();
+    if (o != NULL && o->due_ms <= now) {
+        snprintf(detail, sizeof detail, "no answer to %s within %s",
+                 mgw_milter_cmd_name(o->cmd, MGW_MILTER_FROM_MTA),
+                 o->cmd == MGW_SMFIC_BODYEOB ? "eom_timeout" : "timeout");
+        fail(st, "timeout", detail);
+    } else if (st->sending != NULL && st->send_due_ms != 0 && st->send_due_ms <= now) {
+        fail(st, "timeout", "the filter took no event within timeout");
+    } else if (st->linger_due_ms != 0 && st->linger_due_ms <= now) {
+        /* The filter never ended the half-closed stream. */
+        if (st->call != NULL && !st->finished)
+            grpc_call_cancel(st->call, NULL);
+    } else {
+        mgw_filter_stream_rearm(st); /* woke early: a deadline moved */
+    }
+}
+
+struct mgw_filter_stream *mgw_filter_stream_open(size_t size, const struct mgw_filter_link *link,
+                                                 struct mgw_grpc_pump *pump,
+                                                 struct event_base *base, uint64_t sid,
+                                                 const struct mgw_filter_stream_hooks *hooks,
+                                                 struct mgw_filter_streams *set)
+{
+    struct mgw_filter_stream *st = mgw_xcalloc(1, size);
+
+    st->link = link;
+    st->pump = pump;
+    st->sid = sid;
+    st->hooks = hooks;
+    st->set = set;
+    st->attached = 1;
+    st->batching = link->batching;
+    grpc_metadata_array_init(&st->md_initial);
+    grpc_metadata_array_init(&st->md_trailing);
+    st->status_details = grpc_empty_slice();
+    st->timer = evtimer_new(base, on_deadline, st);
+    st->recv_tag.cb = on_recv;
+    st->send_tag.cb = on_send;
+    st->status_tag.cb = on_status;
+    st->close_tag.cb = on_close_sent;
+    TAILQ_INSERT_TAIL(&set->all, st, entry);
+    return st;
+}
+
+void mgw_filter_stream_start(struct mgw_filter_stream *st)
+{
+    const struct mgw_filter_link *l = st->link;
+    grpc_op ops[2];
+
+    if (st->started)
+        return;
+    st->started = 1;
+    /* Fail fast: a channel known to be down gets no call and costs no waiting. */
+    if (grpc_channel_check_connectivity_state(l->ch, 1) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+        st->broken = 1;
+        log_warn(st->sid, "filter unavailable", "filter=%s target=%s on_error=%s",
+                 l->conf.name, l->conf.target, mgw_on_error_name(l->conf.on_error));
+        return;
+    }
+    st->call = grpc_channel_create_registered_call(l->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
+                                                   mgw_grpc_pump_cq(st->pump), l->session_method,
+                                                   gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &st->md_trailing;
+    ops[0].data.recv_status_on_client.status = &st->status;
+    ops[0].data.recv_status_on_client.status_details = &st->status_details;
+    start_batch(st, ops, 1, &st->status_tag);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &st->md_initial;
+    ops[1].op = GRPC_OP_RECV_MESSAGE;
+    ops[1].data.recv_message.recv_message = &st->recv_buf;
+    start_batch(st, ops, 2, &st->recv_tag);
+    send_next(st);
+}
+
+void mgw_filter_stream_break(struct mgw_filter_stream *st)
+{
+    if (st->broken)
+        return;
+    st->broken = 1;
+    evtimer_del(st->timer);
+    if (st->call != NULL && !st->finished)
+        grpc_call_cancel(st->call, NULL);
+    /* Nothing more will be answered, nor taken. */
+    mgw_owed_clear(&st->owed);
+    if (st->flow_held) {
+        st->flow_held = 0;
+        if (st->attached)
+            st->hooks->flow(st, 0);
+    }
+}
+
+void mgw_filter_stream_detach(struct mgw_filter_stream *st)
+{
+    st->flow_held = 0; /* the session is going: nothing to resume */
+    st->attached = 0;
+    evtimer_del(st->timer);
+    if (st->call != NULL && !st->finished && !st->broken) {
+        st->close_wanted = 1;
+        st->linger_due_ms = now_ms() + LINGER_MS;
+        send_next(st);
+        mgw_filter_stream_rearm(st);
+    }
+    free_if_done(st);
+}
+
+void mgw_filter_streams_shutdown(struct mgw_filter_streams *set)
+{
+    struct mgw_filter_stream *st;
+
+    set->shutting_down = 1;
+    TAILQ_FOREACH(st, &set->all, entry) {
+        if (st->call != NULL && !st->finished)
+            grpc_call_cancel(st->call, NULL);
+    }
+}
