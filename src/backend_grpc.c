@@ -942,6 +942,11 @@ static void on_decl_changed(void *arg)
     recompute_needs(arg);
 }
 
+static void on_link_down(void *arg, struct mgw_filter_link *l)
+{
+    mgw_filter_streams_link_down(&((struct bridge *)arg)->streams, l);
+}
+
 /* One first Describe is over: when the last is, the bridge is ready. */
 static void on_decl_settled(void *arg)
 {
@@ -980,6 +985,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
             mgw_bridge_free((struct mgw_bridge *)b);
             return NULL;
         }
+        f->l.down = on_link_down;
         b->nfilters = i + 1;
     }
     recompute_needs(b);

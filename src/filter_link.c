@@ -153,6 +153,8 @@ static void watch_done(struct mgw_grpc_tag *tag, int ok)
         if (f->state == GRPC_CHANNEL_READY && !f->conf.has_decl)
             describe_start(f);
         mgw_metrics_filter_set_ready(f->metric, f->state == GRPC_CHANNEL_READY);
+        if (f->state == GRPC_CHANNEL_TRANSIENT_FAILURE && f->down != NULL)
+            f->down(f->arg, f);
     }
     /* An idle channel reconnects only when asked; keep it connected. */
     if (f->state == GRPC_CHANNEL_IDLE)

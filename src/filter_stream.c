@@ -253,6 +253,7 @@ static void on_send(struct mgw_grpc_tag *tag, int ok)
     if (!ok) {
         fail(st, "stream_broken", "send failed");
     } else {
+        st->reached = 1;
         send_next(st);
         mgw_filter_stream_rearm(st);
         flow_update(st);
@@ -433,6 +434,33 @@ void mgw_filter_stream_detach(struct mgw_filter_stream *st)
         mgw_filter_stream_rearm(st);
     }
     free_if_done(st);
+}
+
+void mgw_filter_streams_link_down(struct mgw_filter_streams *set,
+                                  const struct mgw_filter_link *link)
+{
+    struct mgw_filter_stream *st, **held = NULL;
+    size_t n = 0, cap = 0;
+
+    /* A failure may end its session, which detaches (and may free) that session's other
+     * streams: hold every stream concerned first (as a batch would), then fail them. */
+    TAILQ_FOREACH(st, &set->all, entry) {
+        if (st->link != link || !st->started || st->reached || st->broken || !st->attached)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            held = mgw_xrealloc(held, cap * sizeof *held);
+        }
+        held[n++] = st;
+        st->batches++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (held[i]->attached)
+            fail(held[i], "unavailable",
+                 "the filter's channel failed while the stream waited for it");
+        batch_done(held[i]);
+    }
+    free(held);
 }
 
 void mgw_filter_streams_shutdown(struct mgw_filter_streams *set)

@@ -30,6 +30,8 @@ struct mgw_filter_link {
     struct mgw_policy_decl decl; /* current declaration */
     int batching;                /* it takes EventBatch and sends Reply.batch */
     grpc_connectivity_state state;
+    /* Set by the owner, may be NULL: the channel entered TRANSIENT_FAILURE. */
+    void (*down)(void *arg, struct mgw_filter_link *f);
 
     /* Private. */
     struct mgw_grpc_pump *pump;

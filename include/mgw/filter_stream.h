@@ -63,6 +63,7 @@ struct mgw_filter_stream {
     int batching;              /* the filter's Description.batches when the stream opened */
     int started, broken;       /* the call was made (or failed fast); the stream failed */
     int attached;              /* the MTA connection holds it */
+    int reached;               /* the filter took a message: the call got through */
     struct mgw_owed_fifo owed; /* kept by the owner; its front's deadline is armed here */
 
     /* Private. */
@@ -115,6 +116,13 @@ void mgw_filter_stream_break(struct mgw_filter_stream *st);
  * completions are in. The owner's hooks are not called for it any more except `reply`
  * (a shadow filter's replies are still logged). */
 void mgw_filter_stream_detach(struct mgw_filter_stream *st);
+
+/* `link`'s channel entered TRANSIENT_FAILURE: its streams still waiting for their call
+ * to get through (WAIT_FOR_READY, made while the channel was connecting) fail now
+ * ("unavailable") instead of at their send deadline: a filter known down costs no
+ * waiting. */
+void mgw_filter_streams_link_down(struct mgw_filter_streams *set,
+                                  const struct mgw_filter_link *link);
 
 /* Shutdown: no batch starts from now on; every call is cancelled. */
 void mgw_filter_streams_shutdown(struct mgw_filter_streams *set);

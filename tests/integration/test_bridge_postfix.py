@@ -876,6 +876,30 @@ class BridgeRawMilter(unittest.TestCase):
         fs["a"].wait_record("abort")
         self.assertEqual(fs["a"].find("mail"), [], fs["a"].record_text())
 
+    def test_7_a_stream_waiting_for_a_channel_that_fails_fails_at_once(self):
+        # A stream made while its channel is reconnecting waits for it (WAIT_FOR_READY).
+        # When the channel then fails, the filter is known down and must cost no more
+        # waiting: on_error at once, not at the send deadline (30 s here). The window is
+        # the moment just after a filter dies, so the test makes it often: a filter that
+        # crashes at RCPT, and at once the next connection (on the other loop, whose
+        # channel learns of the death on its own). Without the fix about one round in
+        # eight waits the 30 s.
+        for rnd in range(12):
+            name = "r%d" % rnd  # a filter of its own per round (its files, its port)
+            gw, fs = self.start([(name, ["--crash-at", "rcpt"])],
+                                **{name: {"timeout": "30s", "on_error": "tempfail"}})
+            with mgwtest.MilterConn(gw.host, gw.port) as c:
+                c.negotiate()
+                self.assertEqual(c.command(mgwtest.connect_frame())[0], "c")
+                self.assertEqual(c.command(frame("M", cstr("<s@example.org>")))[0], "c")
+                self.assertEqual(c.command(frame("R", cstr("<r@example.org>")))[0], "t")
+            t0 = time.monotonic()
+            with mgwtest.MilterConn(gw.host, gw.port, timeout=40) as c:
+                c.negotiate()
+                self.assertEqual(c.command(mgwtest.connect_frame())[0], "t")
+            self.assertLess(time.monotonic() - t0, 5, "round %d\n%s" % (rnd, gw.log_text()[-3000:]))
+            gw.stop(expect=None)
+
     def test_6_a_filter_gets_its_stream_at_its_first_event(self):
         # filter.proto: a stream opens when the filter's first event comes, so a
         # connection that brings a filter nothing costs it no stream (and the gateway no
