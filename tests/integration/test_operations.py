@@ -416,6 +416,25 @@ class OpsWorkers(OpsCase):
         wait_for(lambda: gw.metric("miltergw_sessions_open") == 0, 10, "sessions_open 0")
         self.assertEqual(gw.metric("miltergw_sessions_total"), 6)
 
+    def test_a_reload_keeps_the_loops_and_switches_every_one(self):
+        fa = self.filter(name="a")
+        fb = self.filter(name="b")
+        log = {"level": "debug", "format": "logfmt"}
+        gw = self.gateway(self.config([{"name": "a", "target": fa.target}], workers=2, log=log))
+        self.write_config(self.config([{"name": "b", "target": fb.target}], workers=3, log=log))
+        mark = gw.log_mark()
+        rec = gw.reload()
+        self.assertEqual(rec["msg"], "configuration reloaded", self.context())
+        self.assertTrue(gw.find_log(since=mark, msg="worker count changes need a restart",
+                                    workers="2"), self.context())
+        for _ in range(3):  # loops 0, 1, 0: each of them on the new filter
+            with mgwtest.MilterConn("127.0.0.1", self.gw_port) as c:
+                self.greet(c)
+        opened = gw.find_log(since=mark, msg="session opened")
+        self.assertEqual([r["worker"] for r in opened], ["0", "1", "0"], self.context())
+        fb.wait_record("connect", count=3)
+        self.assertEqual(fa.find("connect"), [], fa.record_text())
+
 
 class OpsReload(OpsCase):
     WORKERS = 4
