@@ -20,6 +20,10 @@
 #ifndef MGW_BACKEND_GRPC_H
 #define MGW_BACKEND_GRPC_H
 
+#ifdef MGW_CORE
+#error "backend_grpc.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <stddef.h>
 
 #include "mgw/backend.h"

@@ -50,7 +50,7 @@
 
 #include "mgw/filter_conf.h"
 #include "mgw/log.h"
-#include "mgw/session.h"
+#include "mgw/server_conf.h"
 
 /* What /readyz waits for, besides the milter listeners being up. */
 enum mgw_config_ready {

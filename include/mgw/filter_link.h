@@ -14,6 +14,10 @@
 #ifndef MGW_FILTER_LINK_H
 #define MGW_FILTER_LINK_H
 
+#ifdef MGW_CORE
+#error "filter_link.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <grpc/grpc.h>
 
 #include "mgw/filter_conf.h"

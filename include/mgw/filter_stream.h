@@ -23,6 +23,10 @@
 #ifndef MGW_FILTER_STREAM_H
 #define MGW_FILTER_STREAM_H
 
+#ifdef MGW_CORE
+#error "filter_stream.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <grpc/grpc.h>
 #include <stddef.h>
 #include <stdint.h>

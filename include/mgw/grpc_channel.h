@@ -12,6 +12,10 @@
 #ifndef MGW_GRPC_CHANNEL_H
 #define MGW_GRPC_CHANNEL_H
 
+#ifdef MGW_CORE
+#error "grpc_channel.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <grpc/grpc.h>
 #include <stddef.h>
 

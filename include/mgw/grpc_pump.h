@@ -15,6 +15,10 @@
 #ifndef MGW_GRPC_PUMP_H
 #define MGW_GRPC_PUMP_H
 
+#ifdef MGW_CORE
+#error "grpc_pump.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <grpc/grpc.h>
 
 struct event_base;

@@ -12,6 +12,10 @@
 #ifndef MGW_MAILBOX_H
 #define MGW_MAILBOX_H
 
+#ifdef MGW_CORE
+#error "mailbox.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 struct event_base;
 struct mgw_mailbox;
 

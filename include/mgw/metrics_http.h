@@ -28,6 +28,10 @@
 #ifndef MGW_METRICS_HTTP_H
 #define MGW_METRICS_HTTP_H
 
+#ifdef MGW_CORE
+#error "metrics_http.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -19,25 +19,18 @@
 #ifndef MGW_SESSION_H
 #define MGW_SESSION_H
 
+#ifdef MGW_CORE
+#error "session.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <event2/util.h>
 #include <stdint.h>
 #include <stddef.h>
 
 #include "mgw/backend.h"
+#include "mgw/server_conf.h"
 
 struct event_base;
-
-struct mgw_server_config {
-    uint32_t max_frame;        /* cap on a frame's length field; 0 = default (1 MiB + 5) */
-    unsigned max_connections;  /* 0 = unlimited */
-    unsigned idle_timeout_ms;  /* MTA silent this long between messages; 0 = none. Never
-                                * applies inside a message, where the MTA legitimately waits
-                                * for its SMTP client for as long as that takes. */
-};
-
-#define MGW_DEFAULT_MAX_CONNECTIONS 10000u
-/* libmilter's default: longer than any SMTP session the MTA itself would keep idle. */
-#define MGW_DEFAULT_IDLE_TIMEOUT_MS (7210u * 1000u)
 
 enum mgw_session_state {
     MGW_SESSION_NEGOTIATE = 0, /* waiting for OPTNEG */

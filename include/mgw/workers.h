@@ -21,6 +21,10 @@
 #ifndef MGW_WORKERS_H
 #define MGW_WORKERS_H
 
+#ifdef MGW_CORE
+#error "workers.h is I/O: not part of mgw_core (src/core)"
+#endif
+
 #include <stddef.h>
 
 struct event_base;

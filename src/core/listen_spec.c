@@ -1,9 +1,9 @@
 /*
- * listen_spec.c - parse milter socket specs (see listener.h). Pure.
+ * listen_spec.c - parse milter socket specs (see listen_spec.h). Pure.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
-#include "mgw/listener.h"
+#include "mgw/listen_spec.h"
 
 #include <stdio.h>
 #include <stdlib.h>

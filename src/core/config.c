@@ -38,7 +38,7 @@
 #include <yaml.h>
 
 #include "mgw/error.h"
-#include "mgw/listener.h"
+#include "mgw/listen_spec.h"
 #include "mgw/milter_codec.h"
 #include "mgw/xmalloc.h"
 

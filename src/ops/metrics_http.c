@@ -26,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mgw/listener.h"
+#include "mgw/listen_spec.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
 #include "mgw/xmalloc.h"
