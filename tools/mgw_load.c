@@ -47,7 +47,7 @@
 #include <unistd.h>
 
 #include "mgw/error.h"
-#include "mgw/listener.h"
+#include "mgw/listen_spec.h"
 #include "mgw/milter_codec.h"
 #include "mgw/negotiate.h"
 #include "mgw/xmalloc.h"

@@ -25,7 +25,7 @@
 
 #include "mgw/config.h"
 #include "mgw/error.h"
-#include "mgw/listener.h"
+#include "mgw/listen_spec.h"
 #include "mgw/milter_codec.h"
 
 

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
-#include "mgw/listener.h"
+#include "mgw/listen_spec.h"
 #include "mgw/negotiate.h"
 
 struct nego_case {
