@@ -2,9 +2,9 @@
  * filter_conf.h - one configured filter: name, gRPC target, failure policy, timeouts.
  *
  * Parsed from the command line for now:
- *   --filter NAME=TARGET[,on_error=tempfail|accept|reject][,timeout=DUR][,eom_timeout=DUR]
- *            [,mode=shadow|normal][,content=pipelined|strict][,max_queue=SIZE]
- *            [,max_message=SIZE]
+ *   --filter NAME=TARGET[,kind=grpc|milter][,phase=N][,on_error=tempfail|accept|reject]
+ *            [,timeout=DUR][,eom_timeout=DUR][,mode=shadow|normal][,content=pipelined|strict]
+ *            [,max_queue=SIZE][,max_message=SIZE]
  * DUR is a number with a unit: 250ms, 10s, 2m (a bare number means seconds). TARGET is
  * any gRPC target string: 127.0.0.1:50051, dns:///filter:50051, ipv4:a:p,b:p, unix:/path.
  * The order of --filter flags is the merge order. Pure.
@@ -48,6 +48,15 @@ enum mgw_on_error {
 #define MGW_FILTER_MIN_SIZE (64u << 10)
 #define MGW_FILTER_MAX_SIZE (1u << 30)
 
+/* What speaks behind a filter's target. */
+enum mgw_filter_kind {
+    MGW_FILTER_GRPC = 0, /* a miltergw.v1.Filter gRPC service */
+    MGW_FILTER_MILTER,   /* an existing milter, spoken to in milter v6 as an MTA would */
+};
+
+/* Phases order filters (policy.h rule 8); a bound keeps the configuration readable. */
+#define MGW_FILTER_MAX_PHASE 99u
+
 enum mgw_load_balancing {
     MGW_LB_PICK_FIRST = 0, /* gRPC's default: one connection to the first address */
     MGW_LB_ROUND_ROBIN,    /* a connection to every address; calls spread over them */
@@ -56,6 +65,8 @@ enum mgw_load_balancing {
 struct mgw_filter_conf {
     char name[MGW_FILTER_NAME_MAX];
     char *target;            /* owned */
+    enum mgw_filter_kind kind;
+    unsigned phase;          /* 0 first; see MGW_FILTER_MAX_PHASE */
     enum mgw_on_error on_error;
     unsigned timeout_ms;     /* per event */
     unsigned eom_timeout_ms; /* end of message */
@@ -100,5 +111,10 @@ int mgw_duration_parse(const char *s, size_t len, unsigned *ms);
 /* The verdict a failure of this filter stands for. */
 enum mgw_verdict_kind mgw_on_error_verdict(enum mgw_on_error e);
 const char *mgw_on_error_name(enum mgw_on_error e);
+const char *mgw_filter_kind_name(enum mgw_filter_kind k);
+
+/* Why `target` is no milter socket for a kind=milter filter (a host is required: a milter
+ * is connected to, not listened on), or NULL when it is one. Pure. */
+const char *mgw_filter_milter_target_invalid(const char *target, char *why, size_t whylen);
 
 #endif

@@ -33,7 +33,9 @@ struct mgw_filter_link {
     void *session_method;
     struct mgw_policy_decl decl; /* current declaration */
     int batching;                /* it takes EventBatch and sends Reply.batch */
-    grpc_connectivity_state state;
+    grpc_connectivity_state state; /* a milter's (kind=milter): READY or TRANSIENT_FAILURE */
+    struct event_base *base;       /* the loop the link and its streams run on */
+    struct mgw_milter_probe *probe; /* kind=milter: address and reachability (milter_client.h) */
     /* Set by the owner, may be NULL: the channel entered TRANSIENT_FAILURE. */
     void (*down)(void *arg, struct mgw_filter_link *f);
 
@@ -56,10 +58,12 @@ struct mgw_filter_link {
     int watching;
 };
 
-/* Copy the configuration, create the channel; no call yet. Returns 0, or -1 with a reason
+struct event_base;
+
+/* Copy the configuration, create the channel (none for a milter); no call yet. Returns 0, or -1 with a reason
  * in err (nothing left to clear). */
 int mgw_filter_link_init(struct mgw_filter_link *f, const struct mgw_filter_conf *c,
-                         struct mgw_grpc_pump *pump, void (*changed)(void *arg),
+                         struct event_base *base, struct mgw_grpc_pump *pump, void (*changed)(void *arg),
                          void (*settled)(void *arg), void *arg, char *err, size_t errlen);
 
 /* Start the watch and the first Describe. Returns 1 if `settled` will be called (a

@@ -91,6 +91,7 @@ struct mgw_filter_stream {
     int initial_sent, close_wanted, close_sent, finished;
     int flow_held;
     struct event *timer;
+    struct mgw_milter_conn *milter; /* kind=milter: its connection (milter_client.h) */
     TAILQ_ENTRY(mgw_filter_stream) entry;
 };
 
@@ -127,6 +128,14 @@ void mgw_filter_stream_detach(struct mgw_filter_stream *st);
  * waiting. */
 void mgw_filter_streams_link_down(struct mgw_filter_streams *set,
                                   const struct mgw_filter_link *link);
+
+/* For the milter transport (milter_client.c), which keeps the rest of this contract:
+ * fail through the owner's hook (once), report its output buffer as the queue (for
+ * back-pressure), and hold the stream across calls out that may detach it. */
+void mgw_filter_stream_fail(struct mgw_filter_stream *st, const char *reason, const char *detail);
+void mgw_filter_stream_set_queued(struct mgw_filter_stream *st, size_t bytes);
+void mgw_filter_stream_hold(struct mgw_filter_stream *st);
+void mgw_filter_stream_release(struct mgw_filter_stream *st);
 
 /* Shutdown: no batch starts from now on; every call is cancelled. */
 void mgw_filter_streams_shutdown(struct mgw_filter_streams *set);

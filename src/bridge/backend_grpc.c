@@ -979,7 +979,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
 
         f->b = b;
         f->index = i;
-        if (mgw_filter_link_init(&f->l, &filters[i], b->pump, on_decl_changed, on_decl_settled,
+        if (mgw_filter_link_init(&f->l, &filters[i], base, b->pump, on_decl_changed, on_decl_settled,
                                  b, why, sizeof why) < 0) {
             snprintf(err, errlen, "filter %s: %s", filters[i].name, why);
             mgw_bridge_free((struct mgw_bridge *)b);
@@ -993,7 +993,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     b->ready_arg = arg;
     /* Counted before any starts: a Describe cannot answer inside start, but be exact. */
     for (size_t i = 0; i < n; i++)
-        describing += !b->filters[i].l.conf.has_decl;
+        describing += !b->filters[i].l.conf.has_decl || b->filters[i].l.conf.kind == MGW_FILTER_MILTER;
     b->describing = describing;
     for (size_t i = 0; i < n; i++)
         mgw_filter_link_start(&b->filters[i].l);

@@ -14,6 +14,7 @@
 #include "mgw/grpc_channel.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
+#include "mgw/milter_client.h"
 #include "mgw/xmalloc.h"
 
 #define SESSION_METHOD "/miltergw.v1.Filter/Session"
@@ -163,10 +164,11 @@ static void watch_done(struct mgw_grpc_tag *tag, int ok)
 }
 
 int mgw_filter_link_init(struct mgw_filter_link *f, const struct mgw_filter_conf *c,
-                         struct mgw_grpc_pump *pump, void (*changed)(void *arg),
+                         struct event_base *base, struct mgw_grpc_pump *pump, void (*changed)(void *arg),
                          void (*settled)(void *arg), void *arg, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
+    f->base = base;
     f->pump = pump;
     f->changed = changed;
     f->settled = settled;
@@ -177,6 +179,15 @@ int mgw_filter_link_init(struct mgw_filter_link *f, const struct mgw_filter_conf
         f->conf.max_queue = MGW_FILTER_DEFAULT_MAX_QUEUE;
     if (f->conf.max_message == 0)
         f->conf.max_message = MGW_FILTER_DEFAULT_MAX_MESSAGE;
+    if (f->conf.kind == MGW_FILTER_MILTER) {
+        /* No channel: the probe (milter_client.h) reaches it and reads its declaration. */
+        if (f->conf.has_decl)
+            f->decl = f->conf.decl;
+        else
+            mgw_proto_decl_default(&f->decl);
+        f->described = f->conf.has_decl;
+        return 0;
+    }
     f->ch = mgw_grpc_channel_new(&f->conf, err, errlen);
     if (f->ch == NULL) {
         mgw_filter_conf_clear(&f->conf);
@@ -198,6 +209,8 @@ int mgw_filter_link_init(struct mgw_filter_link *f, const struct mgw_filter_conf
 
 int mgw_filter_link_start(struct mgw_filter_link *f)
 {
+    if (f->conf.kind == MGW_FILTER_MILTER)
+        return mgw_milter_link_start(f);
     __atomic_store_n(&f->state, grpc_channel_check_connectivity_state(f->ch, 1), __ATOMIC_RELAXED);
     watch_arm(f);
     if (f->conf.has_decl)
@@ -210,6 +223,7 @@ int mgw_filter_link_start(struct mgw_filter_link *f)
 void mgw_filter_link_close(struct mgw_filter_link *f)
 {
     f->closing = 1;
+    mgw_milter_link_close(f);
     if (f->describe_call != NULL)
         grpc_call_cancel(f->describe_call, NULL);
     if (f->ch != NULL)

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "mgw/grpc_channel.h"
+#include "mgw/milter_client.h"
 #include "mgw/log.h"
 #include "mgw/filter_proto.h"
 #include "mgw/xmalloc.h"
@@ -44,10 +45,16 @@ static void arm_timer(struct mgw_filter_stream *st, unsigned ms)
     evtimer_add(st->timer, &tv);
 }
 
+static int is_milter(const struct mgw_filter_stream *st)
+{
+    return st->link->conf.kind == MGW_FILTER_MILTER;
+}
+
 static void free_if_done(struct mgw_filter_stream *st)
 {
     if (st->attached || st->batches > 0)
         return;
+    mgw_milter_stream_close(st, 0);
     if (st->call != NULL)
         grpc_call_unref(st->call);
     /* A send still set here was never started (shutdown): no completion owns it. */
@@ -221,6 +228,10 @@ void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
 {
     size_t len = GRPC_SLICE_LENGTH(msg);
 
+    if (is_milter(st)) {
+        mgw_milter_stream_send(st, msg);
+        return;
+    }
     if (st->queued_bytes + len > st->link->conf.max_queue) {
         char detail[120];
 
@@ -380,6 +391,10 @@ void mgw_filter_stream_start(struct mgw_filter_stream *st)
     if (st->started)
         return;
     st->started = 1;
+    if (is_milter(st)) {
+        mgw_milter_stream_start(st);
+        return;
+    }
     /* Fail fast: a channel known to be down gets no call and costs no waiting. */
     if (grpc_channel_check_connectivity_state(l->ch, 1) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
         st->broken = 1;
@@ -413,6 +428,7 @@ void mgw_filter_stream_break(struct mgw_filter_stream *st)
     evtimer_del(st->timer);
     if (st->call != NULL && !st->finished)
         grpc_call_cancel(st->call, NULL);
+    mgw_milter_stream_close(st, 0);
     /* Nothing more will be answered, nor taken. */
     mgw_owed_clear(&st->owed);
     if (st->flow_held) {
@@ -427,6 +443,7 @@ void mgw_filter_stream_detach(struct mgw_filter_stream *st)
     st->flow_held = 0; /* the session is going: nothing to resume */
     st->attached = 0;
     evtimer_del(st->timer);
+    mgw_milter_stream_close(st, 1);
     if (st->call != NULL && !st->finished && !st->broken) {
         st->close_wanted = 1;
         st->linger_due_ms = now_ms() + LINGER_MS;
@@ -434,6 +451,27 @@ void mgw_filter_stream_detach(struct mgw_filter_stream *st)
         mgw_filter_stream_rearm(st);
     }
     free_if_done(st);
+}
+
+void mgw_filter_stream_fail(struct mgw_filter_stream *st, const char *reason, const char *detail)
+{
+    fail(st, reason, detail);
+}
+
+void mgw_filter_stream_set_queued(struct mgw_filter_stream *st, size_t bytes)
+{
+    st->queued_bytes = bytes;
+    flow_update(st);
+}
+
+void mgw_filter_stream_hold(struct mgw_filter_stream *st)
+{
+    st->batches++;
+}
+
+void mgw_filter_stream_release(struct mgw_filter_stream *st)
+{
+    batch_done(st);
 }
 
 void mgw_filter_streams_link_down(struct mgw_filter_streams *set,
@@ -469,6 +507,7 @@ void mgw_filter_streams_shutdown(struct mgw_filter_streams *set)
 
     set->shutting_down = 1;
     TAILQ_FOREACH(st, &set->all, entry) {
+        mgw_milter_stream_close(st, 0);
         if (st->call != NULL && !st->finished)
             grpc_call_cancel(st->call, NULL);
     }

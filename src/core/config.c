@@ -68,7 +68,8 @@ struct raw_tls {
 };
 
 struct raw_filter {
-    char *name, *target, *on_error, *mode, *content, *timeout, *eom_timeout, *load_balancing;
+    char *name, *target, *kind, *phase, *on_error, *mode, *content, *timeout, *eom_timeout;
+    char *load_balancing;
     char *max_queue, *max_message;
     struct raw_keepalive keepalive;
     struct raw_tls tls;
@@ -147,6 +148,8 @@ static const cyaml_schema_field_t tls_fields[] = {
 static const cyaml_schema_field_t filter_fields[] = {
     STR_REQ(struct raw_filter, name),
     STR_REQ(struct raw_filter, target),
+    STR(struct raw_filter, kind),
+    STR(struct raw_filter, phase),
     STR(struct raw_filter, on_error),
     STR(struct raw_filter, mode),
     STR(struct raw_filter, content),
@@ -663,6 +666,7 @@ static const char *const format_names[] = {"logfmt", "json", NULL};
 static const char *const on_error_names[] = {"tempfail", "accept", "reject", NULL};
 static const char *const mode_names[] = {"normal", "shadow", NULL};
 static const char *const content_names[] = {"pipelined", "strict", NULL};
+static const char *const kind_names[] = {"grpc", "milter", NULL};
 static const char *const lb_names[] = {"pick_first", "round_robin", NULL};
 static const char *const bool_names[] = {"false", "true", NULL};
 
@@ -709,6 +713,8 @@ static const struct setting top_settings[] = {
 static const struct setting filter_settings[] = {
     TEXT("name", K_NAME, FIL(name), FC(name), name_valid),
     TEXT("target", K_STRING, FIL(target), FC(target), target_valid),
+    ENUM("kind", FIL(kind), FC(kind), MGW_FILTER_GRPC, kind_names),
+    NUM("phase", K_UINT, FIL(phase), FC(phase), 0, 0, MGW_FILTER_MAX_PHASE),
     ENUM("on_error", FIL(on_error), FC(on_error), MGW_ON_ERROR_TEMPFAIL, on_error_names),
     ENUM("mode", FIL(mode), FC(shadow), 0, mode_names),
     ENUM("content", FIL(content), FC(content_strict), 0, content_names),
@@ -1248,6 +1254,16 @@ static int check_filter(struct ctx *x, const struct mgw_config *c, size_t i)
     snprintf(path, sizeof path, "%starget", prefix);
     if (f->target == NULL)
         return fail(x, path, "required key is missing");
+    if (f->kind == MGW_FILTER_MILTER) {
+        char why[300];
+
+        if (mgw_filter_milter_target_invalid(f->target, why, sizeof why) != NULL)
+            return fail(x, path, "%s", why);
+        /* gRPC channel settings mean nothing on a milter socket: say so, not ignore. */
+        snprintf(path, sizeof path, "%skind", prefix);
+        if (f->tls || f->load_balancing != MGW_LB_PICK_FIRST)
+            return fail(x, path, "milter: tls and load_balancing are gRPC settings");
+    }
     snprintf(path, sizeof path, "%stls", prefix);
     if (!f->tls && (f->tls_ca || f->tls_cert || f->tls_key || f->tls_server_name))
         return fail(x, path, "certificate settings given but TLS is off");

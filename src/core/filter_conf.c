@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
+#include "mgw/listen_spec.h"
 #include "mgw/xmalloc.h"
 
 int mgw_duration_parse(const char *s, size_t len, unsigned *ms)
@@ -86,6 +87,24 @@ const char *mgw_on_error_name(enum mgw_on_error e)
     return (unsigned)e < 3 ? names[e] : "?";
 }
 
+const char *mgw_filter_kind_name(enum mgw_filter_kind k)
+{
+    return k == MGW_FILTER_MILTER ? "milter" : "grpc";
+}
+
+const char *mgw_filter_milter_target_invalid(const char *target, char *why, size_t whylen)
+{
+    struct mgw_listen_spec ls;
+
+    if (mgw_listen_spec_parse(target, &ls, why, whylen) < 0)
+        return why;
+    if (ls.kind != MGW_LISTEN_UNIX && ls.host[0] == '\0') {
+        snprintf(why, whylen, "milter socket \"%s\" names no host (inet:HOST:PORT)", target);
+        return why;
+    }
+    return NULL;
+}
+
 static int bad(char *err, size_t errlen, const char *arg, const char *why)
 {
     snprintf(err, errlen, "bad --filter \"%s\": %s", arg, why);
@@ -122,6 +141,21 @@ static int apply_option(struct mgw_filter_conf *c, const char *opt, size_t len, 
             c->on_error = MGW_ON_ERROR_REJECT;
         else
             return bad(err, errlen, arg, "on_error is tempfail, accept or reject");
+    } else if (KEY("kind")) {
+        if (VAL("grpc"))
+            c->kind = MGW_FILTER_GRPC;
+        else if (VAL("milter"))
+            c->kind = MGW_FILTER_MILTER;
+        else
+            return bad(err, errlen, arg, "kind is grpc or milter");
+    } else if (KEY("phase")) {
+        unsigned long long n = 0;
+
+        for (size_t i = 0; i < vlen && n <= MGW_FILTER_MAX_PHASE; i++)
+            n = v[i] >= '0' && v[i] <= '9' ? n * 10 + (unsigned)(v[i] - '0') : ~0ull;
+        if (vlen == 0 || n > MGW_FILTER_MAX_PHASE)
+            return bad(err, errlen, arg, "phase is a whole number from 0 to 99");
+        c->phase = (unsigned)n;
     } else if (KEY("timeout")) {
         if (mgw_duration_parse(v, vlen, &c->timeout_ms) < 0)
             return bad(err, errlen, arg, "timeout is a duration such as 500ms, 10s or 1m");
@@ -150,8 +184,8 @@ static int apply_option(struct mgw_filter_conf *c, const char *opt, size_t len, 
         else
             return bad(err, errlen, arg, "content is pipelined or strict");
     } else {
-        return bad(err, errlen, arg, "unknown option (on_error, timeout, eom_timeout, mode, "
-                                     "content, max_queue, max_message)");
+        return bad(err, errlen, arg, "unknown option (kind, phase, on_error, timeout, "
+                                     "eom_timeout, mode, content, max_queue, max_message)");
     }
 #undef KEY
 #undef VAL
@@ -214,6 +248,15 @@ int mgw_filter_conf_parse(const char *arg, struct mgw_filter_conf *out, char *er
             return r;
         }
         comma = opt + len;
+    }
+    if (out->kind == MGW_FILTER_MILTER) {
+        char why[300];
+
+        if (mgw_filter_milter_target_invalid(out->target, why, sizeof why) != NULL) {
+            bad(err, errlen, arg, why);
+            mgw_filter_conf_clear(out);
+            return MGW_EINVAL;
+        }
     }
     return 0;
 }
