@@ -202,6 +202,49 @@ static void test_size_options(void **state)
     end_table();
 }
 
+/* --filter ...,kind=grpc|milter,phase=N: a milter's target is a milter socket. */
+static void test_kind_and_phase_options(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *arg;
+        int want_rc;
+        enum mgw_filter_kind want_kind;
+        unsigned want_phase;
+    } cases[] = {
+        {"a filter is a gRPC service in phase 0 by default", "a=h:1", 0, MGW_FILTER_GRPC, 0},
+        {"an existing milter on a TCP socket", "dkim=inet:127.0.0.1:8891,kind=milter", 0,
+         MGW_FILTER_MILTER, 0},
+        {"an existing milter on a unix socket, in phase 2",
+         "dmarc=unix:/run/opendmarc.sock,kind=milter,phase=2", 0, MGW_FILTER_MILTER, 2},
+        {"Sendmail's PORT@HOST spelling", "m=inet:8891@localhost,kind=milter", 0,
+         MGW_FILTER_MILTER, 0},
+        {"a milter needs a milter socket", "m=127.0.0.1:8891,kind=milter", MGW_EINVAL, 0, 0},
+        {"a milter needs a host to connect to", "m=inet:8891,kind=milter", MGW_EINVAL, 0, 0},
+        {"kind=grpc is the default spelled out", "a=h:1,kind=grpc,phase=99", 0,
+         MGW_FILTER_GRPC, 99},
+        {"an unknown kind is refused", "a=h:1,kind=smtp", MGW_EINVAL, 0, 0},
+        {"a phase past 99 is refused", "a=h:1,phase=100", MGW_EINVAL, 0, 0},
+        {"a phase that is no number is refused", "a=h:1,phase=first", MGW_EINVAL, 0, 0},
+        {"an empty phase is refused", "a=h:1,phase=", MGW_EINVAL, 0, 0},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        struct mgw_filter_conf c;
+        char err[300] = "";
+        int rc = mgw_filter_conf_parse(cases[i].arg, &c, err, sizeof err);
+
+        if (rc != cases[i].want_rc)
+            case_failed(cases[i].name, "rc: got %d, want %d (%s)", rc, cases[i].want_rc, err);
+        else if (rc == 0 && (c.kind != cases[i].want_kind || c.phase != cases[i].want_phase))
+            case_failed(cases[i].name, "kind %d phase %u", (int)c.kind, c.phase);
+        if (rc == 0)
+            mgw_filter_conf_clear(&c);
+    }
+    end_table();
+}
+
 /* --filter ...,content=pipelined|strict (policy.h rule 7); pipelined when absent. */
 static void test_content_option(void **state)
 {
@@ -491,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_sizes_parse_to_bytes),
         cmocka_unit_test(test_size_options),
         cmocka_unit_test(test_content_option),
+        cmocka_unit_test(test_kind_and_phase_options),
         cmocka_unit_test(test_filter_values_parse),
         cmocka_unit_test(test_defaults_match_the_header),
         cmocka_unit_test(test_bad_filter_values_are_refused_with_the_argument),
