@@ -35,9 +35,10 @@
  *                     name and value are replaced (the name's spelling is the frame's,
  *                     as Postfix writes it). Not found: empty value does nothing, else the
  *                     header is appended (Postfix falls back to add_header).
- *   b data            every 'b' of one list, in order, forms one replacement body (Postfix
- *                     starts a new body at the first 'b' of an end-of-message reply); a
- *                     single empty 'b' replaces the body with an empty one.
+ *   b data            the 'b' frames of one list, which must be consecutive, form one
+ *                     replacement body (Postfix starts it at the first 'b', ends it at the
+ *                     next other frame and treats a later 'b' as a configuration error of
+ *                     the milter: here MGW_EINVAL); one empty 'b' empties the body.
  *   + addr            append a recipient without ESMTP args; an empty address is ignored
  *                     (Postfix: "ignoring attempt from Milter to add null recipient").
  *   2 addr [args]     append a recipient with args (args kept as one string).
@@ -53,10 +54,11 @@
  * header, yet counts it in INSHEADER indexes ("relative to the content as delivered"):
  * index 0 goes above it, index 1 just below it, i.e. above the first header milters see.
  * CHGHEADER indexes skip it. So with Postfix set ins_hidden = 1: INSHEADER k >= 1 means
- * "before held header k-1". Index 0 (above Postfix's Received) is held as position 0 too:
- * this module never places a header above the MTA's hidden ones, because Postfix stops
- * skipping its Received: in CHGHEADER counts once a milter inserts above it. With 0 the
- * index is a plain position (libmilter's documented meaning).
+ * "before held header k-1". Index 0 (above Postfix's Received) is held as position 0 too,
+ * a deliberate deviation: this module never places a header above the MTA's hidden ones,
+ * because Postfix's CHGHEADER skips the FIRST header whatever it is, so after an insert
+ * above its Received the new header would be the one skipped and every later change
+ * index would be off by one. With 0 the index is a plain position (libmilter's meaning).
  *
  * THE NET MODIFICATION LIST (mgw_msg_edit_net_next), in this order:
  *   1. INSHEADER for each new header (added by any phase, or changed after being added)
@@ -189,7 +191,8 @@ bool mgw_msg_edit_quarantined(const struct mgw_msg_edit *m, struct mgw_str *reas
 
 /* ---- The net modification list ---- */
 
-/* A walk over the net list. Zero-fill to start; restart by zero-filling again. */
+/* A walk over the net list. Zero-fill to start; restart by zero-filling again. A cursor
+ * from before an apply must be zero-filled again (the list is recomputed). */
 struct mgw_msg_edit_cursor {
     size_t next;     /* index in the computed list */
     size_t body_off; /* inside the REPLBODY slot */
@@ -200,7 +203,8 @@ struct mgw_msg_edit_cursor {
  * The next frame of the net list (see THE NET MODIFICATION LIST) into *out. Header and
  * envelope frames are views into the message (valid until the next apply or free); a
  * REPLBODY frame carries up to cap bytes copied into buf (cap >= 1; MGW_MSG_EDIT_CHUNK
- * for the MTA). The list is computed on the first call after an apply.
+ * for the MTA), valid until the next call; an empty replacement body is one empty frame.
+ * The list is computed on the first call after an apply. out must not be NULL.
  * Returns 1 (a frame), 0 (the end), MGW_EINVAL (cap 0 or buf NULL), MGW_EIO.
  */
 int mgw_msg_edit_net_next(struct mgw_msg_edit *m, struct mgw_msg_edit_cursor *c, uint8_t *buf,

@@ -180,16 +180,19 @@ static int spill_open(const struct mgw_msg_edit_conf *conf, struct body *b)
     return 0;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t len)
+/* Write at offset `at`, the body's logical end: bytes of a failed write are overwritten by
+ * the next one, never read (reads stop at the size). */
+static int write_at(int fd, const uint8_t *p, size_t len, size_t at)
 {
     while (len > 0) {
-        ssize_t w = write(fd, p, len);
+        ssize_t w = pwrite(fd, p, len, (off_t)at);
 
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
             return MGW_EIO;
         p += w;
+        at += (size_t)w;
         len -= (size_t)w;
     }
     return 0;
@@ -223,13 +226,21 @@ static int body_append(const struct mgw_msg_edit_conf *conf, struct body *b, con
         /* Past the memory limit: the whole body moves to the file. */
         if ((rc = spill_open(conf, b)) < 0)
             return rc;
-        if ((rc = write_all(b->fd, b->mem, b->len)) < 0)
+        if ((rc = write_at(b->fd, b->mem, b->len, 0)) < 0) {
+            /* Back to memory only, as if the file had never been opened. */
+            if (b->fp != NULL)
+                fclose(b->fp);
+            else
+                close(b->fd);
+            b->fp = NULL;
+            b->fd = -1;
             return rc;
+        }
         free(b->mem);
         b->mem = NULL;
         b->len = b->cap = 0;
     }
-    if ((rc = write_all(b->fd, p, len)) < 0)
+    if ((rc = write_at(b->fd, p, len, b->size)) < 0)
         return rc;
     b->size += len;
     return 0;
@@ -613,14 +624,22 @@ static int apply_one(struct mgw_msg_edit *m, const struct mgw_milter_msg *f)
 int mgw_msg_edit_apply(struct mgw_msg_edit *m, const struct mgw_milter_msg *mods, size_t n)
 {
     struct body nb = {.fd = -1};
-    bool replace = false;
+    bool replace = false, body_closed = false;
     int rc = 0;
 
     if (mods == NULL && n > 0)
         return MGW_EINVAL;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (!frame_valid(&mods[i]))
             return MGW_EINVAL;
+        /* Postfix ends a replacement body at the first other frame and refuses a later
+         * REPLBODY ("can't currently be mixed with other requests"). */
+        if (mods[i].cmd == MGW_SMFIR_REPLBODY && body_closed)
+            return MGW_EINVAL;
+        if (mods[i].cmd != MGW_SMFIR_REPLBODY && i > 0 &&
+            mods[i - 1].cmd == MGW_SMFIR_REPLBODY)
+            body_closed = true;
+    }
     m->edited = true;
     m->net_valid = false;
     /* The replacement body first: a full disk or a too large body changes nothing. */

@@ -531,8 +531,8 @@ static const struct body_case body_cases[] = {
     {"one REPLBODY replaces the body", {BODY("new\r\n")}, "new\r\n", true, "b5:new\r\n"},
     {"consecutive REPLBODY frames form one body", {BODY("ab"), BODY("cd"), BODY("e")}, "abcde",
      true, "b5:abcde"},
-    {"REPLBODY frames between others still form one body", {BODY("ab"), ADDH("X", "y"), BODY("c")},
-     "abc", true, "h X=y; b3:abc"},
+    {"REPLBODY frames may follow other frames", {ADDH("X", "y"), BODY("ab"), BODY("c")}, "abc",
+     true, "h X=y; b3:abc"},
     {"an empty REPLBODY empties the body and is sent as one empty frame", {BODY("")}, "", true,
      "b0:"},
     {"a replacement equal to the original is still sent", {BODY("body\r\n")}, "body\r\n", true,
@@ -744,6 +744,25 @@ static void gen_frame(struct mgw_milter_msg *f, size_t nh)
     }
 }
 
+/* Gather the REPLBODY frames (kept in order) into one run at a random place, as Postfix
+ * wants them. */
+static void bodies_in_one_run(struct mgw_milter_msg *mods, size_t n)
+{
+    struct mgw_milter_msg other[GEN_MODS], body[GEN_MODS];
+    size_t no = 0, nb = 0, at;
+
+    for (size_t i = 0; i < n; i++) {
+        if (mods[i].cmd == 'b')
+            body[nb++] = mods[i];
+        else
+            other[no++] = mods[i];
+    }
+    at = rnd((uint32_t)no + 1);
+    memcpy(mods, other, at * sizeof *mods);
+    memcpy(mods + at, body, nb * sizeof *mods);
+    memcpy(mods + at + nb, other + at, (no - at) * sizeof *mods);
+}
+
 static void test_net_list_round_trips_on_generated_chains(void **state)
 {
     size_t failed = 0, cases = 0;
@@ -767,6 +786,7 @@ static void test_net_list_round_trips_on_generated_chains(void **state)
 
                 for (size_t i = 0; i < n; i++)
                     gen_frame(&mods[i], mgw_msg_edit_header_count(m));
+                bodies_in_one_run(mods, n);
                 assert_int_equal(mgw_msg_edit_apply(m, mods, n), 0);
             }
             snprintf(name, sizeof name, "generated case %zu (hidden %u, %zu phases)", k,
@@ -941,6 +961,8 @@ static void test_invalid_frames_change_nothing(void **state)
         {"a header name view must not be NULL", {.cmd = 'h', .u.header = {0, {NULL, 0}, S("v")}}},
         {"a body view with bytes must not be NULL", {.cmd = 'b', .u.body = {NULL, 3}}},
         {"a recipient view with bytes must not be NULL", {.cmd = '+', .u.text = {NULL, 3}}},
+        {"a quarantine view with bytes must not be NULL", {.cmd = 'q', .u.text = {NULL, 1}}},
+        {"a sender view with bytes must not be NULL", {.cmd = 'e', .u.rcpt = {{NULL, 1}, {0}}}},
     };
     char before[OUT], after[OUT];
     const struct msg_spec sp = STD_MSG;
@@ -957,6 +979,40 @@ static void test_invalid_frames_change_nothing(void **state)
         if (rc != MGW_EINVAL)
             case_failed(cases[i].name, "apply: got %d, want %d", rc, MGW_EINVAL);
         else if (strcmp(before, after) != 0)
+            case_failed(cases[i].name, "message: got %s, want %s", after, before);
+        mgw_msg_edit_free(m);
+    }
+    end_table();
+}
+
+static void test_replbody_runs_split_by_other_frames_are_refused(void **state)
+{
+    static const struct {
+        const char *name;
+        struct mgw_milter_msg mods[MAXM];
+        int want;
+    } cases[] = {
+        {"a body, a header, a body is refused as Postfix refuses it",
+         {BODY("a"), ADDH("X", "y"), BODY("b")}, MGW_EINVAL},
+        {"a body split by a recipient change is refused", {BODY("a"), DELR("<a@x>"), BODY("b")},
+         MGW_EINVAL},
+        {"one run of bodies then other frames is fine", {BODY("a"), BODY("b"), ADDH("X", "y")}, 0},
+        {"other frames then one run of bodies is fine", {ADDH("X", "y"), BODY("a"), BODY("b")}, 0},
+    };
+    const struct msg_spec sp = STD_MSG;
+    char before[OUT], after[OUT];
+
+    (void)state;
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        struct mgw_msg_edit *m = build(&sp, NULL);
+        int rc;
+
+        render_all(m, before);
+        rc = mgw_msg_edit_apply(m, cases[i].mods, count_frames(cases[i].mods, MAXM));
+        render_all(m, after);
+        if (rc != cases[i].want)
+            case_failed(cases[i].name, "apply: got %d, want %d", rc, cases[i].want);
+        else if (rc != 0 && strcmp(before, after) != 0)
             case_failed(cases[i].name, "message: got %s, want %s", after, before);
         mgw_msg_edit_free(m);
     }
@@ -1046,6 +1102,7 @@ int main(void)
         cmocka_unit_test(test_a_spill_directory_that_does_not_exist_is_an_io_error),
         cmocka_unit_test(test_limits_refuse_what_does_not_fit),
         cmocka_unit_test(test_invalid_frames_change_nothing),
+        cmocka_unit_test(test_replbody_runs_split_by_other_frames_are_refused),
         cmocka_unit_test(test_the_original_is_frozen_after_the_first_apply),
         cmocka_unit_test(test_mail_and_rcpt_lists_become_address_and_joined_args),
         cmocka_unit_test(test_replay_reads_views_and_reports_bad_arguments),
