@@ -763,6 +763,110 @@ static void bodies_in_one_run(struct mgw_milter_msg *mods, size_t n)
     memcpy(mods + at + nb, other + at, (no - at) * sizeof *mods);
 }
 
+/*
+ * An independent model of Postfix's header editing (cleanup_milter.c as read, not this
+ * module's code), for net lists with ins_hidden 1. Postfix's own Received: is header 0,
+ * which milters never see. INSHEADER k inserts before header k counting every header (k
+ * past the end appends); CHGHEADER skips header 0 whatever it is, then counts
+ * occurrences of the name (index 0 is 1): found, an empty value removes it, another
+ * replaces name and value; not found, an empty value does nothing, another appends.
+ */
+#define PF_MAX 96
+
+struct pf_list {
+    size_t n;
+    struct mgw_str h[PF_MAX][2];
+};
+
+static void pf_insert(struct pf_list *l, size_t at, const struct mgw_str *name,
+                      const struct mgw_str *value)
+{
+    assert_true(l->n < PF_MAX);
+    memmove(&l->h[at + 1], &l->h[at], (l->n - at) * sizeof l->h[0]);
+    l->h[at][0] = *name;
+    l->h[at][1] = *value;
+    l->n++;
+}
+
+static bool pf_same_name(const struct mgw_str *a, const struct mgw_str *b)
+{
+    if (a->len != b->len)
+        return false;
+    for (size_t i = 0; i < a->len; i++) {
+        char x = a->ptr[i], y = b->ptr[i];
+        if ((x >= 'A' && x <= 'Z' ? x - 'A' + 'a' : x) != (y >= 'A' && y <= 'Z' ? y - 'A' + 'a' : y))
+            return false;
+    }
+    return true;
+}
+
+static void pf_apply(struct pf_list *l, const struct mgw_milter_msg *f)
+{
+    const struct mgw_str *name = &f->u.header.name, *value = &f->u.header.value;
+    size_t k = f->u.header.index, i;
+
+    switch (f->cmd) {
+    case 'h': pf_insert(l, l->n, name, value); return;
+    case 'i': pf_insert(l, k < l->n ? k : l->n, name, value); return;
+    case 'm':
+        k = k == 0 ? 1 : k;
+        for (i = 1; i < l->n; i++)
+            if (pf_same_name(&l->h[i][0], name) && --k == 0)
+                break;
+        if (i < l->n && value->len == 0) {
+            memmove(&l->h[i], &l->h[i + 1], (l->n - i - 1) * sizeof l->h[0]);
+            l->n--;
+        } else if (i < l->n) {
+            l->h[i][0] = *name;
+            l->h[i][1] = *value;
+        } else if (value->len > 0) {
+            pf_insert(l, l->n, name, value);
+        }
+        return;
+    default: return; /* not a header frame */
+    }
+}
+
+static bool bytes_equal(const struct mgw_str *a, const char *b)
+{
+    return a->len == strlen(b) && memcmp(a->ptr, b, a->len) == 0;
+}
+
+/* Whether Postfix, given the original and the net list, delivers the phases' headers. */
+static bool postfix_agrees(const char *name, const struct msg_spec *sp,
+                           struct mgw_msg_edit *phased)
+{
+    static char want[OUT], got[OUT];
+    struct pf_list l = {.n = 1, .h = {{S("Received"), S("by gateway")}}};
+    struct mgw_milter_msg *frames;
+    uint8_t *arena;
+    size_t n = collect_net(phased, MGW_MSG_EDIT_CHUNK, NULL, &frames, &arena);
+
+    for (size_t i = 0; i < MAXH && sp->hdr[i][0] != NULL; i++) {
+        struct mgw_str hn = {sp->hdr[i][0], strlen(sp->hdr[i][0])};
+        struct mgw_str hv = {sp->hdr[i][1], strlen(sp->hdr[i][1])};
+        pf_insert(&l, l.n, &hn, &hv);
+    }
+    for (size_t i = 0; i < n; i++)
+        pf_apply(&l, &frames[i]);
+    free(frames);
+    free(arena);
+    render_headers(phased, want);
+    got[0] = '\0';
+    for (size_t i = 1; i < l.n; i++)
+        appendf(got, "%s%.*s:%.*s", i > 1 ? "|" : "", (int)l.h[i][0].len, l.h[i][0].ptr,
+                (int)l.h[i][1].len, l.h[i][1].ptr);
+    if (!bytes_equal(&l.h[0][0], "Received") || !bytes_equal(&l.h[0][1], "by gateway")) {
+        case_failed(name, "Postfix model: its Received is no longer on top");
+        return false;
+    }
+    if (strcmp(got, want) != 0) {
+        case_failed(name, "Postfix model:\n  got  %s\n  want %s", got, want);
+        return false;
+    }
+    return true;
+}
+
 static void test_net_list_round_trips_on_generated_chains(void **state)
 {
     size_t failed = 0, cases = 0;
@@ -792,7 +896,9 @@ static void test_net_list_round_trips_on_generated_chains(void **state)
             snprintf(name, sizeof name, "generated case %zu (hidden %u, %zu phases)", k,
                      (unsigned)hidden, np);
             cases++;
-            if (!roundtrip_ok(name, &sp, &conf, m) && ++failed >= 5) {
+            if ((!roundtrip_ok(name, &sp, &conf, m) ||
+                 (hidden == 1 && !postfix_agrees(name, &sp, m))) &&
+                ++failed >= 5) {
                 mgw_msg_edit_free(m);
                 end_table();
             }
