@@ -108,12 +108,12 @@
 #include "mgw/milter_codec.h"
 
 /* Defaults for a zero field of struct mgw_msg_edit_conf. */
-#define MGW_MSG_EDIT_BODY_MEM_MAX (1024u * 1024u)         /* then spill to a file */
-#define MGW_MSG_EDIT_BODY_MAX ((size_t)1024 * 1024 * 1024) /* 1 GiB */
-#define MGW_MSG_EDIT_HEADERS_MAX 10000u
+#define MGW_MSG_EDIT_BODY_MEM_MAX     (1024u * 1024u)              /* then spill to a file */
+#define MGW_MSG_EDIT_BODY_MAX         ((size_t)1024 * 1024 * 1024) /* 1 GiB */
+#define MGW_MSG_EDIT_HEADERS_MAX      10000u
 #define MGW_MSG_EDIT_HEADER_BYTES_MAX (16u * 1024u * 1024u) /* names + values, all headers */
-#define MGW_MSG_EDIT_RCPTS_MAX 100000u
-#define MGW_MSG_EDIT_CHUNK MGW_MILTER_CHUNK_MAX /* body chunk size for replay and REPLBODY */
+#define MGW_MSG_EDIT_RCPTS_MAX        100000u
+#define MGW_MSG_EDIT_CHUNK            MGW_MILTER_CHUNK_MAX /* body chunk size for replay and REPLBODY */
 
 struct mgw_msg_edit_conf {
     size_t body_mem_max;     /* body bytes held in memory; beyond, all of it goes to a file */
@@ -177,12 +177,10 @@ bool mgw_msg_edit_body_spilled(const struct mgw_msg_edit *m);
 bool mgw_msg_edit_body_replaced(const struct mgw_msg_edit *m);
 /* Copy up to cap body bytes from *off into buf and advance *off. Returns the count, 0 at
  * the end, MGW_EINVAL (cap 0), MGW_EIO. For replay, cap = MGW_MSG_EDIT_CHUNK. */
-ssize_t mgw_msg_edit_body_read(const struct mgw_msg_edit *m, size_t *off, uint8_t *buf,
-                               size_t cap);
+ssize_t mgw_msg_edit_body_read(const struct mgw_msg_edit *m, size_t *off, uint8_t *buf, size_t cap);
 
 /* Sender and its args ("" when none; ptr never NULL once set, NULL before). */
-void mgw_msg_edit_sender(const struct mgw_msg_edit *m, struct mgw_str *addr,
-                         struct mgw_str *args);
+void mgw_msg_edit_sender(const struct mgw_msg_edit *m, struct mgw_str *addr, struct mgw_str *args);
 size_t mgw_msg_edit_rcpt_count(const struct mgw_msg_edit *m);
 int mgw_msg_edit_rcpt_at(const struct mgw_msg_edit *m, size_t i, struct mgw_str *addr,
                          struct mgw_str *args);
