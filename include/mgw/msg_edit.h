@@ -62,33 +62,41 @@
  *
  * THE NET MODIFICATION LIST (mgw_msg_edit_net_next), in this order:
  *   1. INSHEADER for each new header (added by any phase, or changed after being added)
- *      that has a surviving original header after it, top to bottom, index = position in
- *      the MTA's list at that moment + ins_hidden, placed just before the next surviving
- *      original. Every original is still present (no delete has run yet), so positions are
- *      the same for an MTA that removes deleted headers (Postfix) and for one that only
- *      marks them (Sendmail).
+ *      that has a surviving original header below it, top to bottom, placed just above
+ *      the next surviving original; index = its position in the MTA's list at that
+ *      moment + ins_hidden. No delete has run yet, so every original is still there and
+ *      positions are the same whether the MTA removes deleted headers (Postfix) or only
+ *      marks them (Sendmail, whose marked headers keep their place).
  *   2. CHGHEADER for each original header that was deleted (empty value) or whose name or
- *      value bytes differ, in DESCENDING position; its index is its occurrence of that
- *      name (case-insensitive) in the list after step 1, counting the new headers
- *      inserted above it. Descending order makes Postfix's renumbering after a delete
- *      harmless: a delete only shifts headers below it, which are already done.
- *   3. ADDHEADER, in order, for the new headers after the last surviving original.
+ *      value bytes differ, in DESCENDING position; index = its occurrence of that name
+ *      (case-insensitive) in the list after step 1, counting the new headers inserted
+ *      above it (Postfix walks the edited list, so it counts them too). Bottom-up order
+ *      makes Postfix's renumbering after a delete harmless: a delete only shifts headers
+ *      below it, which are done already.
+ *   3. ADDHEADER, in order, for the new headers below the last surviving original. They
+ *      come last, so they cannot shift any index above.
  *   4. CHGFROM if the sender or its args differ from the original.
- *   5. Recipients, grouped by address (as compared by '-'): a group whose multiset of
- *      args is unchanged gets nothing (so a recipient added then deleted, or deleted then
- *      re-added alike, costs nothing, and Postfix's duplicate filter is never asked to
- *      re-add an address it has seen); any other group with originals gets one DELRCPT
- *      (all DELRCPTs first), then every current recipient of a changed group gets ADDRCPT
- *      ('+' without args, '2' with) in current order. Recipient ORDER is not kept.
- *   6. REPLBODY chunks if any phase replaced the body (even with identical bytes).
- *   7. QUARANTINE if any phase quarantined.
- * Why it is exact: original headers never move relative to each other (no frame
- * reorders), so the final list is the surviving originals, in order, with new headers
- * between them. Step 1 rebuilds the new headers' places while all originals are still
- * there; step 2 then edits originals by name occurrence in a list whose content is known
- * exactly; step 3 appends the rest. Applying the list with mgw_msg_edit_apply() to the
- * original gives back the phases' result (headers, body, sender, recipients as a
- * multiset, quarantine): the unit tests check this over thousands of generated chains.
+ *   5. Recipients, grouped by address (as '-' compares them) and compared as multisets of
+ *      (address, args): a group where some (address, args) has fewer copies than in the
+ *      original gets one DELRCPT (all DELRCPTs first; it removes the whole group) and
+ *      then ADDRCPT for each of its current recipients; a group that only gained copies
+ *      gets ADDRCPT for the extra ones; any other group gets nothing. So a recipient added
+ *      then deleted, or deleted then re-added alike, costs nothing (Postfix's duplicate
+ *      filter may still remember a deleted recipient and drop its identical re-add). ADDRCPT is '+'
+ * without args, '2' with. Recipient ORDER is not kept: it carries no meaning for delivery.
+ *   6. REPLBODY chunks, consecutive, if any phase replaced the body (even with the same
+ *      bytes); one empty frame for an empty body.
+ *   7. QUARANTINE with the last reason, if any phase quarantined.
+ * Why it is exact: no frame reorders existing headers, so the final list is the
+ * surviving originals, in their order, with new headers between them. Step 1 rebuilds
+ * the new headers' places while the MTA's list is known exactly (originals + inserted);
+ * step 2 edits originals by occurrence in that same known list, bottom up, so no edit
+ * moves a header still to be edited; step 3 appends. The tests check, over thousands of
+ * generated chains of up to three phases: mgw_msg_edit_apply() of the net list to the
+ * original gives the phases' result (headers, body, sender, recipients as a multiset,
+ * quarantine); the net list of that result is the same list (canonical); and for
+ * ins_hidden 1 an independent model of Postfix's cleanup header editing, fed the
+ * original plus its hidden Received: and the net list, delivers the same headers.
  * Example (ins_hidden 0). Original "A:1 B:2 A:3". Phase 1: "m1 A=" (delete A#1), then
  * "i1 N=n" (before the held header 1: B:2 A:3 -> B:2 N:n A:3). Phase 2: "m1 B=22", "h Z=z".
  * Result: B:22 N:n A:3 Z:z. Net list: "i2 N=n" (before the original A:3, all three
@@ -113,7 +121,8 @@
 #define MGW_MSG_EDIT_HEADERS_MAX      10000u
 #define MGW_MSG_EDIT_HEADER_BYTES_MAX (16u * 1024u * 1024u) /* names + values, all headers */
 #define MGW_MSG_EDIT_RCPTS_MAX        100000u
-#define MGW_MSG_EDIT_CHUNK            MGW_MILTER_CHUNK_MAX /* body chunk size for replay and REPLBODY */
+/* Body chunk size for replay and REPLBODY. */
+#define MGW_MSG_EDIT_CHUNK MGW_MILTER_CHUNK_MAX
 
 struct mgw_msg_edit_conf {
     size_t body_mem_max;     /* body bytes held in memory; beyond, all of it goes to a file */
