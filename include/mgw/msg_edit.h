@@ -82,8 +82,9 @@
  *      then ADDRCPT for each of its current recipients; a group that only gained copies
  *      gets ADDRCPT for the extra ones; any other group gets nothing. So a recipient added
  *      then deleted, or deleted then re-added alike, costs nothing (Postfix's duplicate
- *      filter may still remember a deleted recipient and drop its identical re-add). ADDRCPT is '+'
- * without args, '2' with. Recipient ORDER is not kept: it carries no meaning for delivery.
+ *      filter may still remember a deleted recipient and drop its identical re-add).
+ *      ADDRCPT is '+' without args, '2' with. Recipient ORDER is not kept: it carries no
+ *      meaning for delivery.
  *   6. REPLBODY chunks, consecutive, if any phase replaced the body (even with the same
  *      bytes); one empty frame for an empty body.
  *   7. QUARANTINE with the last reason, if any phase quarantined.
