@@ -47,6 +47,9 @@ static void usage(FILE *f)
             "      --max-frame BYTES     largest milter frame accepted (default %u)\n"
             "      --idle-timeout DUR    close an MTA connection silent this long between messages\n"
             "                            (default 7210s; never inside a message)\n"
+            "      --phase-memory SIZE   with filters in several phases, message body kept in\n"
+            "                            memory for the later ones; the rest goes to a\n"
+            "                            temporary file (default 1MiB)\n"
             "      --drain-timeout DUR   on SIGTERM, how long messages in progress may take\n"
             "                            to finish (default 30s)\n"
             "      --workers N           event loops running MTA sessions (default 0: one per\n"
@@ -79,6 +82,7 @@ static const struct {
     {"max-connections", "limits.max_connections"},
     {"max-frame", "limits.max_frame"},
     {"idle-timeout", "limits.idle_timeout"},
+    {"phase-memory", "limits.phase_memory"},
     {"drain-timeout", "drain_timeout"},
     {"workers", "workers"},
     {"log-level", "log.level"},

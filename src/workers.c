@@ -143,8 +143,8 @@ static void prepare_on_loop(void *arg, int val)
         k->next = mgw_backend_null_new();
         k->next_bridge = NULL;
     } else {
-        k->next_bridge = mgw_bridge_new(k->base, cfg->filters, cfg->nfilters, NULL, NULL, k->err,
-                                        sizeof k->err);
+        k->next_bridge = mgw_bridge_new(k->base, cfg->filters, cfg->nfilters, cfg->phase_memory,
+                                        NULL, NULL, k->err, sizeof k->err);
         if (k->next_bridge == NULL) {
             report(k, on_prepared, 0);
             return;

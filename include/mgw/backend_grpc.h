@@ -37,10 +37,12 @@ struct mgw_bridge;
  * when every filter has answered Describe or failed to (bounded by the Describe
  * deadline); listeners should open then. The filter configs are copied. Returns NULL
  * with a reason in err when a channel cannot be set up (e.g. an unreadable TLS file):
- * never a silent fallback to plaintext. */
+ * never a silent fallback to plaintext. With filters in several phases, each MTA
+ * connection holds its message for the later ones: phase_memory body bytes in memory,
+ * the rest in a temporary file (phase_msg.h; 0 = the default). */
 struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filter_conf *filters,
-                                  size_t n, void (*ready)(void *arg), void *arg, char *err,
-                                  size_t errlen);
+                                  size_t n, size_t phase_memory, void (*ready)(void *arg),
+                                  void *arg, char *err, size_t errlen);
 
 /* The backend to give mgw_server_new(); owned by the bridge. */
 struct mgw_backend *mgw_bridge_backend(struct mgw_bridge *b);

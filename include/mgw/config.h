@@ -83,6 +83,8 @@ struct mgw_config {
     struct mgw_server_config server; /* limits: max_frame, max_connections, idle_timeout_ms
                                         (0 = none); defaults as in session.h */
     unsigned drain_timeout_ms;       /* SIGTERM: time given to messages in progress */
+    unsigned phase_memory; /* limits.phase_memory: body bytes a message keeps in memory for
+                              later phases, the rest in a temporary file (rule 8) */
     unsigned workers; /* event loops running sessions; 0 = one per online CPU (workers.h).
                          A reload keeps the running count: changing it needs a restart. */
 

@@ -99,6 +99,31 @@
  *        its own deadline; progress extends it) the content events it still owes.
  *    Only content events are pipelined; an event the MTA waits for is merged as above.
  *
+ * 8. Ordered phases (the bridge, with phase_msg.h). Every filter has a phase (0 to 99,
+ *    default 0); the filters of one phase work in parallel by the rules above, and the
+ *    phases run in ascending order, as the milters of a Postfix chain do:
+ *      - an event the MTA waits for goes to the first phase; once that phase has
+ *        answered, the next phase gets it unless the answers so far refuse it (merged
+ *        by rule 1 over every phase asked: reject, tempfail, discard), and so on. A
+ *        refused event reaches no later phase and the MTA is answered at once; an
+ *        accepted one goes on (accept only retires the filter that gave it);
+ *      - headers, end of headers and body chunks go to the first phase only, as they
+ *        come (rule 7). At the end of message, each phase's merged modifications (rules
+ *        5 and 6 among the filters of that phase) edit a copy of the message, and the
+ *        next phase is shown that copy (its headers, end of headers, body and end of
+ *        message, the last waited for): it sees the message as the earlier phases left
+ *        it, with headers added, inserted, changed or deleted and the body replaced. Like
+ *        a later milter of a Postfix chain, it does not see changes of sender and
+ *        recipients as events; they are kept, and netted, for the MTA;
+ *      - the MTA gets the verdict merged over every phase asked (rule 1), and the NET
+ *        modifications of all phases relative to the message it has (msg_edit.h: changes
+ *        of original headers, new headers at their final places, the body if replaced,
+ *        recipients and sender as they ended, quarantine), less any the MTA did not grant;
+ *      - the copy holds the body in memory up to `limits.phase_memory`, the rest in a
+ *        temporary file; a message the copy cannot hold (too many headers, over 1 GiB, a
+ *        failing disk) is tempfailed at its end of message.
+ *    With one phase (every filter in the same one) nothing is copied or replayed.
+ *
  * Splitting a ReplaceBody into chunks and keeping only the first ReplaceBody of one
  * reply is the bridge's job; here every 'b' of the winning filter is kept.
  *

@@ -53,6 +53,7 @@
 #include "mgw/log.h"
 #include "mgw/metrics.h"
 #include "mgw/owed.h"
+#include "mgw/phase_msg.h"
 #include "mgw/policy.h"
 #include "mgw/xmalloc.h"
 
@@ -117,6 +118,15 @@ struct bsession {
     struct mgw_policy_deferred *fate;
     char **fate_text;
     int doomed;
+
+    /* Ordered phases (policy.h rule 8), with filters in more than one: the phase the
+     * event the MTA waits for is at (an index into b->phases), the event as packed for
+     * the next phase, and the message as the phases leave it. */
+    size_t phase_ix;
+    grpc_slice ev_msg;
+    int have_ev_msg;
+    struct mgw_phase_msg *pm;
+    int pm_stale; /* the last message is over: forget it at the next event */
 };
 
 struct bridge {
@@ -128,6 +138,9 @@ struct bridge {
     struct mgw_backend_needs needs;
     char *needs_mem;
     struct mgw_filter_streams streams;
+    unsigned *phases; /* the filters' phases, each once, ascending */
+    size_t nphases;
+    size_t phase_memory; /* body bytes a message keeps in memory for later phases */
     size_t describing; /* first Describes still running */
     void (*ready)(void *);
     void *ready_arg;
@@ -538,11 +551,13 @@ static void reset_message_liveness(struct bsession *bs)
 /* Send one packed event to every filter that takes part. A filter that answers it owes
  * a reply (with a deadline); when the MTA wants an answer, a non-shadow one is also
  * marked pending and counted in bs->waiting. Shadow filters are never waited for. */
-static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply)
+static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply,
+                    unsigned phase)
 {
     uint32_t bit = mgw_policy_event_bit(cmd);
     /* Content the MTA streams without waiting: answers count at its next wait (rule 7). */
     int pipelined = !want_reply && (bit & MGW_POLICY_EV_CONTENT);
+    int was_dispatching = bs->dispatching;
 
     /* A refused message ends where answering each event would have ended it. */
     if (bs->doomed && is_message_event(cmd))
@@ -552,7 +567,11 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
         struct stream *st = bs->streams[i];
         struct filter *f = &bs->b->filters[i];
         struct answer *a = &bs->ans[i];
-        int receives = (bs->decls[i].events & bit) && !st->retired_conn &&
+        int receives;
+
+        if (f->l.conf.phase != phase)
+            continue;
+        receives = (bs->decls[i].events & bit) && !st->retired_conn &&
                        !(is_message_event(cmd) && st->retired_msg) &&
                        !(cmd == MGW_SMFIC_BODY && st->skip_body);
         int answers = receives && !(bs->decls[i].observe_only & bit);
@@ -596,19 +615,12 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
         mgw_filter_stream_send(&st->t, grpc_slice_ref(msg));
         mgw_metrics_filter_event(f->l.metric, (enum mgw_metrics_event)mgw_metrics_event_of_cmd(cmd));
     }
-    bs->dispatching = 0;
+    bs->dispatching = was_dispatching;
 }
 
-static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id)
+/* The MTA's wait also holds the content answers filters still owe (rule 7). */
+static void hold_draining(struct bsession *bs, uint8_t cmd)
 {
-    bs->active = 1;
-    bs->cmd = cmd;
-    bs->ev_id = id;
-    clock_gettime(CLOCK_MONOTONIC, &bs->ev_start);
-    bs->waiting = 0;
-    fan_out(bs, cmd, msg, id, 1);
-    grpc_slice_unref(msg);
-    /* The MTA's wait also holds the content answers filters still owe (rule 7). */
     for (size_t i = 0; i < bs->b->nfilters && is_message_event(cmd); i++) {
         struct answer *a = &bs->ans[i];
 
@@ -618,6 +630,26 @@ static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64
             bs->waiting++;
         }
     }
+}
+
+static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id)
+{
+    bs->active = 1;
+    bs->cmd = cmd;
+    bs->ev_id = id;
+    clock_gettime(CLOCK_MONOTONIC, &bs->ev_start);
+    bs->waiting = 0;
+    bs->phase_ix = 0;
+    fan_out(bs, cmd, msg, id, 1, bs->b->phases[0]);
+    if (bs->b->nphases > 1) {
+        if (bs->have_ev_msg)
+            grpc_slice_unref(bs->ev_msg);
+        bs->ev_msg = msg; /* for the later phases (phase_next) */
+        bs->have_ev_msg = 1;
+    } else {
+        grpc_slice_unref(msg);
+    }
+    hold_draining(bs, cmd);
     event_check(bs);
 }
 
@@ -651,6 +683,147 @@ static void log_drops(struct bsession *bs, const struct mgw_policy_drop *drops, 
     }
 }
 
+/* Rule 8, at the end: the net modifications of every phase replace the merged ones; a
+ * message the held copy could not take is tempfailed (nothing was applied). */
+static void net_mods(struct bsession *bs, struct mgw_policy_result *res,
+                     struct mgw_milter_msg **mods, size_t *total, uint8_t **body)
+{
+    struct mgw_milter_msg *frames;
+    size_t dropped;
+    ssize_t k = mgw_phase_msg_net(bs->pm, bs->negotiated.actions, &frames, body, &dropped);
+
+    if (k < 0) {
+        log_warn(bs->sid, "message too large to hold for later phases", "outcome=tempfail");
+        free(frames);
+        res->kind = MGW_VERDICT_TEMPFAIL;
+        res->reply = NULL;
+        res->nmods = 0;
+        return;
+    }
+    if (dropped > 0)
+        log_warn(bs->sid, "modification dropped", "mods=%zu reason=not_granted_by_mta", dropped);
+    free(*mods);
+    *mods = frames;
+    *total = (size_t)k;
+    res->nmods = (size_t)k;
+}
+
+/* The policy's view of filter i's answer to the current event, modifications left out
+ * unless `mods`. */
+static void policy_answer(const struct bsession *bs, size_t i, int mods,
+                          struct mgw_policy_answer *out)
+{
+    const struct answer *a = &bs->ans[i];
+
+    out->state = a->state;
+    out->kind = a->pa.kind;
+    out->reply = a->pa.reply;
+    out->mods = mods ? a->pa.mods : NULL;
+    out->nmods = mods ? a->pa.nmods : 0;
+    out->actions = bs->decls[i].actions & bs->negotiated.actions;
+    out->receives = receives_of(bs, i);
+    out->shadow = bs->b->filters[i].l.conf.shadow;
+}
+
+/* Rule 8: one phase has answered the end of message: its merged modifications, policed
+ * as for the MTA, edit the message the next phase will see. Returns 0, or -1 when the
+ * held copy cannot take them (the message then ends in a tempfail). */
+static int phase_apply(struct bsession *bs, unsigned phase)
+{
+    struct bridge *b = bs->b;
+    size_t n = b->nfilters, total = 0;
+    struct mgw_policy_answer *pa = mgw_xcalloc(n, sizeof *pa);
+    struct mgw_milter_msg *mods;
+    struct mgw_policy_drop *drops;
+    struct mgw_policy_result res;
+    int r;
+
+    for (size_t i = 0; i < n; i++) {
+        policy_answer(bs, i, b->filters[i].l.conf.phase == phase, &pa[i]);
+        if (b->filters[i].l.conf.phase != phase)
+            pa[i].state = MGW_POLICY_NOT_ASKED;
+        total += pa[i].nmods;
+    }
+    mods = mgw_xcalloc(total + 1, sizeof *mods);
+    drops = mgw_xcalloc(total + 1, sizeof *drops);
+    if (mgw_policy_merge(bs->cmd, pa, n, mods, total + 1, drops, total + 1, &res) < 0)
+        mgw_panic("bridge: merge refused its input");
+    log_drops(bs, drops, res.ndrops < total + 1 ? res.ndrops : total + 1);
+    r = mgw_phase_msg_apply(bs->pm, mods, res.nmods < total + 1 ? res.nmods : total + 1);
+    if (r < 0)
+        log_warn(bs->sid, "phase modifications not applied", "phase=%u mods=%zu error=%d "
+                 "outcome=tempfail", phase, res.nmods, r);
+    free(pa);
+    free(mods);
+    free(drops);
+    return r < 0 ? -1 : 0;
+}
+
+struct replay {
+    struct bsession *bs;
+    unsigned phase;
+};
+
+/* One event of the message shown to a later phase: the end of message is waited for,
+ * the content before it streamed as the MTA streams it (rule 7). */
+static void replay_one(void *arg, uint8_t cmd, grpc_slice msg, uint64_t id)
+{
+    struct replay *r = arg;
+
+    if (cmd == MGW_SMFIC_BODYEOB)
+        r->bs->ev_id = id;
+    fan_out(r->bs, cmd, msg, id, cmd == MGW_SMFIC_BODYEOB, r->phase);
+    grpc_slice_unref(msg);
+}
+
+/*
+ * Rule 8: a phase has answered the event the MTA waits for. Unless the answers so far
+ * refuse it, the next phase gets it: an envelope event as it came, the end of message as
+ * the replay of the message the phases so far left (after this phase's modifications).
+ * Headers, end of headers and body chunks go to the first phase only; the later ones see
+ * them in the replay. Returns 1 when a later phase has the event now (the MTA's answer
+ * waits for it), 0 when the answer is due.
+ */
+static int phase_next(struct bsession *bs)
+{
+    struct bridge *b = bs->b;
+    size_t n = b->nfilters;
+    uint8_t cmd = bs->cmd;
+    int eom = cmd == MGW_SMFIC_BODYEOB;
+    struct mgw_policy_answer *pa;
+    struct mgw_policy_result res;
+    struct replay rp;
+
+    if (b->nphases == 1 || (mgw_policy_event_bit(cmd) & MGW_POLICY_EV_CONTENT) ||
+        (bs->fate != NULL && is_message_event(cmd)) ||
+        (eom && mgw_phase_msg_broken(bs->pm)))
+        return 0;
+    pa = mgw_xcalloc(n, sizeof *pa);
+    for (size_t i = 0; i < n; i++)
+        policy_answer(bs, i, 0, &pa[i]);
+    mgw_policy_merge(cmd, pa, n, NULL, 0, NULL, 0, &res); /* counts only: never fails */
+    free(pa);
+    if (mgw_policy_refusal(res.kind))
+        return 0;
+    if (eom && phase_apply(bs, b->phases[bs->phase_ix]) < 0)
+        return 0;
+    if (bs->phase_ix + 1 >= b->nphases)
+        return 0;
+    rp.bs = bs;
+    rp.phase = b->phases[++bs->phase_ix];
+    clock_gettime(CLOCK_MONOTONIC, &bs->ev_start);
+    bs->dispatching++;
+    if (!eom)
+        fan_out(bs, cmd, bs->ev_msg, bs->ev_id, 1, rp.phase);
+    else if (mgw_phase_msg_replay(bs->pm, &b->sc, &bs->next_id, replay_one, &rp) < 0)
+        log_warn(bs->sid, "message not replayed to a later phase", "phase=%u outcome=tempfail",
+                 rp.phase);
+    bs->dispatching--;
+    hold_draining(bs, cmd);
+    event_check(bs); /* at once when nobody in this phase takes it: on to the next */
+    return 1;
+}
+
 static void complete_event(struct bsession *bs)
 {
     struct bridge *b = bs->b;
@@ -672,7 +845,15 @@ static void complete_event(struct bsession *bs)
                 mgw_policy_deferred_fate(bs->fate, n, &fate, &fate_cmd);
     struct mgw_policy_deferred *fate_mem = NULL;
     char **fate_text = NULL;
+    /* Several phases: the modifications were applied phase by phase to the held message;
+     * the MTA gets their net result. */
+    int net = bs->pm != NULL && cmd == MGW_SMFIC_BODYEOB;
+    uint8_t *net_body = NULL;
 
+    if (!fated && phase_next(bs)) {
+        free(pa);
+        return;
+    }
     if (fated) {
         fate_mem = bs->fate;
         fate_text = bs->fate_text;
@@ -694,15 +875,8 @@ static void complete_event(struct bsession *bs)
                                          a->pa.nmods);
             a->state = MGW_POLICY_NOT_ASKED;
         }
-        pa[i].state = a->state;
-        pa[i].kind = a->pa.kind;
-        pa[i].reply = a->pa.reply;
-        pa[i].mods = a->pa.mods;
-        pa[i].nmods = a->pa.nmods;
-        pa[i].actions = bs->decls[i].actions & bs->negotiated.actions;
-        pa[i].receives = receives_of(bs, i);
-        pa[i].shadow = b->filters[i].l.conf.shadow;
-        total += a->pa.nmods;
+        policy_answer(bs, i, !net, &pa[i]);
+        total += pa[i].nmods;
     }
     mods = mgw_xcalloc(total + 1, sizeof *mods);
     drops = mgw_xcalloc(total + 1, sizeof *drops);
@@ -715,6 +889,8 @@ static void complete_event(struct bsession *bs)
         res.decider = fate.decider;
         res.failure_applied = fate.failure_applied;
     }
+    if (net && !mgw_policy_refusal(res.kind))
+        net_mods(bs, &res, &mods, &total, &net_body);
     if (res.kind != MGW_VERDICT_CONTINUE || cmd == MGW_SMFIC_BODYEOB) {
         log_info(bs->sid, "verdict",
                  "event=%s verdict=%s decided_by=%s failure_policy=%s mods=%zu refused_at=%s",
@@ -745,8 +921,10 @@ static void complete_event(struct bsession *bs)
     bs->active = 0;
     bs->ans = mgw_xcalloc(n, sizeof *bs->ans);
     /* A refusal before EOM is followed by ABORT (or a new MAIL), which resets. */
-    if (message_over)
+    if (message_over) {
         reset_message_liveness(bs);
+        bs->pm_stale = bs->pm != NULL; /* the answer below still points into it */
+    }
     v.kind = res.kind;
     v.reply = res.reply;
     v.mods = mods;
@@ -760,6 +938,23 @@ static void complete_event(struct bsession *bs)
         free(fate_text[i]);
     free(fate_text);
     free(fate_mem);
+    free(net_body);
+}
+
+/* Several phases: the message as the MTA sends it is held for the later ones (rule 8). */
+static void phase_record(struct bsession *bs, const struct mgw_event *ev)
+{
+    uint8_t cmd = ev->msg->cmd;
+    int was_broken = mgw_phase_msg_broken(bs->pm);
+
+    if (bs->pm_stale || cmd == MGW_SMFIC_ABORT) {
+        mgw_phase_msg_reset(bs->pm);
+        bs->pm_stale = 0;
+    }
+    if (!is_message_event(cmd) || mgw_phase_msg_record(bs->pm, ev) == 0 || was_broken)
+        return;
+    log_warn(bs->sid, "message too large to hold for later phases",
+             "event=%s outcome=tempfail_at_eom", event_name(cmd));
 }
 
 static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
@@ -774,6 +969,8 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
     if (bs->active)
         mgw_panic("bridge: event '%c' while '%c' is unanswered", m->cmd, bs->cmd);
     mgw_proto_scratch_reset(&bs->b->sc);
+    if (bs->pm != NULL)
+        phase_record(bs, ev);
     if (m->cmd == MGW_SMFIC_ABORT) {
         /* The message is over for everyone still on the connection. */
         id = bs->next_id++;
@@ -815,7 +1012,7 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         return MGW_EINVAL;
     msg = mgw_grpc_pack_slice(&pe.ev.base);
     if (!want_reply) {
-        fan_out(bs, m->cmd, msg, id, 0);
+        fan_out(bs, m->cmd, msg, id, 0, bs->b->phases[0]);
         grpc_slice_unref(msg);
         return 0;
     }
@@ -888,6 +1085,8 @@ static void *bridge_open(void *impl, const struct mgw_session_info *info,
     start_id = bs->next_id++; /* SessionStart: the same id on every stream, never 0 */
     bs->streams = mgw_xcalloc(b->nfilters, sizeof *bs->streams);
     bs->decls = mgw_xcalloc(b->nfilters, sizeof *bs->decls);
+    if (b->nphases > 1)
+        bs->pm = mgw_phase_msg_new(b->phase_memory);
     bs->ans = mgw_xcalloc(b->nfilters, sizeof *bs->ans);
     for (size_t i = 0; i < b->nfilters; i++) {
         struct filter *f = &b->filters[i];
@@ -919,6 +1118,9 @@ static void bridge_close(void *impl)
         stream_detach(bs->streams[i]);
     if (bs->have_eom_after_body)
         grpc_slice_unref(bs->eom_after_body);
+    if (bs->have_ev_msg)
+        grpc_slice_unref(bs->ev_msg);
+    mgw_phase_msg_free(bs->pm);
     fate_free(bs);
     release_answers(bs->ans, bs->b->nfilters);
     free(bs->streams);
@@ -960,9 +1162,28 @@ static void on_decl_settled(void *arg)
     }
 }
 
+/* The distinct phases of the filters, ascending (rule 8); one, 0, without filters. */
+static void find_phases(struct bridge *b, const struct mgw_filter_conf *filters, size_t n)
+{
+    b->phases = mgw_xcalloc(n + 1, sizeof *b->phases);
+    for (size_t i = 0; i < n; i++) {
+        size_t k = 0;
+
+        while (k < b->nphases && b->phases[k] < filters[i].phase)
+            k++;
+        if (k < b->nphases && b->phases[k] == filters[i].phase)
+            continue;
+        memmove(b->phases + k + 1, b->phases + k, (b->nphases - k) * sizeof *b->phases);
+        b->phases[k] = filters[i].phase;
+        b->nphases++;
+    }
+    if (b->nphases == 0)
+        b->nphases = 1;
+}
+
 struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filter_conf *filters,
-                                  size_t n, void (*ready)(void *arg), void *arg, char *err,
-                                  size_t errlen)
+                                  size_t n, size_t phase_memory, void (*ready)(void *arg),
+                                  void *arg, char *err, size_t errlen)
 {
     struct bridge *b = mgw_xcalloc(1, sizeof *b);
     size_t describing = 0;
@@ -972,6 +1193,8 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     b->filters = mgw_xcalloc(n, sizeof *b->filters);
     b->backend.ops = &bridge_ops;
     b->backend.impl = b;
+    b->phase_memory = phase_memory;
+    find_phases(b, filters, n);
     TAILQ_INIT(&b->streams.all);
     for (size_t i = 0; i < n; i++) {
         struct filter *f = &b->filters[i];
@@ -993,7 +1216,8 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     b->ready_arg = arg;
     /* Counted before any starts: a Describe cannot answer inside start, but be exact. */
     for (size_t i = 0; i < n; i++)
-        describing += !b->filters[i].l.conf.has_decl || b->filters[i].l.conf.kind == MGW_FILTER_MILTER;
+        describing += !b->filters[i].l.conf.has_decl ||
+                      b->filters[i].l.conf.kind == MGW_FILTER_MILTER;
     b->describing = describing;
     for (size_t i = 0; i < n; i++)
         mgw_filter_link_start(&b->filters[i].l);
@@ -1050,6 +1274,7 @@ struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *mb)
     for (size_t i = 0; i < b->nfilters; i++)
         mgw_filter_link_clear(&b->filters[i].l);
     free(b->filters);
+    free(b->phases);
     free(b->needs_mem);
     mgw_proto_scratch_free(&b->sc);
     free(b);

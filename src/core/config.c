@@ -89,7 +89,7 @@ struct raw_log {
 };
 
 struct raw_limits {
-    char *max_connections, *max_frame, *idle_timeout;
+    char *max_connections, *max_frame, *idle_timeout, *phase_memory;
 };
 
 /* Sections are embedded, not pointed to, so that the settings table can reach every
@@ -191,6 +191,7 @@ static const cyaml_schema_field_t limits_fields[] = {
     STR(struct raw_limits, max_connections),
     STR(struct raw_limits, max_frame),
     STR(struct raw_limits, idle_timeout),
+    STR(struct raw_limits, phase_memory),
     CYAML_FIELD_END,
 };
 
@@ -705,6 +706,10 @@ static const struct setting top_settings[] = {
         MGW_MILTER_DEFAULT_MAX_FRAME, 65536, 0x7fffffff),
     NUM("limits.idle_timeout", K_DURATION, TOP(limits.idle_timeout), CFG(server.idle_timeout_ms),
         MGW_DEFAULT_IDLE_TIMEOUT_MS, 0, MAX_DURATION_MS),
+    /* With filters in several phases, what of a message stays in memory for the later
+     * ones; the rest goes to a temporary file (phase_msg.h). */
+    NUM("limits.phase_memory", K_SIZE, TOP(limits.phase_memory), CFG(phase_memory),
+        1u << 20, MGW_FILTER_MIN_SIZE, MGW_FILTER_MAX_SIZE),
     NUM("drain_timeout", K_DURATION, TOP(drain_timeout), CFG(drain_timeout_ms),
         MGW_CONFIG_DEFAULT_DRAIN_TIMEOUT_MS, 0, 3600000),
     NUM("workers", K_UINT, TOP(workers), CFG(workers), 0, 0, MGW_CONFIG_MAX_WORKERS),

@@ -342,7 +342,7 @@ static const struct {
     {"an unknown key in a section is refused at its line",
      "limits:\n  max_frame: 70000\n  max_frames: 70000\n", 3,
      "limits: unknown key \"max_frames\" (known here: max_connections, max_frame, "
-     "idle_timeout)"},
+     "idle_timeout, phase_memory)"},
     {"an unknown key in a filter is refused at its line",
      "filters:\n  - name: a\n    target: b\n  - name: c\n    target: d\n    timout: 1s\n", 6,
      "filters[1]: unknown key \"timout\" (known here: name, target, kind, phase, on_error, mode, content, "
