@@ -17,7 +17,8 @@
  *                                     below MGW_MILTER_EV_SUBSCRIBABLE, its bit in
  *                                     MGW_POLICY_EV_* (policy.h)
  *   stage   (SMFIM_*)                 the command letter whose D carries its macros
- *   verdict (enum mgw_verdict_kind)   name for logs and labels, the reply letter sent
+ *   verdict (enum mgw_verdict_kind)   name for logs and labels, the reply letter sent,
+ *                                     the class of SMTP reply text it may carry
  *   action  (SMFIF_*)                 libmilter name, configuration key
  *   protocol bit (SMFIP_*)            libmilter name
  *
@@ -102,6 +103,10 @@ const struct mgw_milter_reply_info *mgw_milter_reply_info(uint8_t reply);
 /* The reply letter that carries verdict `k` (c a r t d s), or 0 when out of range.
  * mgw_verdict_name() (backend.h) reads the same table. */
 uint8_t mgw_verdict_reply(enum mgw_verdict_kind k);
+/* The first digit of an SMTP reply text that may go with verdict `k`: '5' for reject,
+ * '4' for tempfail, 0 for a verdict that carries no text. Another class would change
+ * the verdict at the MTA (or make it a protocol error). */
+char mgw_verdict_reply_class(enum mgw_verdict_kind k);
 
 /* ---- Actions (SMFIF_*) and protocol bits (SMFIP_*) ---- */
 

@@ -178,13 +178,14 @@ const char *mgw_milter_cmd_name(uint8_t cmd, enum mgw_milter_dir dir)
 static const struct {
     const char *name;
     uint8_t reply;
+    char reply_class; /* first digit of an SMTP reply that may go with it */
 } verdicts[] = {
-    [MGW_VERDICT_CONTINUE] = {"continue", MGW_SMFIR_CONTINUE},
-    [MGW_VERDICT_ACCEPT] = {"accept", MGW_SMFIR_ACCEPT},
-    [MGW_VERDICT_REJECT] = {"reject", MGW_SMFIR_REJECT},
-    [MGW_VERDICT_TEMPFAIL] = {"tempfail", MGW_SMFIR_TEMPFAIL},
-    [MGW_VERDICT_DISCARD] = {"discard", MGW_SMFIR_DISCARD},
-    [MGW_VERDICT_SKIP] = {"skip", MGW_SMFIR_SKIP},
+    [MGW_VERDICT_CONTINUE] = {"continue", MGW_SMFIR_CONTINUE, 0},
+    [MGW_VERDICT_ACCEPT] = {"accept", MGW_SMFIR_ACCEPT, 0},
+    [MGW_VERDICT_REJECT] = {"reject", MGW_SMFIR_REJECT, '5'},
+    [MGW_VERDICT_TEMPFAIL] = {"tempfail", MGW_SMFIR_TEMPFAIL, '4'},
+    [MGW_VERDICT_DISCARD] = {"discard", MGW_SMFIR_DISCARD, 0},
+    [MGW_VERDICT_SKIP] = {"skip", MGW_SMFIR_SKIP, 0},
 };
 #define NVERDICTS (sizeof verdicts / sizeof verdicts[0])
 
@@ -196,6 +197,11 @@ const char *mgw_verdict_name(enum mgw_verdict_kind k)
 uint8_t mgw_verdict_reply(enum mgw_verdict_kind k)
 {
     return (unsigned)k < NVERDICTS ? verdicts[k].reply : 0;
+}
+
+char mgw_verdict_reply_class(enum mgw_verdict_kind k)
+{
+    return (unsigned)k < NVERDICTS ? verdicts[k].reply_class : 0;
 }
 
 /* ---- Actions and protocol bits ---- */

@@ -203,12 +203,11 @@ static void merge_verdict(uint8_t cmd, const struct mgw_policy_answer *answers, 
     }
     if (out->decider != MGW_POLICY_NONE) {
         const struct mgw_policy_answer *d = &answers[out->decider];
-        char want = out->kind == MGW_VERDICT_REJECT ? '5' : '4';
+        char want = mgw_verdict_reply_class(out->kind);
 
         out->failure_applied = d->state == MGW_POLICY_FAILED;
         /* A REPLYCODE of the wrong class would change the verdict at the MTA. */
-        if ((out->kind == MGW_VERDICT_REJECT || out->kind == MGW_VERDICT_TEMPFAIL) &&
-            d->reply != NULL && d->reply[0] == want)
+        if (want != 0 && d->reply != NULL && d->reply[0] == want)
             out->reply = d->reply;
     }
     keep_talking(cmd, answers, n, out);
@@ -645,9 +644,9 @@ ssize_t mgw_policy_format_reply(unsigned code, const char *enhanced, const char 
             buf[0] = '\0';
         return 0;
     }
-    if (kind != MGW_VERDICT_REJECT && kind != MGW_VERDICT_TEMPFAIL)
+    klass = mgw_verdict_reply_class(kind);
+    if (klass == 0)
         return MGW_EINVAL;
-    klass = kind == MGW_VERDICT_REJECT ? '5' : '4';
     if (code == 0)
         code = kind == MGW_VERDICT_REJECT ? 550 : 451;
     if (code / 100 != (unsigned)(klass - '0') || (code / 10) % 10 > 5)
