@@ -61,8 +61,6 @@ enum mgw_milter_event {
 const char *mgw_milter_event_label(int event);
 /* Command letter of an event, or 0 when out of range. */
 uint8_t mgw_milter_event_cmd(int event);
-/* The event whose label is label[0..len), or -1. */
-int mgw_milter_event_parse(const char *label, size_t len);
 
 /* ---- Commands (MTA -> milter) ---- */
 

@@ -15,8 +15,6 @@
  */
 #include "mgw/milter_vocab.h"
 
-#include <string.h>
-
 /* ---- Filter events ---- */
 
 static const struct {
@@ -44,14 +42,6 @@ const char *mgw_milter_event_label(int event)
 uint8_t mgw_milter_event_cmd(int event)
 {
     return event >= 0 && event < MGW_MILTER_EV_COUNT ? events[event].cmd : 0;
-}
-
-int mgw_milter_event_parse(const char *label, size_t len)
-{
-    for (int e = 0; e < MGW_MILTER_EV_COUNT; e++)
-        if (strlen(events[e].label) == len && memcmp(events[e].label, label, len) == 0)
-            return e;
-    return -1;
 }
 
 /* ---- Commands ---- */

@@ -339,8 +339,7 @@ static void each_event_has_its_letter_label_bit_and_metric(void **state)
 
         if (cmd != rows[i].cmd || mgw_milter_cmd_event(cmd) != rows[i].event)
             case_failed(rows[i].label, "letter: got '%c', back %d", cmd, mgw_milter_cmd_event(cmd));
-        if (strcmp(label, rows[i].label) != 0 ||
-            mgw_milter_event_parse(rows[i].label, strlen(rows[i].label)) != rows[i].event)
+        if (strcmp(label, rows[i].label) != 0)
             case_failed(rows[i].label, "label: got %s", label);
         if (mgw_policy_event_bit(rows[i].cmd) != rows[i].policy_bit)
             case_failed(rows[i].label, "policy bit: got 0x%x, want 0x%x",
@@ -354,8 +353,6 @@ static void each_event_has_its_letter_label_bit_and_metric(void **state)
         strcmp(mgw_milter_event_label(MGW_MILTER_EV_COUNT), "?") != 0)
         case_failed("an event out of range has the label ?", "got %s / %s",
                     mgw_milter_event_label(-1), mgw_milter_event_label(MGW_MILTER_EV_COUNT));
-    if (mgw_milter_event_parse("eo", 2) != -1 || mgw_milter_event_parse("connects", 8) != -1)
-        case_failed("only a whole label parses", "a prefix or a longer word did");
     end_table();
 }
 
