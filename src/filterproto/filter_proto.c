@@ -335,7 +335,7 @@ static Miltergw__V1__EventType stage_event(int stage)
     return (Miltergw__V1__EventType)(mgw_milter_cmd_event(mgw_milter_stage_cmd(stage)) + 1);
 }
 
-/* filter.proto's Action values are dense from 1; milter_vocab.c maps each to SMFIF_*. */
+/* Room for every Action: the action table has a row per SMFIF_* bit. */
 static size_t action_count(void)
 {
     size_t n;
@@ -432,6 +432,8 @@ static void description_of(Miltergw__V1__Description *d, struct mgw_proto_scratc
     }
     if (d->n_events == 0)
         ev[d->n_events++] = MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_UNSPECIFIED;
+    /* Action values are dense from 1 (test_filter_proto checks the enum against the
+     * action table), so the first one without a bit ends them. */
     for (int a = 1; mgw_milter_action_of_proto(a) != 0; a++)
         if (decl->actions & mgw_milter_action_of_proto(a))
             act[d->n_actions++] = (Miltergw__V1__Action)a;
