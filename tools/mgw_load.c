@@ -49,6 +49,7 @@
 #include "mgw/error.h"
 #include "mgw/listen_spec.h"
 #include "mgw/milter_codec.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/negotiate.h"
 #include "mgw/xmalloc.h"
 
@@ -282,7 +283,7 @@ static bool put_event(struct conn *c, const struct mgw_milter_msg *m)
         return false;
     put(c, m);
     /* CONNECT and HELO come once per connection, before the clock: not a message's. */
-    if (m->cmd != MGW_SMFIC_CONNECT && m->cmd != MGW_SMFIC_HELO)
+    if (mgw_milter_cmd_in_message(m->cmd))
         st.events++;
     if (!mgw_negotiate_replies(c->protocol, m->cmd))
         return false;
@@ -479,20 +480,10 @@ static void finish_message(struct conn *c, bool accepted)
     }
 }
 
+/* Whether `r` is a modification the negotiated actions allow. */
 static bool action_allows(uint32_t actions, uint8_t r)
 {
-    switch (r) {
-    case MGW_SMFIR_ADDHEADER:
-    case MGW_SMFIR_INSHEADER: return actions & MGW_SMFIF_ADDHDRS;
-    case MGW_SMFIR_CHGHEADER: return actions & MGW_SMFIF_CHGHDRS;
-    case MGW_SMFIR_REPLBODY: return actions & MGW_SMFIF_CHGBODY;
-    case MGW_SMFIR_ADDRCPT: return actions & MGW_SMFIF_ADDRCPT;
-    case MGW_SMFIR_ADDRCPT_PAR: return actions & MGW_SMFIF_ADDRCPT_PAR;
-    case MGW_SMFIR_DELRCPT: return actions & MGW_SMFIF_DELRCPT;
-    case MGW_SMFIR_CHGFROM: return actions & MGW_SMFIF_CHGFROM;
-    case MGW_SMFIR_QUARANTINE: return actions & MGW_SMFIF_QUARANTINE;
-    default: return false;
-    }
+    return (actions & mgw_milter_mod_action(r)) != 0;
 }
 
 /* Check and take the O reply. Returns false (after conn_fail) if it is not acceptable. */

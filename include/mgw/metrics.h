@@ -64,6 +64,7 @@
 #include <stdint.h>
 
 #include "mgw/backend.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/policy.h"
 
 #define MGW_METRICS_MAX_FILTERS     128
@@ -141,22 +142,24 @@ void mgw_metrics_config_reload(bool ok);
 
 /* ---- Filters ---- */
 
+/* The events of milter_vocab.h, whose labels they are rendered with. */
 enum mgw_metrics_event {
-    MGW_METRICS_EV_CONNECT = 0,
-    MGW_METRICS_EV_HELO,
-    MGW_METRICS_EV_MAIL,
-    MGW_METRICS_EV_RCPT,
-    MGW_METRICS_EV_DATA,
-    MGW_METRICS_EV_HEADER,
-    MGW_METRICS_EV_EOH,
-    MGW_METRICS_EV_BODY,
-    MGW_METRICS_EV_EOM,
-    MGW_METRICS_EV_UNKNOWN,
-    MGW_METRICS_EV_ABORT,
-    MGW_METRICS_EV_COUNT
+    MGW_METRICS_EV_CONNECT = MGW_MILTER_EV_CONNECT,
+    MGW_METRICS_EV_HELO = MGW_MILTER_EV_HELO,
+    MGW_METRICS_EV_MAIL = MGW_MILTER_EV_MAIL,
+    MGW_METRICS_EV_RCPT = MGW_MILTER_EV_RCPT,
+    MGW_METRICS_EV_DATA = MGW_MILTER_EV_DATA,
+    MGW_METRICS_EV_HEADER = MGW_MILTER_EV_HEADER,
+    MGW_METRICS_EV_EOH = MGW_MILTER_EV_EOH,
+    MGW_METRICS_EV_BODY = MGW_MILTER_EV_BODY,
+    MGW_METRICS_EV_EOM = MGW_MILTER_EV_EOM,
+    MGW_METRICS_EV_UNKNOWN = MGW_MILTER_EV_UNKNOWN,
+    MGW_METRICS_EV_ABORT = MGW_MILTER_EV_ABORT,
+    MGW_METRICS_EV_COUNT = MGW_MILTER_EV_COUNT
 };
 
-/* The event of a milter command letter (C H M R T L N B E U A), or -1. */
+/* The event of a milter command letter (C H M R T L N B E U A), or -1
+ * (mgw_milter_cmd_event()). */
 int mgw_metrics_event_of_cmd(uint8_t cmd);
 
 enum mgw_metrics_filter_error {

@@ -136,7 +136,8 @@ enum mgw_milter_stage {
     MGW_STAGE_COUNT = 7,
 };
 
-/* Stage of the command letter carried by a 'D' packet (C H M R T E N), or -1. */
+/* Stage of the command letter carried by a 'D' packet (C H M R T E N), or -1. This and
+ * the other per-letter facts below are lookups in the tables of milter_vocab.h. */
 int mgw_milter_stage_of_cmd(uint8_t cmd);
 
 /* ---- Decoded / encodable messages ---- */

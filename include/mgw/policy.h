@@ -139,22 +139,26 @@
 
 #include "mgw/backend.h"
 #include "mgw/milter_codec.h"
+#include "mgw/milter_vocab.h"
 
 /* ---- Events as bits (subscriptions, negotiation, liveness) ---- */
 
-#define MGW_POLICY_EV_CONNECT 0x001u /* C */
-#define MGW_POLICY_EV_HELO    0x002u /* H */
-#define MGW_POLICY_EV_MAIL    0x004u /* M */
-#define MGW_POLICY_EV_RCPT    0x008u /* R */
-#define MGW_POLICY_EV_DATA    0x010u /* T */
-#define MGW_POLICY_EV_HEADER  0x020u /* L */
-#define MGW_POLICY_EV_EOH     0x040u /* N */
-#define MGW_POLICY_EV_BODY    0x080u /* B */
-#define MGW_POLICY_EV_EOM     0x100u /* E */
-#define MGW_POLICY_EV_UNKNOWN 0x200u /* U */
-#define MGW_POLICY_EV_ALL     0x3FFu
+/* Bit e is event e of milter_vocab.h (enum mgw_milter_event), so the bits follow the
+ * command table; the letters are there. */
+#define MGW_POLICY_EV_CONNECT (1u << MGW_MILTER_EV_CONNECT) /* C */
+#define MGW_POLICY_EV_HELO    (1u << MGW_MILTER_EV_HELO)    /* H */
+#define MGW_POLICY_EV_MAIL    (1u << MGW_MILTER_EV_MAIL)    /* M */
+#define MGW_POLICY_EV_RCPT    (1u << MGW_MILTER_EV_RCPT)    /* R */
+#define MGW_POLICY_EV_DATA    (1u << MGW_MILTER_EV_DATA)    /* T */
+#define MGW_POLICY_EV_HEADER  (1u << MGW_MILTER_EV_HEADER)  /* L */
+#define MGW_POLICY_EV_EOH     (1u << MGW_MILTER_EV_EOH)     /* N */
+#define MGW_POLICY_EV_BODY    (1u << MGW_MILTER_EV_BODY)    /* B */
+#define MGW_POLICY_EV_EOM     (1u << MGW_MILTER_EV_EOM)     /* E */
+#define MGW_POLICY_EV_UNKNOWN (1u << MGW_MILTER_EV_UNKNOWN) /* U */
+#define MGW_POLICY_EV_ALL     ((1u << MGW_MILTER_EV_SUBSCRIBABLE) - 1u)
 
-/* The MGW_POLICY_EV_* bit of an event command letter (C H M R T L N B E U), or 0. */
+/* The MGW_POLICY_EV_* bit of an event command letter (C H M R T L N B E U), or 0
+ * (mgw_milter_cmd_event_bit()). */
 uint32_t mgw_policy_event_bit(uint8_t cmd);
 
 /* Content stages the MTA may stream without waiting (rule 7). */

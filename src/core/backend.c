@@ -7,13 +7,7 @@
 
 #include <string.h>
 
-const char *mgw_verdict_name(enum mgw_verdict_kind k)
-{
-    static const char *const names[] = {"continue", "accept", "reject",
-                                        "tempfail", "discard", "skip"};
-
-    return (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "?";
-}
+/* mgw_verdict_name() is a lookup in the verdict table of milter_vocab.c. */
 
 const struct mgw_str *mgw_macros_get(const struct mgw_macros *m, int stage, const char *name,
                                      struct mgw_str *out)

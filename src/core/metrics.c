@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/xmalloc.h"
 
 #define PREFIX   "miltergw_"
@@ -51,8 +52,6 @@ static const char *const close_names[MGW_METRICS_CLOSE_COUNT] = {
     "other"};
 static const char *const msg_names[MGW_METRICS_MSG_COUNT] = {"accept",   "continue", "reject",
                                                              "tempfail", "discard",  "quarantine"};
-static const char *const event_names[MGW_METRICS_EV_COUNT] = {
-    "connect", "helo", "mail", "rcpt", "data", "header", "eoh", "body", "eom", "unknown", "abort"};
 static const char *const ferr_names[MGW_METRICS_FERR_COUNT] = {
     "unavailable", "stream_broken", "stream_closed", "timeout", "out_of_contract", "queue_full"};
 static const char *const fail_names[MGW_METRICS_FAIL_COUNT] = {"fail_open", "fail_closed"};
@@ -173,20 +172,7 @@ void mgw_metrics_config_reload(bool ok)
 
 int mgw_metrics_event_of_cmd(uint8_t cmd)
 {
-    switch (cmd) {
-    case 'C': return MGW_METRICS_EV_CONNECT;
-    case 'H': return MGW_METRICS_EV_HELO;
-    case 'M': return MGW_METRICS_EV_MAIL;
-    case 'R': return MGW_METRICS_EV_RCPT;
-    case 'T': return MGW_METRICS_EV_DATA;
-    case 'L': return MGW_METRICS_EV_HEADER;
-    case 'N': return MGW_METRICS_EV_EOH;
-    case 'B': return MGW_METRICS_EV_BODY;
-    case 'E': return MGW_METRICS_EV_EOM;
-    case 'U': return MGW_METRICS_EV_UNKNOWN;
-    case 'A': return MGW_METRICS_EV_ABORT;
-    default: return -1;
-    }
+    return mgw_milter_cmd_event(cmd);
 }
 
 enum mgw_metrics_failure_action mgw_metrics_failure_action_of(enum mgw_verdict_kind on_error)
@@ -487,8 +473,12 @@ static void render_histograms(struct sbuf *b)
 
 static void render_filters(struct sbuf *b)
 {
+    const char *event_names[MGW_METRICS_EV_COUNT];
     const char *drop_names[MGW_POLICY_DROP_COUNT];
     const char *shadow_names[NSHADOW];
+
+    for (int i = 0; i < MGW_METRICS_EV_COUNT; i++)
+        event_names[i] = mgw_milter_event_label(i);
 
     drop_names[MGW_POLICY_KEPT] = NULL;
     for (int i = 1; i < MGW_POLICY_DROP_COUNT; i++)

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
+#include "mgw/milter_vocab.h"
 
 /* ---- Byte order helpers ---- */
 
@@ -42,79 +43,6 @@ static void put_u32(uint8_t *p, uint32_t v)
     p[1] = (uint8_t)(v >> 16);
     p[2] = (uint8_t)(v >> 8);
     p[3] = (uint8_t)v;
-}
-
-/* ---- Command tables ---- */
-
-static const char *mta_cmd_name(uint8_t cmd)
-{
-    switch (cmd) {
-    case MGW_SMFIC_ABORT: return "ABORT";
-    case MGW_SMFIC_BODY: return "BODY";
-    case MGW_SMFIC_CONNECT: return "CONNECT";
-    case MGW_SMFIC_MACRO: return "MACRO";
-    case MGW_SMFIC_BODYEOB: return "BODYEOB";
-    case MGW_SMFIC_HELO: return "HELO";
-    case MGW_SMFIC_QUIT_NC: return "QUIT_NC";
-    case MGW_SMFIC_HEADER: return "HEADER";
-    case MGW_SMFIC_MAIL: return "MAIL";
-    case MGW_SMFIC_EOH: return "EOH";
-    case MGW_SMFIC_OPTNEG: return "OPTNEG";
-    case MGW_SMFIC_QUIT: return "QUIT";
-    case MGW_SMFIC_RCPT: return "RCPT";
-    case MGW_SMFIC_DATA: return "DATA";
-    case MGW_SMFIC_UNKNOWN: return "UNKNOWN";
-    default: return NULL;
-    }
-}
-
-static const char *milter_reply_name(uint8_t cmd)
-{
-    switch (cmd) {
-    case MGW_SMFIR_ADDRCPT: return "ADDRCPT";
-    case MGW_SMFIR_DELRCPT: return "DELRCPT";
-    case MGW_SMFIR_ADDRCPT_PAR: return "ADDRCPT_PAR";
-    case MGW_SMFIR_SHUTDOWN: return "SHUTDOWN";
-    case MGW_SMFIR_ACCEPT: return "ACCEPT";
-    case MGW_SMFIR_REPLBODY: return "REPLBODY";
-    case MGW_SMFIR_CONTINUE: return "CONTINUE";
-    case MGW_SMFIR_DISCARD: return "DISCARD";
-    case MGW_SMFIR_CHGFROM: return "CHGFROM";
-    case MGW_SMFIR_CONN_FAIL: return "CONN_FAIL";
-    case MGW_SMFIR_ADDHEADER: return "ADDHEADER";
-    case MGW_SMFIR_INSHEADER: return "INSHEADER";
-    case MGW_SMFIR_SETSYMLIST: return "SETSYMLIST";
-    case MGW_SMFIR_CHGHEADER: return "CHGHEADER";
-    case MGW_SMFIR_OPTNEG: return "OPTNEG";
-    case MGW_SMFIR_PROGRESS: return "PROGRESS";
-    case MGW_SMFIR_QUARANTINE: return "QUARANTINE";
-    case MGW_SMFIR_REJECT: return "REJECT";
-    case MGW_SMFIR_SKIP: return "SKIP";
-    case MGW_SMFIR_TEMPFAIL: return "TEMPFAIL";
-    case MGW_SMFIR_REPLYCODE: return "REPLYCODE";
-    default: return NULL;
-    }
-}
-
-const char *mgw_milter_cmd_name(uint8_t cmd, enum mgw_milter_dir dir)
-{
-    const char *name = dir == MGW_MILTER_FROM_MILTER ? milter_reply_name(cmd) : mta_cmd_name(cmd);
-
-    return name != NULL ? name : "?";
-}
-
-int mgw_milter_stage_of_cmd(uint8_t cmd)
-{
-    switch (cmd) {
-    case MGW_SMFIC_CONNECT: return MGW_STAGE_CONNECT;
-    case MGW_SMFIC_HELO: return MGW_STAGE_HELO;
-    case MGW_SMFIC_MAIL: return MGW_STAGE_ENVFROM;
-    case MGW_SMFIC_RCPT: return MGW_STAGE_ENVRCPT;
-    case MGW_SMFIC_DATA: return MGW_STAGE_DATA;
-    case MGW_SMFIC_BODYEOB: return MGW_STAGE_EOM;
-    case MGW_SMFIC_EOH: return MGW_STAGE_EOH;
-    default: return -1;
-    }
 }
 
 /* ---- String lists ---- */
@@ -401,11 +329,11 @@ ssize_t mgw_milter_decode(const struct mgw_milter_decoder *d, const uint8_t *buf
     c.len = (size_t)flen - 1;
     c.off = 0;
     if (dir == MGW_MILTER_FROM_MILTER) {
-        if (milter_reply_name(m.cmd) == NULL)
+        if (mgw_milter_reply_info(m.cmd) == NULL)
             return MGW_EUNKNOWN_CMD;
         rc = decode_reply(&c, &m);
     } else {
-        if (mta_cmd_name(m.cmd) == NULL)
+        if (mgw_milter_cmd_info(m.cmd) == NULL)
             return MGW_EUNKNOWN_CMD;
         rc = decode_mta(&c, &m);
     }
@@ -568,7 +496,7 @@ static void put_payload(struct writer *w, const struct mgw_milter_msg *m)
         return;
     default:
         /* Payload-less commands and replies; anything else is not a milter byte. */
-        if (mta_cmd_name(m->cmd) == NULL && milter_reply_name(m->cmd) == NULL)
+        if (mgw_milter_cmd_info(m->cmd) == NULL && mgw_milter_reply_info(m->cmd) == NULL)
             w->bad = 1;
         return;
     }
@@ -620,20 +548,4 @@ ssize_t mgw_milter_encoded_len(const struct mgw_milter_msg *m)
     int rc = encode_frame(m, NULL, 0, &need);
 
     return rc != 0 ? rc : (ssize_t)need;
-}
-
-uint32_t mgw_milter_mod_action(uint8_t reply)
-{
-    switch (reply) {
-    case MGW_SMFIR_ADDHEADER:
-    case MGW_SMFIR_INSHEADER: return MGW_SMFIF_ADDHDRS;
-    case MGW_SMFIR_CHGHEADER: return MGW_SMFIF_CHGHDRS;
-    case MGW_SMFIR_REPLBODY: return MGW_SMFIF_CHGBODY;
-    case MGW_SMFIR_ADDRCPT: return MGW_SMFIF_ADDRCPT;
-    case MGW_SMFIR_ADDRCPT_PAR: return MGW_SMFIF_ADDRCPT_PAR;
-    case MGW_SMFIR_DELRCPT: return MGW_SMFIF_DELRCPT;
-    case MGW_SMFIR_CHGFROM: return MGW_SMFIF_CHGFROM;
-    case MGW_SMFIR_QUARANTINE: return MGW_SMFIF_QUARANTINE;
-    default: return 0;
-    }
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
+#include "mgw/milter_vocab.h"
 
 /* Bits a milter may set in its protocol answer. MDS bits are decided separately. */
 #define PROTOCOL_SETTABLE                                                                \
@@ -51,50 +52,29 @@ int mgw_negotiate(const struct mgw_milter_optneg *offer, const struct mgw_backen
     return 0;
 }
 
+/* The three lookups below read the command table (milter_vocab.c). */
+
 uint32_t mgw_negotiate_no_bit(uint8_t cmd)
 {
-    switch (cmd) {
-    case MGW_SMFIC_CONNECT: return MGW_SMFIP_NOCONNECT;
-    case MGW_SMFIC_HELO: return MGW_SMFIP_NOHELO;
-    case MGW_SMFIC_MAIL: return MGW_SMFIP_NOMAIL;
-    case MGW_SMFIC_RCPT: return MGW_SMFIP_NORCPT;
-    case MGW_SMFIC_DATA: return MGW_SMFIP_NODATA;
-    case MGW_SMFIC_HEADER: return MGW_SMFIP_NOHDRS;
-    case MGW_SMFIC_EOH: return MGW_SMFIP_NOEOH;
-    case MGW_SMFIC_BODY: return MGW_SMFIP_NOBODY;
-    case MGW_SMFIC_UNKNOWN: return MGW_SMFIP_NOUNKNOWN;
-    default: return 0;
-    }
+    const struct mgw_milter_cmd_info *c = mgw_milter_cmd_info(cmd);
+
+    return c != NULL ? c->no_bit : 0;
 }
 
 uint32_t mgw_negotiate_nr_bit(uint8_t cmd)
 {
-    switch (cmd) {
-    case MGW_SMFIC_CONNECT: return MGW_SMFIP_NR_CONN;
-    case MGW_SMFIC_HELO: return MGW_SMFIP_NR_HELO;
-    case MGW_SMFIC_MAIL: return MGW_SMFIP_NR_MAIL;
-    case MGW_SMFIC_RCPT: return MGW_SMFIP_NR_RCPT;
-    case MGW_SMFIC_DATA: return MGW_SMFIP_NR_DATA;
-    case MGW_SMFIC_HEADER: return MGW_SMFIP_NR_HDR;
-    case MGW_SMFIC_EOH: return MGW_SMFIP_NR_EOH;
-    case MGW_SMFIC_BODY: return MGW_SMFIP_NR_BODY;
-    case MGW_SMFIC_UNKNOWN: return MGW_SMFIP_NR_UNKN;
-    default: return 0;
-    }
+    const struct mgw_milter_cmd_info *c = mgw_milter_cmd_info(cmd);
+
+    return c != NULL ? c->nr_bit : 0;
 }
 
+/* A byte that is no command counts as answered, as it always has: the session never
+ * asks about one (the decoder refuses it first). */
 int mgw_negotiate_replies(uint32_t protocol, uint8_t cmd)
 {
-    switch (cmd) {
-    case MGW_SMFIC_OPTNEG:
-    case MGW_SMFIC_BODYEOB:
+    const struct mgw_milter_cmd_info *c = mgw_milter_cmd_info(cmd);
+
+    if (c == NULL)
         return 1;
-    case MGW_SMFIC_MACRO:
-    case MGW_SMFIC_ABORT:
-    case MGW_SMFIC_QUIT:
-    case MGW_SMFIC_QUIT_NC:
-        return 0;
-    default:
-        return (protocol & mgw_negotiate_nr_bit(cmd)) == 0;
-    }
+    return !c->unanswered && (protocol & c->nr_bit) == 0;
 }

@@ -23,19 +23,7 @@
 
 uint32_t mgw_policy_event_bit(uint8_t cmd)
 {
-    switch (cmd) {
-    case MGW_SMFIC_CONNECT: return MGW_POLICY_EV_CONNECT;
-    case MGW_SMFIC_HELO: return MGW_POLICY_EV_HELO;
-    case MGW_SMFIC_MAIL: return MGW_POLICY_EV_MAIL;
-    case MGW_SMFIC_RCPT: return MGW_POLICY_EV_RCPT;
-    case MGW_SMFIC_DATA: return MGW_POLICY_EV_DATA;
-    case MGW_SMFIC_HEADER: return MGW_POLICY_EV_HEADER;
-    case MGW_SMFIC_EOH: return MGW_POLICY_EV_EOH;
-    case MGW_SMFIC_BODY: return MGW_POLICY_EV_BODY;
-    case MGW_SMFIC_BODYEOB: return MGW_POLICY_EV_EOM;
-    case MGW_SMFIC_UNKNOWN: return MGW_POLICY_EV_UNKNOWN;
-    default: return 0;
-    }
+    return mgw_milter_cmd_event_bit(cmd);
 }
 
 /*
@@ -215,12 +203,11 @@ static void merge_verdict(uint8_t cmd, const struct mgw_policy_answer *answers, 
     }
     if (out->decider != MGW_POLICY_NONE) {
         const struct mgw_policy_answer *d = &answers[out->decider];
-        char want = out->kind == MGW_VERDICT_REJECT ? '5' : '4';
+        char want = mgw_verdict_reply_class(out->kind);
 
         out->failure_applied = d->state == MGW_POLICY_FAILED;
         /* A REPLYCODE of the wrong class would change the verdict at the MTA. */
-        if ((out->kind == MGW_VERDICT_REJECT || out->kind == MGW_VERDICT_TEMPFAIL) &&
-            d->reply != NULL && d->reply[0] == want)
+        if (want != 0 && d->reply != NULL && d->reply[0] == want)
             out->reply = d->reply;
     }
     keep_talking(cmd, answers, n, out);
@@ -657,9 +644,9 @@ ssize_t mgw_policy_format_reply(unsigned code, const char *enhanced, const char 
             buf[0] = '\0';
         return 0;
     }
-    if (kind != MGW_VERDICT_REJECT && kind != MGW_VERDICT_TEMPFAIL)
+    klass = mgw_verdict_reply_class(kind);
+    if (klass == 0)
         return MGW_EINVAL;
-    klass = kind == MGW_VERDICT_REJECT ? '5' : '4';
     if (code == 0)
         code = kind == MGW_VERDICT_REJECT ? 550 : 451;
     if (code / 100 != (unsigned)(klass - '0') || (code / 10) % 10 > 5)
@@ -715,23 +702,6 @@ ssize_t mgw_policy_format_reply(unsigned code, const char *enhanced, const char 
 }
 
 /* ---- Negotiation union ---- */
-
-/* Events with NO_x / NR_x bits. EOM has neither: it can be neither disabled nor left
- * unanswered. */
-static const struct {
-    uint8_t cmd;
-    uint32_t no, nr;
-} steps[] = {
-    {MGW_SMFIC_CONNECT, MGW_SMFIP_NOCONNECT, MGW_SMFIP_NR_CONN},
-    {MGW_SMFIC_HELO, MGW_SMFIP_NOHELO, MGW_SMFIP_NR_HELO},
-    {MGW_SMFIC_MAIL, MGW_SMFIP_NOMAIL, MGW_SMFIP_NR_MAIL},
-    {MGW_SMFIC_RCPT, MGW_SMFIP_NORCPT, MGW_SMFIP_NR_RCPT},
-    {MGW_SMFIC_DATA, MGW_SMFIP_NODATA, MGW_SMFIP_NR_DATA},
-    {MGW_SMFIC_HEADER, MGW_SMFIP_NOHDRS, MGW_SMFIP_NR_HDR},
-    {MGW_SMFIC_EOH, MGW_SMFIP_NOEOH, MGW_SMFIP_NR_EOH},
-    {MGW_SMFIC_BODY, MGW_SMFIP_NOBODY, MGW_SMFIP_NR_BODY},
-    {MGW_SMFIC_UNKNOWN, MGW_SMFIP_NOUNKNOWN, MGW_SMFIP_NR_UNKN},
-};
 
 static int is_space(char c)
 {
@@ -839,8 +809,11 @@ ssize_t mgw_policy_union_needs(const struct mgw_policy_decl *decls, size_t n,
 
     memset(out, 0, sizeof *out);
     out->protocol = MGW_SMFIP_SKIP;
-    for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
-        uint32_t bit = mgw_policy_event_bit(steps[s].cmd);
+    /* Every event with NO_x / NR_x bits; EOM has neither (the command table gives it 0s):
+     * it can be neither disabled nor left unanswered. */
+    for (int e = 0; e < MGW_MILTER_EV_SUBSCRIBABLE; e++) {
+        const struct mgw_milter_cmd_info *c = mgw_milter_cmd_info(mgw_milter_event_cmd(e));
+        uint32_t bit = 1u << e;
         int received = 0, answered = 0;
 
         for (size_t i = 0; i < n; i++) {
@@ -851,7 +824,7 @@ ssize_t mgw_policy_union_needs(const struct mgw_policy_decl *decls, size_t n,
             received |= (decls[i].events & bit) != 0;
             answered |= (waits & bit) != 0;
         }
-        out->protocol |= (received ? 0 : steps[s].no) | (answered ? 0 : steps[s].nr);
+        out->protocol |= (received ? 0 : c->no_bit) | (answered ? 0 : c->nr_bit);
     }
 
     for (size_t i = 0; i < n; i++) {
@@ -882,17 +855,17 @@ void mgw_policy_effective_decl(const struct mgw_policy_decl *d,
                                const struct mgw_milter_optneg *negotiated,
                                struct mgw_policy_decl *out)
 {
-    static const char optional[] = "CHMRTLNBU"; /* E always comes */
-
     *out = *d;
-    for (const char *c = optional; *c; c++) {
-        uint32_t no = mgw_negotiate_no_bit((uint8_t)*c);
+    for (int e = 0; e < MGW_MILTER_EV_SUBSCRIBABLE; e++) {
+        uint8_t c = mgw_milter_event_cmd(e);
+        uint32_t no = mgw_negotiate_no_bit(c);
         /* An MTA that cannot suppress UNKNOWN or DATA predates those events. */
-        int predates = (*c == MGW_SMFIC_UNKNOWN || *c == MGW_SMFIC_DATA) &&
-                       !(offered->protocol & no);
+        int predates = (c == MGW_SMFIC_UNKNOWN || c == MGW_SMFIC_DATA) && !(offered->protocol & no);
 
+        if (no == 0)
+            continue; /* E: always comes */
         if ((negotiated->protocol & no) || predates)
-            out->events &= ~mgw_policy_event_bit((uint8_t)*c);
+            out->events &= ~(1u << e);
     }
     out->observe_only &= out->events;
     out->actions &= negotiated->actions;

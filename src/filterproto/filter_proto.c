@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/xmalloc.h"
 
 /* ---- scratch arena ---- */
@@ -290,37 +291,57 @@ void mgw_proto_event_body(struct mgw_proto_event *pe, uint64_t id, const uint8_t
 
 /* ---- declarations ---- */
 
-static const uint8_t event_cmds[] = {0,
-                                     MGW_SMFIC_CONNECT, MGW_SMFIC_HELO, MGW_SMFIC_MAIL,
-                                     MGW_SMFIC_RCPT, MGW_SMFIC_DATA, MGW_SMFIC_HEADER,
-                                     MGW_SMFIC_EOH, MGW_SMFIC_BODY, MGW_SMFIC_BODYEOB,
-                                     MGW_SMFIC_UNKNOWN};
+/*
+ * filter.proto's EventType lists the subscribable events in the order of enum
+ * mgw_milter_event, from 1 (0 is UNSPECIFIED): translating is "+ 1" one way and "- 1"
+ * the other, and the command table (milter_vocab.h) knows the rest. Checked here, one
+ * assertion per event, so that a reordered proto fails the build.
+ */
+#define PROTO_EV(name) MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_##name
+_Static_assert(PROTO_EV(CONNECT) == MGW_MILTER_EV_CONNECT + 1, "EventType CONNECT");
+_Static_assert(PROTO_EV(HELO) == MGW_MILTER_EV_HELO + 1, "EventType HELO");
+_Static_assert(PROTO_EV(MAIL) == MGW_MILTER_EV_MAIL + 1, "EventType MAIL");
+_Static_assert(PROTO_EV(RCPT) == MGW_MILTER_EV_RCPT + 1, "EventType RCPT");
+_Static_assert(PROTO_EV(DATA) == MGW_MILTER_EV_DATA + 1, "EventType DATA");
+_Static_assert(PROTO_EV(HEADER) == MGW_MILTER_EV_HEADER + 1, "EventType HEADER");
+_Static_assert(PROTO_EV(EOH) == MGW_MILTER_EV_EOH + 1, "EventType EOH");
+_Static_assert(PROTO_EV(BODY) == MGW_MILTER_EV_BODY + 1, "EventType BODY");
+_Static_assert(PROTO_EV(EOM) == MGW_MILTER_EV_EOM + 1, "EventType EOM");
+_Static_assert(PROTO_EV(UNKNOWN) == MGW_MILTER_EV_UNKNOWN + 1, "EventType UNKNOWN");
+#undef PROTO_EV
+
+/* The command letter of EventType t, or 0 (UNSPECIFIED, out of range). */
+static uint8_t event_type_cmd(Miltergw__V1__EventType t)
+{
+    if ((unsigned)t < 1 || (unsigned)t > MGW_MILTER_EV_SUBSCRIBABLE)
+        return 0;
+    return mgw_milter_event_cmd((int)t - 1);
+}
 
 static uint32_t event_bit(Miltergw__V1__EventType t)
 {
-    return (unsigned)t < sizeof event_cmds ? mgw_policy_event_bit(event_cmds[t]) : 0;
+    return mgw_policy_event_bit(event_type_cmd(t));
 }
-
-/* filter.proto Action -> SMFIF_*, indexed by the enum value. */
-static const uint32_t action_flags[] = {
-    0, MGW_SMFIF_ADDHDRS, MGW_SMFIF_CHGHDRS, MGW_SMFIF_CHGBODY, MGW_SMFIF_ADDRCPT,
-    MGW_SMFIF_DELRCPT, MGW_SMFIF_QUARANTINE, MGW_SMFIF_CHGFROM, MGW_SMFIF_ADDRCPT_PAR,
-};
-#define NACTIONS (sizeof action_flags / sizeof action_flags[0])
 
 /* EventType -> macro stage (SMFIM_*), or -1 for events without one. */
 static int stage_of(Miltergw__V1__EventType t)
 {
-    switch (t) {
-    case MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_CONNECT: return MGW_STAGE_CONNECT;
-    case MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_HELO: return MGW_STAGE_HELO;
-    case MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_MAIL: return MGW_STAGE_ENVFROM;
-    case MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_RCPT: return MGW_STAGE_ENVRCPT;
-    case MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_DATA: return MGW_STAGE_DATA;
-    case MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_EOH: return MGW_STAGE_EOH;
-    case MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_EOM: return MGW_STAGE_EOM;
-    default: return -1;
-    }
+    return mgw_milter_stage_of_cmd(event_type_cmd(t));
+}
+
+/* Macro stage -> the EventType that carries its macros. */
+static Miltergw__V1__EventType stage_event(int stage)
+{
+    return (Miltergw__V1__EventType)(mgw_milter_cmd_event(mgw_milter_stage_cmd(stage)) + 1);
+}
+
+/* Room for every Action: the action table has a row per SMFIF_* bit. */
+static size_t action_count(void)
+{
+    size_t n;
+
+    (void)mgw_milter_actions(&n);
+    return n;
 }
 
 static size_t put_varint(uint8_t *buf, uint64_t v)
@@ -361,8 +382,7 @@ void mgw_proto_decl_from_description(const Miltergw__V1__Description *d,
     for (size_t i = 0; i < d->n_observe_only; i++)
         out->observe_only |= event_bit(d->observe_only[i]);
     for (size_t i = 0; i < d->n_actions; i++)
-        if ((unsigned)d->actions[i] < NACTIONS)
-            out->actions |= action_flags[d->actions[i]];
+        out->actions |= mgw_milter_action_of_proto(d->actions[i]);
     for (size_t i = 0; i < d->n_macros; i++) {
         const Miltergw__V1__MacroRequest *mr = d->macros[i];
         int st = stage_of(mr->stage);
@@ -397,12 +417,14 @@ void mgw_proto_decl_from_description(const Miltergw__V1__Description *d,
 static void description_of(Miltergw__V1__Description *d, struct mgw_proto_scratch *sc,
                            const struct mgw_policy_decl *decl)
 {
-    Miltergw__V1__EventType *ev = mgw_proto_scratch_alloc(sc, 11 * sizeof *ev);
-    Miltergw__V1__EventType *obs = mgw_proto_scratch_alloc(sc, 11 * sizeof *obs);
-    Miltergw__V1__Action *act = mgw_proto_scratch_alloc(sc, NACTIONS * sizeof *act);
+    Miltergw__V1__EventType *ev =
+        mgw_proto_scratch_alloc(sc, (MGW_MILTER_EV_SUBSCRIBABLE + 1) * sizeof *ev);
+    Miltergw__V1__EventType *obs =
+        mgw_proto_scratch_alloc(sc, (MGW_MILTER_EV_SUBSCRIBABLE + 1) * sizeof *obs);
+    Miltergw__V1__Action *act = mgw_proto_scratch_alloc(sc, action_count() * sizeof *act);
 
     miltergw__v1__description__init(d);
-    for (unsigned t = 1; t < sizeof event_cmds; t++) {
+    for (unsigned t = 1; t <= MGW_MILTER_EV_SUBSCRIBABLE; t++) {
         if (decl->events & event_bit((Miltergw__V1__EventType)t))
             ev[d->n_events++] = (Miltergw__V1__EventType)t;
         if (decl->events & decl->observe_only & event_bit((Miltergw__V1__EventType)t))
@@ -410,19 +432,16 @@ static void description_of(Miltergw__V1__Description *d, struct mgw_proto_scratc
     }
     if (d->n_events == 0)
         ev[d->n_events++] = MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_UNSPECIFIED;
-    for (unsigned a = 1; a < NACTIONS; a++)
-        if (decl->actions & action_flags[a])
+    /* Action values are dense from 1 (test_filter_proto checks the enum against the
+     * action table), so the first one without a bit ends them. */
+    for (int a = 1; mgw_milter_action_of_proto(a) != 0; a++)
+        if (decl->actions & mgw_milter_action_of_proto(a))
             act[d->n_actions++] = (Miltergw__V1__Action)a;
     d->events = ev;
     d->observe_only = obs;
     d->actions = act;
     d->macros = mgw_proto_scratch_alloc(sc, MGW_STAGE_COUNT * sizeof *d->macros);
     for (int st = 0; st < MGW_STAGE_COUNT; st++) {
-        static const Miltergw__V1__EventType stage_event[MGW_STAGE_COUNT] = {
-            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_CONNECT, MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_HELO,
-            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_MAIL,    MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_RCPT,
-            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_DATA,    MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_EOM,
-            MILTERGW__V1__EVENT_TYPE__EVENT_TYPE_EOH};
         const char *l = decl->macros[st];
         Miltergw__V1__MacroRequest *mr;
         char *copy, *save = NULL;
@@ -432,7 +451,7 @@ static void description_of(Miltergw__V1__Description *d, struct mgw_proto_scratc
             continue;
         mr = mgw_proto_scratch_alloc(sc, sizeof *mr);
         miltergw__v1__macro_request__init(mr);
-        mr->stage = stage_event[st];
+        mr->stage = stage_event(st);
         copy = mgw_proto_scratch_alloc(sc, strlen(l) + 1);
         strcpy(copy, l);
         mr->names = mgw_proto_scratch_alloc(sc, (strlen(l) / 2 + 1) * sizeof *mr->names);

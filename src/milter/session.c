@@ -41,6 +41,7 @@
 #include "mgw/error.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/negotiate.h"
 #include "mgw/xmalloc.h"
 
@@ -324,7 +325,7 @@ static void send_simple(struct mgw_session *s, uint8_t cmd)
  * ignores a mismatched code or turns the reply into a protocol error. */
 static int reply_fits(enum mgw_verdict_kind kind, const char *reply)
 {
-    char want = kind == MGW_VERDICT_REJECT ? '5' : kind == MGW_VERDICT_TEMPFAIL ? '4' : 0;
+    char want = mgw_verdict_reply_class(kind);
 
     if (want == 0 || reply[0] != want)
         return 0;
@@ -364,8 +365,9 @@ static void count_message(uint8_t cmd, enum mgw_verdict_kind kind,
     if (cmd != MGW_SMFIC_BODYEOB) {
         if (kind == MGW_VERDICT_CONTINUE || kind == MGW_VERDICT_SKIP)
             return;
-        if (strchr("MTLNB", cmd) == NULL &&
-            !(cmd == MGW_SMFIC_RCPT && (kind == MGW_VERDICT_ACCEPT || kind == MGW_VERDICT_DISCARD)))
+        if (!mgw_milter_cmd_in_message(cmd))
+            return;
+        if (cmd == MGW_SMFIC_RCPT && kind != MGW_VERDICT_ACCEPT && kind != MGW_VERDICT_DISCARD)
             return;
     }
     for (size_t i = 0; i < nmods; i++)
@@ -418,11 +420,6 @@ static int session_unguard(struct mgw_session *s)
 
 static void session_on_done(void *arg, const struct mgw_verdict *v)
 {
-    static const uint8_t verdict_cmd[] = {
-        [MGW_VERDICT_CONTINUE] = MGW_SMFIR_CONTINUE, [MGW_VERDICT_ACCEPT] = MGW_SMFIR_ACCEPT,
-        [MGW_VERDICT_REJECT] = MGW_SMFIR_REJECT,     [MGW_VERDICT_TEMPFAIL] = MGW_SMFIR_TEMPFAIL,
-        [MGW_VERDICT_DISCARD] = MGW_SMFIR_DISCARD,   [MGW_VERDICT_SKIP] = MGW_SMFIR_SKIP,
-    };
     struct mgw_session *s = arg;
     uint8_t cmd = s->awaiting;
     enum mgw_verdict_kind kind;
@@ -462,7 +459,7 @@ static void session_on_done(void *arg, const struct mgw_verdict *v)
             log_warn(s->sid, "reply text dropped", "verdict=%s reply=%s", mgw_verdict_name(kind),
                      mgw_log_quote(q, sizeof q, v->reply, strlen(v->reply)));
         }
-        out[n].cmd = verdict_cmd[kind];
+        out[n].cmd = mgw_verdict_reply(kind);
     }
     n++;
     log_debug(s->sid, "answer", "event=%s verdict=%s mods=%zu",

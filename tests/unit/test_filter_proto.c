@@ -31,6 +31,7 @@
 #include "mgw/error.h"
 #include "mgw/filter_proto.h"
 #include "mgw/milter_codec.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/policy.h"
 
 
@@ -1734,10 +1735,63 @@ static void test_batches_are_packed_messages_behind_prefixes(void **state)
     miltergw__v1__reply__free_unpacked(rback, NULL);
 }
 
+/* filter.proto's EventType and Action enums spell the vocabulary tables' labels and keys
+ * in capitals: the translation by number (event + 1, Action -> SMFIF_*) names the same
+ * thing on both sides. */
+static void test_proto_enums_name_the_vocabulary_rows(void **state)
+{
+    const ProtobufCEnumDescriptor *ev = &miltergw__v1__event_type__descriptor;
+    const ProtobufCEnumDescriptor *ac = &miltergw__v1__action__descriptor;
+    const struct mgw_milter_action_info *rows;
+    size_t nrows, nproto = 0;
+    char want[64];
+
+    (void)state;
+    for (int e = 0; e < MGW_MILTER_EV_SUBSCRIBABLE; e++) {
+        const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(ev, e + 1);
+        const char *label = mgw_milter_event_label(e);
+        size_t k = (size_t)snprintf(want, sizeof want, "EVENT_TYPE_");
+
+        for (const char *p = label; *p && k + 1 < sizeof want; p++)
+            want[k++] = *p >= 'a' && *p <= 'z' ? (char)(*p - 'a' + 'A') : *p;
+        want[k] = '\0';
+        if (v == NULL || strcmp(v->name, want) != 0)
+            case_failed("each EventType is an event of the vocabulary, plus one",
+                        "event %d: got %s, want %s", e, v ? v->name : "(none)", want);
+    }
+    if (ev->n_values != MGW_MILTER_EV_SUBSCRIBABLE + 1)
+        case_failed("EventType has exactly the subscribable events", "got %u values, want %d",
+                    ev->n_values, MGW_MILTER_EV_SUBSCRIBABLE + 1);
+
+    rows = mgw_milter_actions(&nrows);
+    for (size_t i = 0; i < nrows; i++) {
+        const ProtobufCEnumValue *v;
+        size_t k;
+
+        if (rows[i].proto == 0)
+            continue;
+        nproto++;
+        v = protobuf_c_enum_descriptor_get_value(ac, rows[i].proto);
+        k = (size_t)snprintf(want, sizeof want, "ACTION_");
+        for (const char *p = rows[i].key; *p && k + 1 < sizeof want; p++)
+            want[k++] = *p >= 'a' && *p <= 'z' ? (char)(*p - 'a' + 'A') : *p;
+        want[k] = '\0';
+        if (v == NULL || strcmp(v->name, want) != 0)
+            case_failed("each Action value is the action of the same key",
+                        "%s = %d: got %s, want %s", rows[i].name, rows[i].proto,
+                        v ? v->name : "(none)", want);
+    }
+    if (ac->n_values != nproto + 1)
+        case_failed("Action has exactly the actions with a key", "got %u values, want %zu",
+                    ac->n_values, nproto + 1);
+    end_table();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scratch_reset_keeps_one_chunk_and_free_none),
+        cmocka_unit_test(test_proto_enums_name_the_vocabulary_rows),
         cmocka_unit_test(test_milter_commands_become_events),
         cmocka_unit_test(test_strings_become_valid_utf8),
         cmocka_unit_test(test_commands_that_are_no_event_are_refused),
