@@ -52,6 +52,7 @@
 #include "mgw/grpc_pump.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/owed.h"
 #include "mgw/phase_msg.h"
 #include "mgw/policy.h"
@@ -244,11 +245,6 @@ static void bridge_needs(void *impl, struct mgw_backend_needs *out)
 static size_t stream_index(const struct stream *st)
 {
     return st->f->index;
-}
-
-static int is_message_event(uint8_t cmd)
-{
-    return strchr("MRTLNBE", cmd) != NULL;
 }
 
 /* The filter's part in the current event is over with its failure verdict. The caller
@@ -560,7 +556,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
     int was_dispatching = bs->dispatching;
 
     /* A refused message ends where answering each event would have ended it. */
-    if (bs->doomed && is_message_event(cmd))
+    if (bs->doomed && mgw_milter_cmd_in_message(cmd))
         return;
     bs->dispatching = 1;
     for (size_t i = 0; i < bs->b->nfilters; i++) {
@@ -572,7 +568,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
         if (f->l.conf.phase != phase)
             continue;
         receives = (bs->decls[i].events & bit) && !st->retired_conn &&
-                       !(is_message_event(cmd) && st->retired_msg) &&
+                       !(mgw_milter_cmd_in_message(cmd) && st->retired_msg) &&
                        !(cmd == MGW_SMFIC_BODY && st->skip_body);
         int answers = receives && !(bs->decls[i].observe_only & bit);
         int waited_for = answers && want_reply && !f->l.conf.shadow;
@@ -621,7 +617,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
 /* The MTA's wait also holds the content answers filters still owe (rule 7). */
 static void hold_draining(struct bsession *bs, uint8_t cmd)
 {
-    for (size_t i = 0; i < bs->b->nfilters && is_message_event(cmd); i++) {
+    for (size_t i = 0; i < bs->b->nfilters && mgw_milter_cmd_in_message(cmd); i++) {
         struct answer *a = &bs->ans[i];
 
         if (!a->pending && bs->streams[i]->t.owed.deferred > 0) {
@@ -795,7 +791,7 @@ static int phase_next(struct bsession *bs)
     struct replay rp;
 
     if (b->nphases == 1 || (mgw_policy_event_bit(cmd) & MGW_POLICY_EV_CONTENT) ||
-        (bs->fate != NULL && is_message_event(cmd)) ||
+        (bs->fate != NULL && mgw_milter_cmd_in_message(cmd)) ||
         (eom && mgw_phase_msg_broken(bs->pm)))
         return 0;
     pa = mgw_xcalloc(n, sizeof *pa);
@@ -841,7 +837,7 @@ static void complete_event(struct bsession *bs)
     int message_over = cmd == MGW_SMFIC_BODYEOB || bs->have_eom_after_body;
     /* A refused content event decides instead (rule 7); its texts live until `done`. */
     struct mgw_policy_result fate;
-    int fated = bs->fate != NULL && is_message_event(cmd) &&
+    int fated = bs->fate != NULL && mgw_milter_cmd_in_message(cmd) &&
                 mgw_policy_deferred_fate(bs->fate, n, &fate, &fate_cmd);
     struct mgw_policy_deferred *fate_mem = NULL;
     char **fate_text = NULL;
@@ -951,7 +947,7 @@ static void phase_record(struct bsession *bs, const struct mgw_event *ev)
         mgw_phase_msg_reset(bs->pm);
         bs->pm_stale = 0;
     }
-    if (!is_message_event(cmd) || mgw_phase_msg_record(bs->pm, ev) == 0 || was_broken)
+    if (!mgw_milter_cmd_in_message(cmd) || mgw_phase_msg_record(bs->pm, ev) == 0 || was_broken)
         return;
     log_warn(bs->sid, "message too large to hold for later phases",
              "event=%s outcome=tempfail_at_eom", event_name(cmd));
@@ -1005,7 +1001,7 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         return 0;
     }
     /* Streamed content of a refused message goes nowhere (rule 7): not even packed. */
-    if (!want_reply && bs->doomed && is_message_event(m->cmd))
+    if (!want_reply && bs->doomed && mgw_milter_cmd_in_message(m->cmd))
         return 0;
     id = bs->next_id++;
     if (mgw_proto_event_build(&pe, &bs->b->sc, id, ev) < 0)

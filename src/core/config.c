@@ -40,6 +40,7 @@
 #include "mgw/error.h"
 #include "mgw/listen_spec.h"
 #include "mgw/milter_codec.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/xmalloc.h"
 
 #define NELEM(a)        (sizeof(a) / sizeof((a)[0]))
@@ -975,18 +976,8 @@ static int convert_table(struct ctx *x, const char *prefix, const struct setting
 
 /* ---- The declaration override ---- */
 
-static const char *const event_names[] = {"connect", "helo", "mail", "rcpt",    "data", "header",
-                                          "eoh",     "body", "eom",  "unknown", NULL}; /* bit i */
-
-static const char *const action_names[] = {"add_header", "change_header",      "replace_body",
-                                           "add_rcpt",   "add_rcpt_with_args", "delete_rcpt",
-                                           "quarantine", "change_from",        NULL};
-static const uint32_t action_bits[] = {
-    MGW_SMFIF_ADDHDRS,     MGW_SMFIF_CHGHDRS, MGW_SMFIF_CHGBODY,    MGW_SMFIF_ADDRCPT,
-    MGW_SMFIF_ADDRCPT_PAR, MGW_SMFIF_DELRCPT, MGW_SMFIF_QUARANTINE, MGW_SMFIF_CHGFROM};
-#define ACTIONS_ALL                                                                                \
-    (MGW_SMFIF_ADDHDRS | MGW_SMFIF_CHGHDRS | MGW_SMFIF_CHGBODY | MGW_SMFIF_ADDRCPT |               \
-     MGW_SMFIF_ADDRCPT_PAR | MGW_SMFIF_DELRCPT | MGW_SMFIF_QUARANTINE | MGW_SMFIF_CHGFROM)
+/* Every key a declaration accepts. SETSYMLIST is the gateway's own business. */
+#define ACTIONS_ALL (MGW_SMFI_CURR_ACTS & ~MGW_SMFIF_SETSYMLIST)
 
 /* The macro lists of a declaration, one per stage key. */
 /* clang-format off */
@@ -1044,8 +1035,25 @@ static int list_bits(struct ctx *x, const char *path, char *const *list, unsigne
 static int convert_declare(struct ctx *x, const char *prefix, const struct raw_declare *d,
                            struct mgw_filter_conf *f)
 {
+    /* The vocabulary tables (milter_vocab.h) as list_bits() wants them: event labels by
+     * bit, and action keys with their bits, each NULL-terminated. */
+    const char *event_names[MGW_MILTER_EV_SUBSCRIBABLE + 1] = {NULL};
+    const char *action_names[16] = {NULL};
+    uint32_t action_bits[16] = {0};
+    const struct mgw_milter_action_info *acts;
     char path[160], item[200], q[100];
+    size_t nacts, na = 0;
     int r;
+
+    for (int e = 0; e < MGW_MILTER_EV_SUBSCRIBABLE; e++)
+        event_names[e] = mgw_milter_event_label(e);
+    acts = mgw_milter_actions(&nacts);
+    for (size_t i = 0; i < nacts && na + 1 < NELEM(action_names); i++) {
+        if (acts[i].key != NULL) {
+            action_names[na] = acts[i].key;
+            action_bits[na++] = acts[i].bit;
+        }
+    }
 
     f->has_decl = true;
     snprintf(path, sizeof path, "%sdeclare.events", prefix);

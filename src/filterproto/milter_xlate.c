@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "mgw/error.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/negotiate.h"
 #include "mgw/xmalloc.h"
 
@@ -176,23 +177,17 @@ void mgw_xlate_offer(uint32_t actions, struct mgw_milter_optneg *out)
     out->protocol = MGW_SMFI_CURR_PROT & ~(MGW_SMFIP_RCPT_REJ | MGW_SMFIP_HDR_LEADSPC);
 }
 
-/* The events whose NO/NR bits a milter's protocol answer speaks of. */
-static const uint8_t event_cmds[] = {
-    MGW_SMFIC_CONNECT, MGW_SMFIC_HELO, MGW_SMFIC_MAIL, MGW_SMFIC_RCPT, MGW_SMFIC_DATA,
-    MGW_SMFIC_HEADER, MGW_SMFIC_EOH, MGW_SMFIC_BODY, MGW_SMFIC_UNKNOWN,
-};
-
 void mgw_xlate_decl(const struct mgw_milter_optneg *answer, struct mgw_policy_decl *out,
                     char *storage, size_t cap)
 {
     size_t used = 0;
 
     memset(out, 0, sizeof *out);
-    out->events = MGW_POLICY_EV_EOM;
-    for (size_t i = 0; i < sizeof event_cmds; i++) {
-        uint8_t c = event_cmds[i];
+    for (int e = 0; e < MGW_MILTER_EV_SUBSCRIBABLE; e++) {
+        uint8_t c = mgw_milter_event_cmd(e);
         uint32_t bit = mgw_policy_event_bit(c);
 
+        /* EOM has neither bit: every milter gets it and answers it. */
         if (answer->protocol & mgw_negotiate_no_bit(c))
             continue;
         out->events |= bit;
