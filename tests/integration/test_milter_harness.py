@@ -319,6 +319,19 @@ class ScriptMilterCase(unittest.TestCase):
         self.assertEqual(spaced[0]["value"], "   two spaces")  # leading space kept
         self.assertEqual(sm.find("verdict", stage="body")[0]["verdict"], "skip")
 
+    def test_symlist_limits_the_macros_postfix_sends(self):
+        sm = self.milter("--symlist", "mail:{mail_addr} i")
+        self.postfix(sm)
+        msg, _, _ = make_message("symlist", BODY)
+        res = self.session(["r@example.com"], msg)
+        self.pf.wait_delivered_id(queue_id(res["data"][1]))
+        self.assertEqual(sm.find("eom_done")[0]["errors"], [])
+        mail = sm.find("mail")[0]["macros"]
+        self.assertEqual(mail.get("{mail_addr}"), "sender@example.org")
+        self.assertNotIn("{mail_mailer}", mail)  # in Postfix's default milter_mail_macros
+        rcpt = sm.find("rcpt")[0]["macros"]
+        self.assertEqual(rcpt.get("{rcpt_addr}"), "r@example.com")  # other stages unchanged
+
     def test_actions_not_offered_close_the_connection(self):
         """libmilter will not ask for an action the MTA did not offer: it closes the
         connection during negotiation instead of replying (raw MTA side here)."""
