@@ -147,7 +147,8 @@ class MilterProcess:
 
 def stop_all(milters):
     """Stop several milters by PID at once: SIGTERM to every one first, then stop() each
-    (libmilter notices a stop request only at its next 5 s poll, so one by one adds up).
+    (OpenDKIM and OpenDMARC notice a stop request only at libmilter's next 5 s poll, so
+    one by one adds up).
     Raises one AssertionError naming every unexpected exit code, after stopping all."""
     for m in milters:
         if m.alive():

@@ -9,7 +9,7 @@ Usage:
   script_milter.py --socket inet:PORT@127.0.0.1 --record FILE [options]
 
 Readiness: once the socket listens it prints `listening socket=SPEC pid=N` on stdout (and
-writes the same line to --ready-file if given).
+writes the same line to --ready-file if given). SIGTERM/SIGINT/SIGHUP: exit 0 at once.
 
 Record lines (JSON objects, one per line, each one write(2) on an O_APPEND fd):
   {"conn": N, "event": E, "t": monotonic seconds, "macros": {name: value}, ...}
@@ -60,6 +60,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -433,7 +434,26 @@ def main(argv=None):
         os.rename(OPTS.ready_file + ".tmp", OPTS.ready_file)
     sys.stdout.write(line)
     sys.stdout.flush()
-    milter.main()
+    # libmilter notices SIGTERM only at its next poll (up to 5 s later). Its main loop runs
+    # in a thread here, so the signal reaches this (main) thread's Python handler at once,
+    # and every record is already written: exit 0 straight away.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: os._exit(0))
+    result = {}
+
+    def run():
+        try:
+            milter.main()
+        except Exception as e:  # noqa: BLE001
+            result["error"] = e
+
+    t = threading.Thread(target=run, name="libmilter", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(1)
+    if "error" in result:
+        sys.stderr.write("script_milter: %r\n" % (result["error"],))
+        return 1
     return 0
 
 
