@@ -23,12 +23,16 @@ Provides:
       parses its JSON lines, find()/wait_record() look for events
   postfix_milters(*milters) -> "inet:127.0.0.1:P1, inet:127.0.0.1:P2" for smtpd_milters
   stop_all(milters)  SIGTERM to all, then stop() each (checks exit codes)
+  milter_filter_arg(name, milter, **opts) -> "NAME=SPEC,kind=milter,k=v..." for miltergw
+  milter_filter_yaml(name, milter, **opts) -> {"name", "kind": "milter", "target", ...}
   message_bytes(sink_message, drop=()) -> a delivered message as bytes to send again
   auth_results(sink_message, authserv_id) -> [Authentication-Results values of that id]
 
 Each milter object has .port, .spec ("inet:127.0.0.1:PORT", Postfix and miltergw --filter
 style), .libmilter_spec ("inet:PORT@127.0.0.1", Sendmail/miltertest style), .pid,
-.alive(), .stop(expect=...), .log_text().
+.alive(), .stop(expect=...), .log_text(). Every class also takes unix=True: then it
+listens on a unix socket in its temp dir, .spec = .libmilter_spec = "unix:/path", .port
+is None.
 """
 import hashlib
 import json
@@ -88,33 +92,64 @@ def missing_tools():
     return out
 
 
+def unix_listening(path):
+    """True if a unix stream socket bound to `path` is listening (from /proc/net/unix,
+    without connecting: a connection would start a milter session)."""
+    try:
+        with open("/proc/net/unix") as f:
+            lines = f.readlines()[1:]
+    except OSError:
+        return os.path.exists(path)
+    for ln in lines:
+        f = ln.split()
+        # Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = accepting
+        if len(f) >= 8 and f[7] == path and int(f[3], 16) & 0x10000:
+            return True
+    return False
+
+
 class MilterProcess:
-    """A milter child process listening on 127.0.0.1:self.port."""
+    """A milter child process listening on 127.0.0.1:self.port, or with unix=True on the
+    unix socket self.socket_path (mode 0666 in a 0755 directory, so Postfix's smtpd, user
+    postfix, can connect; self.port is then None)."""
 
     ready_timeout = 15
     # the exit code SIGTERM normally gives (None: do not check)
     expected_exit = 0
 
-    def __init__(self, name, tmpdir=None):
+    def __init__(self, name, tmpdir=None, unix=False):
         self.name = name
         self.tmpdir = tmpdir or safe_tmpdir(name)
-        self.port = free_port()
-        self.spec = "inet:127.0.0.1:%d" % self.port
-        self.libmilter_spec = "inet:%d@127.0.0.1" % self.port
+        self.unix = unix
+        if unix:
+            self.port = None
+            self.socket_path = os.path.join(self.tmpdir, "%s.sock" % name)
+            self.spec = "unix:" + self.socket_path
+            self.libmilter_spec = "unix:" + self.socket_path
+            self.where = self.socket_path
+        else:
+            self.socket_path = None
+            self.port = free_port()
+            self.spec = "inet:127.0.0.1:%d" % self.port
+            self.libmilter_spec = "inet:%d@127.0.0.1" % self.port
+            self.where = "127.0.0.1:%d" % self.port
         self.log_path = os.path.join(self.tmpdir, "%s.log" % name)
         self.proc = None
 
     def argv(self):
         raise NotImplementedError
 
+    def listening(self):
+        return unix_listening(self.socket_path) if self.unix else port_listening(self.port)
+
     def ready(self):
-        return port_listening(self.port)
+        return self.listening()
 
     def start(self):
         self.proc = Proc(self.argv(), self.log_path, name=self.name).start()
         wait_for(lambda: self.ready() or not self.proc.alive(), self.ready_timeout,
-                 lambda: "%s to listen on %d; output:\n%s" % (self.name, self.port, self.proc.log_tail()))
-        if not self.proc.alive() or not port_listening(self.port):
+                 lambda: "%s to listen on %s; output:\n%s" % (self.name, self.where, self.proc.log_tail()))
+        if not self.proc.alive() or not self.listening():
             raise AssertionError("%s exited with %r before listening; output:\n%s"
                                  % (self.name, self.proc.p.returncode, self.proc.log_tail()))
         return self
@@ -171,6 +206,22 @@ def postfix_milters(*milters):
     return ", ".join(m.spec if isinstance(m, MilterProcess) else str(m) for m in milters)
 
 
+def milter_filter_arg(name, milter, **opts):
+    """The value of one miltergw `--filter` for a milter backend:
+    NAME=SPEC,kind=milter[,key=value...]; opts e.g. phase=2, on_error="tempfail",
+    timeout="5s", eom_timeout="30s", mode="shadow"."""
+    spec = milter.spec if isinstance(milter, MilterProcess) else str(milter)
+    return ",".join(["%s=%s" % (name, spec), "kind=milter"] + ["%s=%s" % kv for kv in opts.items()])
+
+
+def milter_filter_yaml(name, milter, **opts):
+    """The same as one entry of the YAML `filters:` list (for mgwtest.yaml_dump)."""
+    spec = milter.spec if isinstance(milter, MilterProcess) else str(milter)
+    entry = {"name": name, "kind": "milter", "target": spec}
+    entry.update(opts)
+    return entry
+
+
 def write_conf(path, items):
     """An opendkim/opendmarc style configuration file from (name, value) pairs."""
     with open(path, "w") as f:
@@ -206,10 +257,11 @@ class DkimKey:
 class OpenDkim(MilterProcess):
     """opendkim -f -x CONF with Socket inet:PORT@127.0.0.1, no syslog, no pid file."""
 
-    def __init__(self, name, conf, extra_conf=None, tmpdir=None, start=True):
-        super().__init__(name, tmpdir)
+    def __init__(self, name, conf, extra_conf=None, tmpdir=None, start=True, unix=False):
+        super().__init__(name, tmpdir, unix=unix)
         self.conf_path = os.path.join(self.tmpdir, "%s.conf" % name)
-        items = [("Socket", self.libmilter_spec), ("Syslog", "no"), ("UMask", "022"),
+        socket_spec = "local:" + self.socket_path if unix else self.libmilter_spec
+        items = [("Socket", socket_spec), ("Syslog", "no"), ("UMask", "000" if unix else "022"),
                  ("Background", "no")] + list(conf) + list((extra_conf or {}).items())
         write_conf(self.conf_path, items)
         if start:
@@ -224,13 +276,13 @@ class OpenDkimSigner(OpenDkim):
     InternalHosts), relaxed/simple, with key.selector."""
 
     def __init__(self, key, authserv_id="dkim.mgwtest", name="opendkim-sign", extra_conf=None,
-                 start=True):
+                 start=True, unix=False):
         self.key = key
         conf = [("Mode", "s"), ("Domain", key.domain), ("Selector", key.selector),
                 ("KeyFile", key.private_path), ("Canonicalization", "relaxed/simple"),
                 ("AuthservID", authserv_id)]
         self.authserv_id = authserv_id
-        super().__init__(name, conf, extra_conf, start=start)
+        super().__init__(name, conf, extra_conf, start=start, unix=unix)
 
 
 class OpenDkimVerifier(OpenDkim):
@@ -240,7 +292,7 @@ class OpenDkimVerifier(OpenDkim):
     treated as inbound."""
 
     def __init__(self, keys, authserv_id="dkim.mgwtest", name="opendkim-verify",
-                 extra_conf=None, start=True):
+                 extra_conf=None, start=True, unix=False):
         self.authserv_id = authserv_id
         tmpdir = safe_tmpdir(name)
         self.keys_path = os.path.join(tmpdir, "%s.keys" % name)
@@ -250,7 +302,7 @@ class OpenDkimVerifier(OpenDkim):
                 f.write("%s %s\n" % (dns_name, txt))
         conf = [("Mode", "v"), ("AuthservID", authserv_id), ("TestPublicKeys", self.keys_path),
                 ("InternalHosts", NOBODY_HOST), ("AlwaysAddARHeader", "yes")]
-        super().__init__(name, conf, extra_conf, tmpdir=tmpdir, start=start)
+        super().__init__(name, conf, extra_conf, tmpdir=tmpdir, start=start, unix=unix)
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,8 +318,8 @@ class OpenDmarc(MilterProcess):
 
     def __init__(self, dns=None, authserv_id="dmarc.mgwtest",
                  trusted_authserv_ids=("dkim.mgwtest",), name="opendmarc", extra_conf=None,
-                 start=True):
-        super().__init__(name)
+                 start=True, unix=False):
+        super().__init__(name, unix=unix)
         self.authserv_id = authserv_id
         self.dns = dict(dns or {})
         self.dns_path = os.path.join(self.tmpdir, "%s.dns" % name)
@@ -280,7 +332,8 @@ class OpenDmarc(MilterProcess):
         with open(self.ignore_path, "w") as f:
             f.write(NOBODY_HOST + "\n")
         self.conf_path = os.path.join(self.tmpdir, "%s.conf" % name)
-        items = [("Socket", self.libmilter_spec), ("Syslog", "false"), ("UMask", "022"),
+        socket_spec = "local:" + self.socket_path if unix else self.libmilter_spec
+        items = [("Socket", socket_spec), ("Syslog", "false"), ("UMask", "0" if unix else "022"),
                  ("AuthservID", authserv_id),
                  ("TrustedAuthservIDs", ",".join(trusted_authserv_ids)),
                  ("IgnoreHosts", self.ignore_path), ("TestDNSData", self.dns_path),
@@ -305,8 +358,8 @@ class ScriptMilter(MilterProcess):
 
     DIE_EXIT = 70
 
-    def __init__(self, *args, name="sm", macros=None, start=True):
-        super().__init__("script-milter-%s" % name)
+    def __init__(self, *args, name="sm", macros=None, start=True, unix=False):
+        super().__init__("script-milter-%s" % name, unix=unix)
         self.args = [str(a) for a in args]
         if macros is not None:
             self.args += ["--macros", ",".join(macros)]
@@ -320,7 +373,7 @@ class ScriptMilter(MilterProcess):
                 "--record", self.record_path, "--name", self.name] + self.args
 
     def ready(self):
-        return "listening socket=" in self.log_text() and port_listening(self.port)
+        return "listening socket=" in self.log_text() and self.listening()
 
     def stop(self, expect="default", timeout=10):
         # a milter meant to die may still be up (the stage never came): then SIGTERM -> 0

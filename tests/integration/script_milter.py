@@ -427,6 +427,9 @@ def main(argv=None):
         milter.settimeout(OPTS.timeout)
     milter.register(OPTS.name, data=cb_data, unknown=cb_unknown, negotiate=cb_negotiate)
     milter.opensocket(True)
+    for prefix in ("unix:", "local:"):
+        if OPTS.socket.startswith(prefix):  # let the MTA's user (postfix) connect
+            os.chmod(OPTS.socket[len(prefix):], 0o666)
     line = "listening socket=%s pid=%d\n" % (OPTS.socket, os.getpid())
     if OPTS.ready_file:
         with open(OPTS.ready_file + ".tmp", "w") as f:

@@ -115,6 +115,26 @@ class DkimDmarc(unittest.TestCase):
         self.assertEqual(auth_results(got, "dmarc.mgwtest"),
                          ["dmarc.mgwtest; dmarc=fail (p=reject dis=none) header.from=example.org"])
 
+    def test_5_sign_verify_dmarc_in_one_chain(self):
+        """One Postfix, three smtpd_milters: a later milter sees what an earlier one added
+        (the signature), so the verifier passes it; the signer listens on a unix socket."""
+        signer = milters.OpenDkimSigner(self.key, name="opendkim-sign-unix", unix=True)
+        try:
+            self.assertTrue(signer.spec.startswith("unix:/"), signer.spec)
+            pf = mgwtest.PrivatePostfix(milters.postfix_milters(signer, self.verifier, self.dmarc))
+            try:
+                msg, _, _ = make_message("one chain", BODY)
+                qid, _ = send(pf, msg)
+                got = pf.wait_delivered_id(qid)
+            finally:
+                pf.stop()
+        finally:
+            milters.stop_all([signer])
+        self.assertIsNotNone(got.header("DKIM-Signature"))
+        self.assertRegex(auth_results(got, "dkim.mgwtest")[0], r"; dkim=pass \(2048-bit key\) ")
+        self.assertEqual(auth_results(got, "dmarc.mgwtest"),
+                         ["dmarc.mgwtest; dmarc=pass (p=reject dis=none) header.from=example.org"])
+
 
 class ScriptMilterCase(unittest.TestCase):
     """One private Postfix per test, calling the script milters the test starts."""
@@ -129,8 +149,8 @@ class ScriptMilterCase(unittest.TestCase):
             self.pf.stop()
         milters.stop_all(self.milters)
 
-    def milter(self, *args, name="sm"):
-        m = milters.ScriptMilter(*args, name=name)
+    def milter(self, *args, name="sm", unix=False):
+        m = milters.ScriptMilter(*args, name=name, unix=unix)
         self.milters.append(m)
         return m
 
@@ -172,6 +192,16 @@ class ScriptMilterCase(unittest.TestCase):
         self.assertEqual(sm.find("mail")[0]["macros"]["{mail_addr}"], "sender@example.org")
         self.assertEqual(sm.find("rcpt")[1]["macros"]["{rcpt_addr}"], "b@example.com")
         self.assertIn("j", sm.find("connect")[0]["macros"])
+
+    def test_unix_socket(self):
+        sm = self.milter("--addheader", "X-Via:unix socket", unix=True)
+        self.assertIsNone(sm.port)
+        self.postfix(sm)
+        msg, _, _ = make_message("unix", BODY)
+        res = self.session(["r@example.com"], msg)
+        got = self.pf.wait_delivered_id(queue_id(res["data"][1]))
+        self.assertEqual(got.header("X-Via"), "unix socket")
+        self.assertEqual(sm.find("connect")[0]["addr"], ["127.0.0.1", sm.find("connect")[0]["addr"][1]])
 
     # -- verdicts
 
