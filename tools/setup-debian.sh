@@ -5,15 +5,41 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# OpenDKIM, OpenDMARC and pymilter are real milters for the milter-backend tests
+# (tests/integration/milters.py), which run private instances of them on free loopback
+# ports with their own configuration: the packaged daemons must not run. Their maintainer
+# scripts start them through invoke-rc.d (on unix sockets under /run, no port), so unless
+# the image already has a policy-rc.d, one that denies every start is in place for the
+# install, and whatever still got started is stopped by the PID of its pid file.
+# opendmarc would also try to create a MySQL database through dbconfig-common: declined.
+echo "opendmarc opendmarc/dbconfig-install boolean false" | debconf-set-selections
+MGW_POLICY_RC=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# tools/setup-debian.sh: no service starts during install\nexit 101\n' \
+        >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    MGW_POLICY_RC=/usr/sbin/policy-rc.d
+    trap 'rm -f "$MGW_POLICY_RC"' EXIT
+fi
 apt-get update
 apt-get install -y --no-install-recommends \
     build-essential cmake pkg-config clang libclang-rt-14-dev \
     libevent-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
     libgrpc-dev libcmocka-dev libcyaml-dev libyaml-dev \
     postfix swaks miltertest libmilter-dev \
+    opendkim opendkim-tools opendmarc python3-milter \
     python3 python3-grpcio python3-protobuf protobuf-compiler-grpc \
     procps ca-certificates \
     podman buildah skopeo runc slirp4netns catatonit debootstrap shellcheck
+if [ -n "$MGW_POLICY_RC" ]; then
+    rm -f "$MGW_POLICY_RC"
+    trap - EXIT
+fi
+for pidfile in /run/opendkim/opendkim.pid /run/opendmarc/opendmarc.pid; do
+    if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        kill "$(cat "$pidfile")" || true
+    fi
+done
 # The Node.js example filter needs node and npm; many images ship them already (and a
 # packaged node that bundles npm conflicts with Debian's npm), so only install if absent.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
