@@ -35,6 +35,10 @@ struct mgw_phase_msg *mgw_phase_msg_new(size_t memory)
 
     pm->conf.body_mem_max = memory ? memory : MGW_PHASE_DEFAULT_MEMORY;
     pm->conf.ins_hidden = INS_HIDDEN;
+    /* tmpfile() ignores TMPDIR; a container with a read-only /tmp sets it. */
+    pm->conf.spill_dir = getenv("TMPDIR");
+    if (pm->conf.spill_dir != NULL && pm->conf.spill_dir[0] == '\0')
+        pm->conf.spill_dir = NULL;
     return pm;
 }
 
