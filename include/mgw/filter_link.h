@@ -60,11 +60,12 @@ struct mgw_filter_link {
 
 struct event_base;
 
-/* Copy the configuration, create the channel (none for a milter); no call yet. Returns 0, or -1 with a reason
- * in err (nothing left to clear). */
+/* Copy the configuration, create the channel (none for a milter); no call yet. Returns 0,
+ * or -1 with a reason in err (nothing left to clear). */
 int mgw_filter_link_init(struct mgw_filter_link *f, const struct mgw_filter_conf *c,
-                         struct event_base *base, struct mgw_grpc_pump *pump, void (*changed)(void *arg),
-                         void (*settled)(void *arg), void *arg, char *err, size_t errlen);
+                         struct event_base *base, struct mgw_grpc_pump *pump,
+                         void (*changed)(void *arg), void (*settled)(void *arg), void *arg,
+                         char *err, size_t errlen);
 
 /* Start the watch and the first Describe. Returns 1 if `settled` will be called (a
  * Describe was started), 0 if the declaration is the configuration's and final. */

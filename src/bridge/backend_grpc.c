@@ -1198,8 +1198,8 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
 
         f->b = b;
         f->index = i;
-        if (mgw_filter_link_init(&f->l, &filters[i], base, b->pump, on_decl_changed, on_decl_settled,
-                                 b, why, sizeof why) < 0) {
+        if (mgw_filter_link_init(&f->l, &filters[i], base, b->pump, on_decl_changed,
+                                 on_decl_settled, b, why, sizeof why) < 0) {
             snprintf(err, errlen, "filter %s: %s", filters[i].name, why);
             mgw_bridge_free((struct mgw_bridge *)b);
             return NULL;
