@@ -14,6 +14,14 @@
 
 #include "mgw/xmalloc.h"
 
+/* round_robin, with client-side health checking (grpc.health.v1 Watch, overall server
+ * status ""): an address whose filter says NOT_SERVING gets no new stream, while the
+ * streams it has go on - a pod being drained finishes its SMTP sessions and gets no new
+ * ones. A filter without the health service answers UNIMPLEMENTED, and gRPC then treats
+ * it as healthy. */
+#define ROUND_ROBIN_CONFIG \
+    "{\"loadBalancingConfig\":[{\"round_robin\":{}}],\"healthCheckConfig\":{\"serviceName\":\"\"}}"
+
 /* A whole (small) PEM file as a C string; NULL with a reason in err on failure. */
 static char *read_pem(const char *path, char *err, size_t errlen)
 {
@@ -103,8 +111,7 @@ grpc_channel *mgw_grpc_channel_new(const struct mgw_filter_conf *c, char *err, s
     if (c->load_balancing == MGW_LB_ROUND_ROBIN)
         a[args.num_args++] = (grpc_arg){.type = GRPC_ARG_STRING,
                                         .key = (char *)GRPC_ARG_SERVICE_CONFIG,
-                                        .value.string = (char *)"{\"loadBalancingConfig\":"
-                                                                "[{\"round_robin\":{}}]}"};
+                                        .value.string = (char *)ROUND_ROBIN_CONFIG};
     if (c->tls && c->tls_server_name != NULL)
         a[args.num_args++] = (grpc_arg){.type = GRPC_ARG_STRING,
                                         .key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,

@@ -68,6 +68,8 @@ enum tag_kind {
     TAG_CLOSE,        /* session: {RECV_CLOSE_ON_SERVER} */
     TAG_STATUS,       /* session: {SEND_STATUS_FROM_SERVER} */
     TAG_SHUTDOWN,     /* grpc_server_shutdown_and_notify */
+    TAG_WATCH_SEND,   /* health Watch: {SEND_INITIAL_METADATA?, SEND_MESSAGE} */
+    TAG_WATCH_CLOSE,  /* health Watch: {RECV_CLOSE_ON_SERVER} */
 };
 
 struct tag {
@@ -91,6 +93,17 @@ struct unary {
     grpc_call *call;
     grpc_byte_buffer *bb;
     int cancelled;
+};
+
+/* A grpc.health.v1.Health/Watch stream: the status is sent at once and on every change
+ * (--control health=...), until the client goes. */
+struct watch {
+    struct tag t_send, t_close;
+    grpc_call *call;
+    grpc_byte_buffer *send_bb;
+    int cancelled, outstanding, sent_status;
+    bool metadata_sent, closed;
+    struct watch *next;
 };
 
 /* A reply waiting to be sent, packed. */
@@ -132,12 +145,15 @@ static struct {
     struct session **heap;
     size_t heap_len, heap_cap;
     struct tag shutdown_tag;
+    struct watch *watches;
 } g = {.record_fd = -1};
 
 static atomic_int g_stop;
 /* --control: set by the signal thread on SIGUSR1, read by the main thread per event. */
 static atomic_uint g_ctl_delay_ms;
 static atomic_bool g_ctl_bogus;
+/* grpc.health.v1 ServingStatus: 1 SERVING (from the start), 2 NOT_SERVING. */
+static atomic_int g_ctl_health = 1;
 
 static void *xcalloc(size_t n, size_t size)
 {
@@ -869,6 +885,101 @@ static void describe(grpc_call *call, grpc_byte_buffer *payload)
     unary_answer(call, pack_bb(&d.base), GRPC_STATUS_OK, "");
 }
 
+/* ---- grpc.health.v1.Health: Check and Watch, for client-side health checking ----------- */
+
+/* HealthCheckResponse{status}: field 1, varint. The request (a service name) is not read:
+ * this server answers the same for every service. */
+static grpc_byte_buffer *health_response(int status)
+{
+    uint8_t b[2] = {0x08, (uint8_t)status};
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)b, sizeof b);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+
+    grpc_slice_unref(s);
+    return bb;
+}
+
+static void watch_send(struct watch *w)
+{
+    grpc_op ops[2];
+    size_t n = 0;
+    int status = atomic_load(&g_ctl_health);
+
+    if (w->send_bb != NULL || w->closed || w->sent_status == status)
+        return;
+    memset(ops, 0, sizeof ops);
+    if (!w->metadata_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        w->metadata_sent = true;
+    }
+    w->send_bb = health_response(status);
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = w->send_bb;
+    if (grpc_call_start_batch(w->call, ops, n, &w->t_send, NULL) != GRPC_CALL_OK) {
+        grpc_byte_buffer_destroy(w->send_bb);
+        w->send_bb = NULL;
+        return;
+    }
+    w->sent_status = status;
+    w->outstanding++;
+    printf("health watch sent status=%d\n", status); /* tests wait for it */
+    fflush(stdout);
+}
+
+static void watch_new(grpc_call *call)
+{
+    struct watch *w = xcalloc(1, sizeof *w);
+    grpc_op op;
+
+    w->t_send = (struct tag){.kind = TAG_WATCH_SEND, .owner = w};
+    w->t_close = (struct tag){.kind = TAG_WATCH_CLOSE, .owner = w};
+    w->call = call;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &w->cancelled;
+    if (grpc_call_start_batch(call, &op, 1, &w->t_close, NULL) != GRPC_CALL_OK) {
+        grpc_call_unref(call);
+        free(w);
+        return;
+    }
+    w->outstanding = 1;
+    w->next = g.watches;
+    g.watches = w;
+    g.live++;
+    watch_send(w);
+}
+
+static void on_watch_tag(struct tag *t, int ok)
+{
+    struct watch *w = t->owner, **pp;
+
+    w->outstanding--;
+    if (t->kind == TAG_WATCH_SEND) {
+        grpc_byte_buffer_destroy(w->send_bb);
+        w->send_bb = NULL;
+        if (!ok)
+            w->closed = true;
+        else
+            watch_send(w); /* the status may have changed meanwhile */
+    } else {
+        w->closed = true;
+    }
+    if (w->outstanding > 0)
+        return;
+    for (pp = &g.watches; *pp != w; pp = &(*pp)->next)
+        ;
+    *pp = w->next;
+    grpc_call_unref(w->call);
+    free(w);
+    g.live--;
+}
+
+static void health_update(void)
+{
+    for (struct watch *w = g.watches; w != NULL; w = w->next)
+        watch_send(w);
+}
+
 /* ---- new calls --------------------------------------------------------------------------- */
 
 static void post_request(struct request *r)
@@ -909,7 +1020,15 @@ static void on_new_call(struct request *r, int ok)
         switch (r->tag.kind) {
         case TAG_NEW_SESSION: session_new(r->call); break;
         case TAG_NEW_DESCRIBE: describe(r->call, r->payload); break;
-        default: unary_answer(r->call, NULL, GRPC_STATUS_UNIMPLEMENTED, "unknown method"); break;
+        default:
+            if (grpc_slice_str_cmp(r->details.method, "/grpc.health.v1.Health/Watch") == 0)
+                watch_new(r->call);
+            else if (grpc_slice_str_cmp(r->details.method, "/grpc.health.v1.Health/Check") == 0)
+                unary_answer(r->call, health_response(atomic_load(&g_ctl_health)),
+                             GRPC_STATUS_OK, "");
+            else
+                unary_answer(r->call, NULL, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
+            break;
         }
     } else if (r->payload) {
         grpc_byte_buffer_destroy(r->payload);
@@ -942,6 +1061,9 @@ static void run(void)
         }
         gpr_timespec deadline =
             g.heap_len ? ns_to_timespec(g.heap[0]->due) : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+        /* A health change comes from the signal thread: open watches look every 50 ms. */
+        if (g.watches != NULL && gpr_time_cmp(deadline, ns_to_timespec(now_ns() + 50000000)) > 0)
+            deadline = ns_to_timespec(now_ns() + 50000000);
         grpc_event ev = grpc_completion_queue_next(g.cq, deadline, NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) {
             g.cq_drained = true;
@@ -955,10 +1077,13 @@ static void run(void)
             case TAG_NEW_GENERIC: on_new_call(t->owner, ev.success); break;
             case TAG_UNARY_DONE: unary_done(t->owner); break;
             case TAG_SHUTDOWN: g.shutdown_seen = true; break;
+            case TAG_WATCH_SEND:
+            case TAG_WATCH_CLOSE: on_watch_tag(t, ev.success); break;
             default: on_session_tag(t, ev.success); break;
             }
         }
         fire_timers();
+        health_update();
     }
 }
 
@@ -977,18 +1102,25 @@ static void read_control(void)
     buf[n] = '\0';
     unsigned delay = atomic_load(&g_ctl_delay_ms);
     bool bogus = atomic_load(&g_ctl_bogus);
+    int health = atomic_load(&g_ctl_health);
     char *save = NULL;
     for (char *w = strtok_r(buf, " \t\r\n", &save); w; w = strtok_r(NULL, " \t\r\n", &save)) {
         if (strncmp(w, "delay-ms=", 9) == 0)
             delay = (unsigned)strtoul(w + 9, NULL, 10);
         else if (strncmp(w, "bogus=", 6) == 0)
             bogus = strtoul(w + 6, NULL, 10) != 0;
+        else if (strcmp(w, "health=serving") == 0)
+            health = 1;
+        else if (strcmp(w, "health=not-serving") == 0)
+            health = 2;
         else
             fprintf(stderr, "mgw_test_filter: --control: unknown word \"%s\"\n", w);
     }
     atomic_store(&g_ctl_delay_ms, delay);
     atomic_store(&g_ctl_bogus, bogus);
-    printf("control delay-ms=%u bogus=%d\n", delay, bogus ? 1 : 0);
+    atomic_store(&g_ctl_health, health);
+    printf("control delay-ms=%u bogus=%d health=%s\n", delay, bogus ? 1 : 0,
+           health == 1 ? "serving" : "not-serving");
     fflush(stdout);
 }
 

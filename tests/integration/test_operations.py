@@ -754,6 +754,71 @@ class OpsLoadBalancing(OpsCase):
         self.assertEqual(n1 + n2, self.CONNECTIONS, self.context())
         self.assertEqual(min(n1, n2), 0, "pick_first spread streams: %d / %d\n%s" % (n1, n2, self.context()))
 
+    def test_3_a_filter_turning_not_serving_drains_under_traffic(self):
+        """A pod being drained: its filter reports NOT_SERVING (grpc.health.v1) while SMTP
+        sessions are on it. Those finish on it; new sessions go to the other filter only;
+        no message is refused and none is lost."""
+        ctl = os.path.join(self.dir, "control-one")
+        write_file(ctl, "delay-ms=150\n")
+        f1 = self.filter("--add-header", "X-Lb:1", "--control", ctl, name="one")
+        f2 = self.filter("--add-header", "X-Lb:2", name="two")
+        f1.proc.p.send_signal(signal.SIGUSR1)  # slow: sessions are still on it at the switch
+        wait_for(lambda: "control delay-ms=150" in f1.log_text(), 10, "filter one slowed")
+        conf = {"name": "lb", "target": "ipv4:127.0.0.1:%d,127.0.0.1:%d" % (f1.port, f2.port),
+                "load_balancing": "round_robin"}
+        gw = self.gateway(self.config([conf]))
+        wait_for(lambda: gw.metric("miltergw_filter_channel_ready", filter="lb") == 1, 10, "channel READY")
+        wait_for(lambda: "health watch sent status=1" in f1.log_text(), 10, "gateway watching one")
+        subjects, results, lock = [], [], threading.Lock()
+
+        def long_session(k):
+            msgs = []
+            for i in range(4):
+                subject = "drain before %d.%d" % (k, i)
+                msgs.append(("sender@example.org", ["rcpt@example.com"], make_message(subject, BODY)[0]))
+                with lock:
+                    subjects.append(subject)
+            res = self.session(msgs)
+            with lock:
+                results.extend(res)
+        threads = [threading.Thread(target=long_session, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            # Round robin put some of the four sessions on filter one: switch while they run.
+            wait_for(lambda: len(f1.find("start")) >= 1 and len(f1.find("mail")) >= 1, 20,
+                     lambda: "a session on filter one\n" + self.context())
+            write_file(ctl, "delay-ms=150 health=not-serving\n")
+            f1.proc.p.send_signal(signal.SIGUSR1)
+            wait_for(lambda: "health watch sent status=2" in f1.log_text(), 10, "one not serving")
+            on_one = len(f1.find("start"))
+
+            # The gateway's picker follows the health stream asynchronously: wait until new
+            # sessions land on filter two (the event), then every later one must.
+            def lands_on_two():
+                before = len(f2.find("start"))
+                s = "drain probe %d" % len(subjects)
+                subjects.append(s)
+                self.assertDeliveredReply(self.send_one(s))
+                return len(f2.find("start")) > before
+            wait_for(lands_on_two, 20, lambda: "a new session on filter two\n" + self.context())
+            on_one = len(f1.find("start"))
+            after = ["drain after %d" % i for i in range(6)]
+            for s in after:
+                subjects.append(s)
+                self.assertDeliveredReply(self.send_one(s))
+        finally:
+            for t in threads:
+                t.join(60)
+        self.assertEqual(len(f1.find("start")), on_one,
+                         "a NOT_SERVING filter got new sessions\n" + self.context())
+        for r in results:  # the sessions that were on filter one when it turned finished there
+            self.assertDeliveredReply(r)
+        got = self.wait_subjects(subjects)
+        self.assertTrue(all(got[s].header("X-Lb") == "2" for s in after), self.context())
+        self.assertTrue(any(m.header("X-Lb") == "1" for s, m in got.items() if s.startswith("drain before")),
+                        "no session was on filter one when it turned\n" + self.context())
+
 
 # =========================================================================================
 # Configuration errors through the binary (no Postfix, no filter)
