@@ -679,6 +679,21 @@ static void log_drops(struct bsession *bs, const struct mgw_policy_drop *drops, 
     }
 }
 
+/* Merge the answers to the current event (policy.h): *mods gets the modifications to
+ * apply (allocated, room for `total`, the answers' count), the drops are logged. */
+static void merge(struct bsession *bs, const struct mgw_policy_answer *pa, size_t total,
+                  struct mgw_milter_msg **mods, struct mgw_policy_result *res)
+{
+    struct mgw_policy_drop *drops = mgw_xcalloc(total + 1, sizeof *drops);
+
+    *mods = mgw_xcalloc(total + 1, sizeof **mods);
+    if (mgw_policy_merge(bs->cmd, pa, bs->b->nfilters, *mods, total + 1, drops, total + 1,
+                         res) < 0)
+        mgw_panic("bridge: merge refused its input");
+    log_drops(bs, drops, res->ndrops < total + 1 ? res->ndrops : total + 1);
+    free(drops);
+}
+
 /* Rule 8, at the end: the net modifications of every phase replace the merged ones; a
  * message the held copy could not take is tempfailed (nothing was applied). */
 static void net_mods(struct bsession *bs, struct mgw_policy_result *res,
@@ -730,7 +745,6 @@ static int phase_apply(struct bsession *bs, unsigned phase)
     size_t n = b->nfilters, total = 0;
     struct mgw_policy_answer *pa = mgw_xcalloc(n, sizeof *pa);
     struct mgw_milter_msg *mods;
-    struct mgw_policy_drop *drops;
     struct mgw_policy_result res;
     int r;
 
@@ -740,18 +754,13 @@ static int phase_apply(struct bsession *bs, unsigned phase)
             pa[i].state = MGW_POLICY_NOT_ASKED;
         total += pa[i].nmods;
     }
-    mods = mgw_xcalloc(total + 1, sizeof *mods);
-    drops = mgw_xcalloc(total + 1, sizeof *drops);
-    if (mgw_policy_merge(bs->cmd, pa, n, mods, total + 1, drops, total + 1, &res) < 0)
-        mgw_panic("bridge: merge refused its input");
-    log_drops(bs, drops, res.ndrops < total + 1 ? res.ndrops : total + 1);
+    merge(bs, pa, total, &mods, &res);
     r = mgw_phase_msg_apply(bs->pm, mods, res.nmods < total + 1 ? res.nmods : total + 1);
     if (r < 0)
         log_warn(bs->sid, "phase modifications not applied", "phase=%u mods=%zu error=%d "
                  "outcome=tempfail", phase, res.nmods, r);
     free(pa);
     free(mods);
-    free(drops);
     return r < 0 ? -1 : 0;
 }
 
@@ -825,7 +834,6 @@ static void complete_event(struct bsession *bs)
     struct bridge *b = bs->b;
     size_t n = b->nfilters, total = 0;
     struct mgw_policy_answer *pa = mgw_xcalloc(n, sizeof *pa);
-    struct mgw_policy_drop *drops;
     struct mgw_milter_msg *mods;
     struct mgw_policy_result res;
     struct answer *ans = bs->ans;
@@ -874,11 +882,7 @@ static void complete_event(struct bsession *bs)
         policy_answer(bs, i, !net, &pa[i]);
         total += pa[i].nmods;
     }
-    mods = mgw_xcalloc(total + 1, sizeof *mods);
-    drops = mgw_xcalloc(total + 1, sizeof *drops);
-    if (mgw_policy_merge(cmd, pa, n, mods, total + 1, drops, total + 1, &res) < 0)
-        mgw_panic("bridge: merge refused its input");
-    log_drops(bs, drops, res.ndrops < total + 1 ? res.ndrops : total + 1);
+    merge(bs, pa, total, &mods, &res);
     if (fated) {
         res.kind = fate.kind;
         res.reply = fate.reply;
@@ -902,7 +906,6 @@ static void complete_event(struct bsession *bs)
         bs->have_eom_after_body = 0;
         free(pa);
         free(mods);
-        free(drops);
         release_answers(ans, n);
         bs->ans = mgw_xcalloc(n, sizeof *bs->ans);
         start_event(bs, MGW_SMFIC_BODYEOB, bs->eom_after_body, bs->eom_id);
@@ -929,7 +932,6 @@ static void complete_event(struct bsession *bs)
     release_answers(ans, n);
     free(pa);
     free(mods);
-    free(drops);
     for (size_t i = 0; fate_text != NULL && i < n; i++)
         free(fate_text[i]);
     free(fate_text);
