@@ -12,6 +12,7 @@ apt-get install -y --no-install-recommends \
     libgrpc-dev libcmocka-dev libcyaml-dev libyaml-dev \
     postfix swaks miltertest libmilter-dev \
     python3 python3-grpcio python3-protobuf protobuf-compiler-grpc \
+    python3-milter python3-pip python3-setuptools python3-wheel \
     procps ca-certificates \
     podman buildah skopeo runc slirp4netns catatonit debootstrap shellcheck
 # The Node.js example filter needs node and npm; many images ship them already (and a

@@ -436,7 +436,7 @@ class Session:
             self.in_message = True
         if kind in ("mail", "abort", "eom"):
             self.skipping = False
-        if kind in MACRO_KINDS:
+        if kind in MACRO_KINDS and ev.macros:  # as libmilter: a stage's list replaces the last
             ctx.macros[kind] = dict(ev.macros)
         if kind == "abort":
             if self.m is not None:
