@@ -128,10 +128,14 @@ class Stack:
         self.port = mgwtest.free_port()
         sock = "inet:%d@127.0.0.1" % self.port
         env = dict(os.environ)
-        if mode == "direct":
+        if os.path.isabs(milter):  # already in the form for this mode
+            path = milter
+            milter = os.path.basename(milter)
+        elif mode == "direct":
             path = os.path.join(MILTERS, milter)
         else:
             path = converted(milter, self.tmp)
+        if mode != "direct":
             env["PYTHONPATH"] = installed_sdk()
         self.gw = self.pf = self.milter = None
         try:
@@ -408,6 +412,61 @@ class MacroDirect(MacroMixin, unittest.TestCase):
 
 
 class MacroGateway(MacroMixin, unittest.TestCase):
+    mode = "gateway"
+
+
+# ------------------------------------------------------------------------------------------
+# The worked example of docs/filter-guide.md, as printed there, in both modes
+
+
+def guide_example(tmp, mode):
+    """The Python block of the guide's pymilter section; for direct mode with the import
+    changed back to pymilter's."""
+    with open(os.path.join(REPO, "docs", "filter-guide.md")) as f:
+        text = f.read()
+    section = text.split("## Python: pymilter-compatible package", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    if mode == "direct":
+        code = code.replace("\nimport miltergw.Milter as Milter\n", "\nimport Milter\n")
+    os.makedirs(os.path.join(tmp, "guide"), exist_ok=True)
+    path = os.path.join(tmp, "guide", "tagmilter.py")
+    with open(path, "w") as f:
+        f.write(code)
+    return path
+
+
+class GuideMixin:
+    mode = None
+
+    def test_guide_example(self):
+        tmp = mgwtest.make_tmpdir("sdkpy-guide-" + self.mode)
+        path = guide_example(tmp, self.mode)
+        st = Stack(self.mode, path, tmp=tmp)
+        try:
+            mark = st.mark()
+            msgs = [make_message(s, BODY) for s in ("plain", "please [hold] this", "[scrub] me")]
+            res = session(st.pf, [("sender@example.org", ["ok@example.com", "blocked@example.com"], m)
+                                  for m, _, _ in msgs])["tx"]
+            self.assertEqual(res[0]["rcpt"], [(250, "2.1.5 Ok"), (550, "5.7.1 This mailbox takes no mail\n"
+                                                                  "5.7.1 from 127.0.0.1")])
+            qids = [queue_id(r["data"][1]) for r in res]
+            got = st.pf.wait_delivered_id(qids[0])
+            self.assertEqual(got.rcpts, ["ok@example.com"])
+            self.assertEqual(got.headers[1:], list(msgs[0][1]) + [("X-Tagged", "queue id %s" % qids[0])])
+            self.assertEqual(got.body, lf(BODY))
+            st.pf.wait_maillog(r"%s: milter-hold: END-OF-MESSAGE" % qids[1])
+            got = st.pf.wait_delivered_id(qids[2])
+            self.assertEqual(got.body, b"This body was removed.\n")
+            self.assertEqual(st.gateway_complaints(mark), [])
+        finally:
+            st.stop()
+
+
+class GuideDirect(GuideMixin, unittest.TestCase):
+    mode = "direct"
+
+
+class GuideGateway(GuideMixin, unittest.TestCase):
     mode = "gateway"
 
 
