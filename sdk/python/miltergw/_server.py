@@ -586,9 +586,13 @@ def run(name, socketname, rmsock=True, ready=None):
         _running["event"] = stopping
     old = {}
     try:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=M.max_sessions,
+        # a thread per open stream, never a wait for one: past max_sessions concurrent
+        # calls a new stream is refused at once (RESOURCE_EXHAUSTED) and the gateway
+        # applies the filter's on_error, instead of the stream starving in a queue
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=M.max_sessions + 8,
                                                         thread_name_prefix="milter-grpc"),
-                             options=[("grpc.so_reuseport", 0)])
+                             options=[("grpc.so_reuseport", 0)],
+                             maximum_concurrent_rpcs=M.max_sessions)
         pb_grpc.add_FilterServicer_to_server(FilterServicer(name), server)
         health = grpcstd.Health([SERVICE])
         grpcstd.add_standard_services(server, health, [SERVICE])

@@ -461,7 +461,9 @@ _flags = CURR_ACTS
 _exception_policy = TEMPFAIL
 # Seconds runmilter lets open sessions finish after SIGTERM/SIGINT/SIGHUP or stop().
 stop_timeout = 5.0
-# The most concurrent SMTP connections served (one thread each, created on demand).
+# The most concurrent gRPC calls (SMTP connections, plus health Watch calls) served, each on
+# threads of its own created on demand; one more is refused (RESOURCE_EXHAUSTED) and the
+# gateway applies the filter's on_error to that connection. Set before runmilter.
 max_sessions = 1000
 _diag = [0, 0]  # instances created, instances closed
 
