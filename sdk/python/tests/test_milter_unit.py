@@ -416,6 +416,65 @@ class ConstantsTest(unittest.TestCase):
             self.assertEqual(getattr(Milter, n), getattr(milter, n), n)
 
 
+class ServerTest(unittest.TestCase):
+    """run() in a thread on 127.0.0.1:0, then Milter.stop(): Describe, Session, health,
+    the max_sessions limit (no MTA, no gateway: the gRPC side only)."""
+
+    def serve(self, factory, max_sessions=1000):
+        import grpc
+        import queue
+        import threading
+        from miltergw.v1 import filter_pb2_grpc
+        from miltergw._std import health_pb2
+        old = (Milter.factory, Milter.max_sessions)
+        Milter.factory, Milter.max_sessions = factory, max_sessions
+        ready = queue.Queue()
+        t = threading.Thread(target=S.run, args=("unit", "127.0.0.1:0"), kwargs={"ready": ready.put})
+        t.start()
+
+        def done():
+            Milter.stop()
+            t.join(30)
+            Milter.factory, Milter.max_sessions = old
+            self.assertFalse(t.is_alive())
+        self.addCleanup(done)
+        port = ready.get(timeout=30)
+        ch = grpc.insecure_channel("127.0.0.1:%d" % port)
+        self.addCleanup(ch.close)
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                               response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        return grpc, filter_pb2_grpc.FilterStub(ch), check, health_pb2
+
+    def test_session_over_grpc(self):
+        grpc, stub, check, hpb = self.serve(Recorder)
+        self.assertEqual(check(hpb.HealthCheckRequest(), timeout=10).status, hpb.HealthCheckResponse.SERVING)
+        d = stub.Describe(pb.DescribeRequest(), timeout=10)
+        self.assertEqual(d.name, "unit")
+        Recorder.log = []
+        events = [pb.Event(start=pb.SessionStart(effective=d)),
+                  ev(1, helo=pb.Helo(name="h")), ev(2, rcpt=pb.RcptTo(address="<bad@x>")),
+                  ev(3, header=pb.Header(name="A", value=b"b")), ev(4, {"i": "Q"}, eom=pb.EndOfMessage())]
+        replies = list(stub.Session(iter(events), timeout=10))
+        self.assertEqual([(r.event_id, r.verdict) for r in replies],
+                         [(1, pb.VERDICT_CONTINUE), (2, pb.VERDICT_REJECT), (4, pb.VERDICT_CONTINUE)])
+        self.assertEqual(Recorder.log[-1], ("close",))
+
+    def test_max_sessions_refuses_at_once(self):
+        grpc, stub, check, hpb = self.serve(Recorder, max_sessions=1)
+        import queue
+        q = queue.Queue()
+        q.put(pb.Event(start=pb.SessionStart()))
+        q.put(ev(1, helo=pb.Helo(name="h")))
+        first = stub.Session(iter(q.get, None), timeout=30)
+        self.assertEqual(next(first).event_id, 1)  # the first stream is open
+        with self.assertRaises(grpc.RpcError) as e:
+            list(stub.Session(iter([pb.Event(start=pb.SessionStart())]), timeout=10))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        q.put(None)  # half-close the first one: it ends normally
+        self.assertEqual(list(first), [])
+
+
 class StubsTest(unittest.TestCase):
     def test_generated_stubs_are_current(self):
         r = subprocess.run([sys.executable, os.path.join(SDK, "generate_stubs.py"), "--check"],
