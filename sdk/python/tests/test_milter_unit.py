@@ -20,7 +20,7 @@ sys.path.insert(0, SDK)
 
 import miltergw.Milter as Milter  # noqa: E402
 from miltergw import _server as S  # noqa: E402
-from miltergw.Milter.utils import parse_addr, parse_header  # noqa: E402
+from miltergw.Milter.utils import parse_addr, parse_header, parseaddr  # noqa: E402
 from miltergw.v1 import filter_pb2 as pb  # noqa: E402
 
 E = pb.EventType
@@ -389,6 +389,13 @@ class UtilsTest(unittest.TestCase):
                         ("<user>", ["user"]), ("<@route:u@x.org>", ["u", "x.org"]),
                         ('"a@b"@c.d', ["a@b", "c.d"]), ("<a@b@c>", ["a@b", "c"]), ("", [""])):
             self.assertEqual(parse_addr(a), want, a)
+
+    def test_parseaddr(self):
+        for t, want in (("Sender <sender@example.org>", ("Sender", "sender@example.org")),
+                        ('"Doe, John" <j@d.e>', ("Doe, John", "j@d.e")),
+                        ("j@d.e (John Doe)", ("John Doe", "j@d.e")), ("Jim <jim@x.org", ("Jim", "jim@x.org")),
+                        ("<>", ("", "")), ("a@b, c@d", ("", "")), ("", ("", ""))):
+            self.assertEqual(parseaddr(t), want, t)
 
     def test_parse_header(self):
         self.assertEqual(parse_header("=?utf-8?q?caf=C3=A9?= x"), "café x")

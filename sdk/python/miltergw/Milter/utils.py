@@ -1,16 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 # Copyright the miltergw authors.
-"""The two helpers of pymilter's Milter.utils that milters use most, with the same results:
+"""The helpers of pymilter's Milter.utils that milters use most, with the same results:
 
     parse_addr('<user@example.com>') -> ['user', 'example.com']
     parse_addr('<>') -> ['']            parse_addr('<postmaster>') -> ['postmaster']
+    parseaddr('Jim <jim@example.org>') -> ('Jim', 'jim@example.org')
     parse_header('=?utf-8?q?caf=C3=A9?=') -> 'café'
 
 Everything else of Milter.utils (addr2bin, iniplist, ...) is not provided: import it from
 pymilter (python3-milter) if you need it; it does not depend on libmilter."""
+import email.errors
 import email.header
+import email.utils
 
-__all__ = ["parse_addr", "parse_header"]
+__all__ = ["parse_addr", "parseaddr", "parse_header"]
 
 
 def parse_addr(t):
@@ -35,3 +38,10 @@ def parse_header(val):
         return str(email.header.make_header(email.header.decode_header(val)))
     except (email.errors.HeaderParseError, LookupError, UnicodeDecodeError):
         return val
+
+
+def parseaddr(t):
+    """(display name, address) of a header address ("Name <a@b>", "a@b (Name)").
+    pymilter's own version fixed cases the standard library's got wrong then; the
+    standard library of Python 3.11 gives pymilter's answers."""
+    return email.utils.parseaddr(t)
