@@ -5,11 +5,15 @@
 Debian's python3-milter ships no runnable example milter (python-milter-doc has
 milter-nomix.py only as an HTML/LaTeX listing, and it does not run: it uses an undefined
 self.R, logq and bt, and Python 2's map().count), so the milters here are three written in
-pymilter's documented style, tests/integration/pymilter/*.py. Each runs twice:
+pymilter's documented style, tests/integration/pymilter/*.py, the worked example of
+docs/filter-guide.md, and a real one from Debian: dkimpy-milter (DKIM signing; unpacked
+privately by tools/setup-debian.sh, skipped if missing), whose signature is verified. Each
+runs twice:
 
   direct: the file as it is, under real pymilter (libmilter): Postfix -> the milter;
   gateway: the same file with `import Milter` changed to `import miltergw.Milter as Milter`
-           (the only difference, checked), with the package pip-installed from sdk/python
+           (the only difference, checked; dkimpy-milter also has its
+           `from Milter.utils import` changed), with the package pip-installed from sdk/python
            into a temporary directory: Postfix -> miltergw --filter NAME=127.0.0.1:PORT ->
            the milter as a gRPC filter.
 
@@ -467,6 +471,102 @@ class GuideDirect(GuideMixin, unittest.TestCase):
 
 
 class GuideGateway(GuideMixin, unittest.TestCase):
+    mode = "gateway"
+
+
+# ------------------------------------------------------------------------------------------
+# dkimpy-milter: a real pymilter milter from Debian, unpacked privately by
+# tools/setup-debian.sh; behind miltergw its two Milter imports are changed
+
+
+DKIMPY = os.environ.get("MGW_DKIMPY_PREFIX", "/opt/miltergw-test/dkimpy")
+DKIMPY_SITE = os.path.join(DKIMPY, "usr", "lib", "python3", "dist-packages")
+
+
+class DkimpyMixin:
+    mode = None
+
+    def dkimpy(self, tmp, port):
+        """dkimpy-milter signing for example.org with a fresh key; returns (MilterProc,
+        the public key's DNS TXT record)."""
+        os.chmod(tmp, 0o755)  # it drops privileges to nobody after reading its key
+        subprocess.run([mgwtest.PYTHON, os.path.join(DKIMPY, "usr", "bin", "dknewkey"), "--ktype", "rsa",
+                        "sel1"], cwd=tmp, env=dict(os.environ, PYTHONPATH=DKIMPY_SITE), check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        conf = os.path.join(tmp, "dkimpy-milter.conf")
+        mgwtest.write_file(conf, "Syslog no\nMode s\nSocket inet:%d@127.0.0.1\nDomain example.org\n"
+                           "KeyFile %s\nSelector sel1\nUserID nobody:nogroup\nAuthservID mgwtest.localdomain\n"
+                           % (port, os.path.join(tmp, "sel1.key")))
+        path = DKIMPY_SITE
+        if self.mode != "direct":
+            pkgs = os.path.join(tmp, "pkgs")
+            shutil.copytree(os.path.join(DKIMPY_SITE, "dkimpy_milter"), os.path.join(pkgs, "dkimpy_milter"))
+            init = os.path.join(pkgs, "dkimpy_milter", "__init__.py")
+            with open(init) as f:
+                text = f.read()
+            for old, new in (("\nimport Milter\n", "\nimport miltergw.Milter as Milter\n"),
+                             ("\nfrom Milter.utils import ", "\nfrom miltergw.Milter.utils import ")):
+                self.assertEqual(text.count(old), 1, old)
+                text = text.replace(old, new)
+            self.assertNotRegex(text, r"\n(import|from) Milter\b")
+            with open(init, "w") as f:
+                f.write(text)
+            path = ":".join([pkgs, installed_sdk(), DKIMPY_SITE])
+        m = MilterProc([mgwtest.PYTHON, "-m", "dkimpy_milter", conf], tmp, "dkimpy-" + self.mode,
+                       env=dict(os.environ, PYTHONPATH=path), port=port)
+        with open(os.path.join(tmp, "sel1.dns"), "rb") as f:
+            return m, f.read()
+
+    def test_dkimpy_milter_signs(self):
+        if not os.path.exists(os.path.join(DKIMPY_SITE, "dkimpy_milter", "__init__.py")):
+            self.skipTest("dkimpy-milter not unpacked in %s: run tools/setup-debian.sh" % DKIMPY)
+        tmp = mgwtest.make_tmpdir("sdkpy-dkimpy-" + self.mode)
+        port = mgwtest.free_port()
+        milter, txt = self.dkimpy(tmp, port)
+        gw = pf = None
+        try:
+            spec = "inet:127.0.0.1:%d" % port
+            if self.mode != "direct":
+                gw = mgwtest.Miltergw(args=["--filter", "dkim=127.0.0.1:%d" % port], tmpdir=tmp)
+                spec = gw.spec
+            pf = mgwtest.PrivatePostfix(spec)
+            # signed (From example.org), with a stale A-R header of ours removed (chgheader);
+            # not signed (From elsewhere)
+            ours = make_message("sign me", BODY, headers=[
+                ("Authentication-Results", "mgwtest.localdomain; dkim=pass header.d=example.org")])
+            other, ohdrs, obody = make_message("do not sign", BODY)
+            other = other.replace(b"From: Sender <sender@example.org>", b"From: Other <o@example.net>")
+            res = session(pf, [("sender@example.org", ["rcpt@example.com"], ours[0]),
+                               ("o@example.net", ["rcpt@example.com"], other)])["tx"]
+            got = pf.wait_delivered_id(queue_id(res[0]["data"][1]))
+            self.assertEqual(got.headers[0][0], "DKIM-Signature")  # inserted at index 0
+            self.assertIn("d=example.org;", got.headers[0][1])
+            self.assertEqual(got.headers[2:], [h for h in ours[1] if h[0] != "Authentication-Results"])
+            sys.path.insert(0, DKIMPY_SITE)
+            try:
+                import dkim
+            finally:
+                sys.path.remove(DKIMPY_SITE)
+            with open(got.path, "rb") as f:
+                raw = f.read()
+            msg = raw[raw.index(b"DKIM-Signature:"):].rstrip(b"\n") + b"\n"
+            self.assertTrue(dkim.verify(msg.replace(b"\n", b"\r\n"),
+                                        dnsfunc=lambda name, timeout=5: txt if name == b"sel1._domainkey.example.org." else None))
+            got = pf.wait_delivered_id(queue_id(res[1]["data"][1]))
+            self.assertEqual(got.headers[0][0], "Received")
+            self.assertNotIn("DKIM-Signature", got.header_names())
+            if gw:
+                self.assertEqual([l for l in gw.log_lines() if any('msg="%s"' % m in l for m in CONTRACT_BREACH)], [])
+        finally:
+            for stop in (lambda: pf and pf.stop(), lambda: gw and gw.stop(expect=0), milter.stop):
+                stop()
+
+
+class DkimpyDirect(DkimpyMixin, unittest.TestCase):
+    mode = "direct"
+
+
+class DkimpyGateway(DkimpyMixin, unittest.TestCase):
     mode = "gateway"
 
 
