@@ -26,7 +26,6 @@ filter's Description; those marked @noreply are its observe-only events; the act
 requests. Each SMTP connection (one gRPC Session stream) gets its own instance from
 `factory()`, and its callbacks run in order on a thread of their own.
 """
-import os
 import re
 import threading
 from functools import wraps
