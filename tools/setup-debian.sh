@@ -29,6 +29,7 @@ apt-get install -y --no-install-recommends \
     postfix swaks miltertest libmilter-dev \
     opendkim opendkim-tools opendmarc python3-milter \
     python3 python3-grpcio python3-protobuf protobuf-compiler-grpc \
+    python3-milter python3-pip python3-setuptools python3-wheel \
     procps ca-certificates \
     podman buildah skopeo runc slirp4netns catatonit debootstrap shellcheck
 if [ -n "$MGW_POLICY_RC" ]; then
@@ -72,3 +73,19 @@ for deb in "$SENDMAIL_DEBS"/sendmail-base_*.deb "$SENDMAIL_DEBS"/sendmail-cf_*.d
 done
 test -x "$SENDMAIL_PREFIX/usr/libexec/sendmail/sendmail"
 test -f "$SENDMAIL_PREFIX/usr/share/sendmail/cf/m4/cf.m4"
+# dkimpy-milter, a real pymilter milter, for tests/integration/test_sdk_python.py (run
+# under pymilter and, its imports changed, behind miltergw with sdk/python). Unpacked into
+# a private prefix like Sendmail, never installed: its package would add a user and start
+# a system service. libsodium23 is the runtime library of python3-nacl.
+apt-get install -y --no-install-recommends libsodium23
+DKIMPY_PREFIX=/opt/miltergw-test/dkimpy
+mkdir -p "$DKIMPY_PREFIX"
+for pkg in dkimpy-milter python3-dkim python3-authres python3-nacl python3-dnspython; do
+    if ! ls "$SENDMAIL_DEBS/${pkg}_"*.deb >/dev/null 2>&1; then
+        (cd "$SENDMAIL_DEBS" && apt-get download "$pkg")
+    fi
+    for deb in "$SENDMAIL_DEBS/${pkg}_"*.deb; do
+        dpkg-deb -x "$deb" "$DKIMPY_PREFIX"
+    done
+done
+test -f "$DKIMPY_PREFIX/usr/lib/python3/dist-packages/dkimpy_milter/__init__.py"
