@@ -29,7 +29,7 @@ apt-get install -y --no-install-recommends \
     postfix swaks miltertest libmilter-dev \
     opendkim opendkim-tools opendmarc python3-milter \
     python3 python3-grpcio python3-protobuf protobuf-compiler-grpc \
-    python3-milter python3-pip python3-setuptools python3-wheel \
+    python3-pip python3-setuptools python3-wheel \
     procps ca-certificates \
     podman buildah skopeo runc slirp4netns catatonit debootstrap shellcheck
 if [ -n "$MGW_POLICY_RC" ]; then
