@@ -90,7 +90,8 @@ struct mgw_filter_stream {
     uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
     int initial_sent, close_wanted, close_sent, finished;
     int flow_held;
-    struct event *timer;
+    struct event_base *base;
+    struct event *timer; /* NULL while no deadline is armed */
     struct mgw_milter_conn *milter; /* kind=milter: its connection (milter_client.h) */
     TAILQ_ENTRY(mgw_filter_stream) entry;
 };

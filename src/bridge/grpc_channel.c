@@ -84,7 +84,18 @@ out:
 grpc_channel *mgw_grpc_channel_new(const struct mgw_filter_conf *c, char *err, size_t errlen)
 {
     grpc_arg a[10] = {
+        /* No transparent retries: we replay nothing (the failure policy decides), and the
+         * retry filter's per-call state would cost 6.1 KB per open call (measured with
+         * 1,000 and 10,000 idle streams). */
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_RETRIES, .value.integer = 0},
+        /* We never compress what we send: without that part of gRPC's compression state
+         * an open call costs 0.2 KB less (measured). gRPC then offers no
+         * grpc-accept-encoding, but replies a filter gzips anyway are still inflated
+         * (tested with a Python filter). Decompression stays on: off, it would save
+         * 0.3 KB more, but such replies would then reach mgw_grpc_unpack compressed
+         * (gRPC 1.51's byte_buffer_reader does not inflate) and fail as out_of_contract. */
+        {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION,
+         .value.integer = 0},
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
          .value.integer = (int)(c->keepalive_time_ms ? c->keepalive_time_ms
                                                      : MGW_FILTER_DEFAULT_KEEPALIVE_TIME_MS)},
@@ -100,7 +111,7 @@ grpc_channel *mgw_grpc_channel_new(const struct mgw_filter_conf *c, char *err, s
         {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
          .value.integer = 2000},
     };
-    grpc_channel_args args = {.num_args = 7, .args = a};
+    grpc_channel_args args = {.num_args = 8, .args = a};
     grpc_channel_credentials *cr = credentials_new(c, err, errlen);
     grpc_channel *ch;
 
