@@ -569,6 +569,59 @@ class MilterPhases(BackendCase):
         self.assertEqual(got.headers[0], ("X-P0-Top", "p0 at 0"), got.headers)
         self.assertEqual(got.headers[-1], ("X-P1", "yes"), got.headers)
 
+    def test_10_several_messages_in_one_session(self):
+        """Three transactions on one SMTP connection (one milter connection per phase): the
+        second is refused at MAIL by phase 0 and never reaches phase 1; the others each
+        get phase 0's edit, seen by phase 1."""
+        p0 = self.milter("--at", "mail/refuse=reject:550:5.7.1:p0 refuses this sender",
+                         "--addheader", "X-P0:edited", name="p0")
+        p1 = self.milter("--copy-header", "X-P0", "--copy-header", "Subject", name="p1")
+        self.gateway(milter_filter_arg("p0", p0, phase=0), milter_filter_arg("p1", p1, phase=1))
+        msgs = [make_message("session message %d" % i, BODY)[0] for i in range(3)]
+        res = self.session([("sender@example.org", ["a@example.com"], msgs[0]),
+                            ("refuse@example.org", ["b@example.com"], msgs[1]),
+                            ("sender@example.org", ["c@example.com"], msgs[2])])
+        self.assertEqual(res[1]["mail"], (550, "5.7.1 p0 refuses this sender"), self.context())
+        for i in (0, 2):
+            got = self.delivered({"data": res[i]["data"]})
+            self.assertEqual(got.header("X-P0"), "edited")
+            self.assertEqual(got.header("X-Seen-X-P0"), "edited")
+            self.assertEqual(got.header("X-Seen-Subject"), "session message %d" % i)
+        p1.wait_record("close")
+        self.assertEqual([r["args"][0] for r in p1.find("mail")], ["<sender@example.org>", "<sender@example.org>"])
+        self.assertEqual(len(p1.find("eom")), 2)
+        # one milter connection per phase for the SMTP session (the others are probes)
+        for m in (p0, p1):
+            self.assertEqual(len([c for c in m.conns().values() if any(r["event"] == "connect" for r in c)]), 1)
+
+    def test_11_shadow_in_phase_0_is_not_shown_to_phase_1(self):
+        """A shadow milter's modifications are not applied: a later phase does not see them
+        either, nor does its reject stop the message."""
+        p0 = self.milter("--addheader", "X-Shadow:would add", "--at", "eom=reject:554:5.7.1:shadow no", name="p0")
+        p1 = self.milter("--copy-header", "X-Shadow", name="p1")
+        self.gateway(milter_filter_arg("p0", p0, phase=0, mode="shadow"), milter_filter_arg("p1", p1, phase=1))
+        msg, _, _ = make_message("shadow in phase 0", BODY)
+        got = self.delivered(self.send(msg))
+        self.assertIsNone(got.header("X-Shadow"), got.headers)
+        self.assertEqual(got.header("X-Seen-X-Shadow"), "(absent)", got.headers)
+        self.wait_gw_log(msg="shadow verdict", filter="p0", verdict="reject", applied="no")
+
+    def test_12_failing_phase_0_milter_fails_open(self):
+        """Phase 0 dies mid-message with on_error=accept: phase 1 still gets the message (as
+        received) and its edit is delivered."""
+        p0 = self.milter("--die-at", "body", "--addheader", "X-P0:never", name="p0")
+        p1 = self.milter("--addheader", "X-P1:yes", "--copy-header", "X-P0", name="p1")
+        self.gateway(milter_filter_arg("p0", p0, phase=0, on_error="accept"), milter_filter_arg("p1", p1, phase=1))
+        msg, _, _ = make_message("phase 0 dies", BODY)
+        res = self.send(msg)
+        got = self.delivered(res)
+        self.assertIsNone(got.header("X-P0"))
+        self.assertEqual(got.header("X-P1"), "yes", self.context())
+        self.assertEqual(got.header("X-Seen-X-P0"), "(absent)")
+        self.assertEqual(p0.wait_exit(10), ScriptMilter.DIE_EXIT)
+        self.wait_gw_log(msg="filter failed", filter="p0", on_error="accept")
+        self.assertLess(res["t"], 5.0, res)
+
 
 # =========================================================================================
 # 4. Every verdict and modification kind through a milter backend
@@ -976,15 +1029,19 @@ class MilterOperations(BackendCase):
 
     def test_2_metrics(self):
         sm = self.milter("--addheader", "X-Metrics:yes", "--at", "rcpt/nobody=reject:550:5.1.1:nobody")
-        self.gateway_file(self.config([milters.milter_filter_yaml("sm", sm)]))
+        dier = self.milter("--die-at", "eom", name="dier")
+        self.gateway_file(self.config([milters.milter_filter_yaml("sm", sm),
+                                       milters.milter_filter_yaml("dier", dier, on_error="accept")]))
         gw = self.gw
-        wait_for(lambda: gw.metric("miltergw_filter_channel_ready", filter="sm") == 1, 10, "sm ready")
+        wait_for(lambda: gw.metric("miltergw_filter_channel_ready", filter="sm") == 1
+                 and gw.metric("miltergw_filter_channel_ready", filter="dier") == 1, 10, "sm and dier ready")
         m1, _, _ = make_message("metrics one", BODY)
         m2, _, _ = make_message("metrics two", BODY)
         res = self.session([("sender@example.org", ["a@example.com", "nobody@example.com"], m1),
                             ("sender@example.org", ["b@example.com"], m2)])
         for r in res:
-            self.delivered(r)
+            self.assertEqual(self.delivered(r).header("X-Metrics"), "yes")
+        self.assertEqual(res[0]["rcpt"][1], (550, "5.1.1 nobody"))
         wait_for(lambda: gw.metric("miltergw_sessions_open") == 0
                  and gw.metric("miltergw_sessions_closed_total", reason="quit") == 1, 15, "the session closed")
         m = gw.metrics()
@@ -997,8 +1054,17 @@ class MilterOperations(BackendCase):
                          2 * 5)  # From To Subject Date Message-ID
         self.assertEqual(v("miltergw_messages_total", verdict="continue"), 2)
         self.assertEqual(v("miltergw_filter_channel_ready", filter="sm"), 1)
-        for kind in ("unavailable", "stream_broken", "stream_closed", "timeout", "out_of_contract"):
+        kinds = ("unavailable", "stream_broken", "stream_closed", "timeout", "out_of_contract", "queue_full")
+        for kind in kinds:
             self.assertEqual(v("miltergw_filter_errors_total", filter="sm", kind=kind), 0, kind)
+        # the milter that died at the first end of message: one error, failed open once;
+        # the session's second message found it failed (no new connection)
+        errors = {k: v("miltergw_filter_errors_total", filter="dier", kind=k) for k in kinds}
+        self.assertEqual(sum(errors.values()), 1, errors)
+        self.assertEqual(v("miltergw_filter_failure_policy_total", filter="dier", action="fail_open") >= 1, True,
+                         gw.http("/metrics")[1][:6000])
+        self.assertEqual(v("miltergw_filter_failure_policy_total", filter="dier", action="fail_closed"), 0)
+        self.assertEqual(dier.wait_exit(10), ScriptMilter.DIE_EXIT)
         self.assertEqual(v("miltergw_filter_latency_seconds_count", filter="sm") > 0, True)
         # the milter's connections: one for the probe, one for the SMTP session
         self.assertEqual(len(sm.find("connect")), 1)
