@@ -32,7 +32,7 @@ have a value at that callback.
 Stage options (STAGE = connect helo mail rcpt data header eoh body eom):
   --at STAGE[/MATCH]=VERDICT[:CODE[:XCODE[:TEXT]]]
       VERDICT = continue accept reject tempfail discard skip; CODE/XCODE/TEXT go to
-      setreply. MATCH (optional) limits it to callbacks whose argument contains MATCH (the
+      setreply (a literal \\n in TEXT separates the lines of a multi-line reply). MATCH (optional) limits it to callbacks whose argument contains MATCH (the
       address for mail/rcpt, the header name for header, the HELO name for helo).
       Repeatable; the first matching rule wins.
   --hang-at STAGE   sleep (an hour) inside that callback: far past any deadline
@@ -44,6 +44,8 @@ EOM modifications, applied in the order given (repeatable):
   --delrcpt ADDR                  --chgfrom ADDR[:PARAMS]
   --replacebody TEXT              (\\n in TEXT is turned into CRLF; @FILE reads FILE)
   --quarantine REASON             --progress N (call smfi_progress N times)
+  --slow-eom SECONDS:INTERVAL     at EOM, before the modifications, take SECONDS, calling
+                                  smfi_progress every INTERVAL seconds meanwhile
   --copy-header NAME   at EOM add `X-Seen-NAME: <value of NAME as received>` ("(absent)")
 Negotiation:
   --actions LIST       actions to request (names ADDHDRS,CHGBODY,ADDRCPT,DELRCPT,CHGHDRS,
@@ -269,6 +271,15 @@ def cb_eom(ctx):
     record(c, "eom", headers=c.headers, body_len=c.body_len, body_sha256=c.body.hexdigest())
     if "eom" in OPTS.die_at or "eom" in OPTS.hang_at:
         c.stage("eom")
+    if OPTS.slow_eom:
+        secs, _, every = OPTS.slow_eom.partition(":")
+        end = time.monotonic() + float(secs)
+        n = 0
+        while time.monotonic() < end:
+            ctx.progress()
+            n += 1
+            time.sleep(min(float(every), max(0.0, end - time.monotonic())))
+        record(c, "slow_eom", progress=n)
     applied, errors = [], []
     mods = list(OPTS.mods)
     for name in OPTS.copy_header:
@@ -377,6 +388,7 @@ def parse_args(argv):
                 "chgfrom", "replacebody", "quarantine", "progress"):
         ap.add_argument("--" + opt, dest=opt.replace("-", "_"), action=_Mod)
     ap.add_argument("--copy-header", action="append", default=[])
+    ap.add_argument("--slow-eom", metavar="SECONDS:INTERVAL")
     ap.add_argument("--actions", default="offered")
     ap.add_argument("--protocol", default="")
     ap.add_argument("--symlist", action="append", default=[], metavar="STAGE:MACROS")
@@ -395,6 +407,8 @@ def parse_args(argv):
         if stage not in STAGES or verdict not in VERDICTS:
             ap.error("--at %r: unknown stage or verdict" % spec)
         reply = tuple(f if f else None for f in fields[1:])
+        if len(reply) == 3 and reply[2] and "\\n" in reply[2]:
+            reply = reply[:2] + tuple(reply[2].split("\\n"))
         a.rules.append((stage, match or None, verdict, reply))
     sl = []
     for spec in a.symlist:
