@@ -27,6 +27,7 @@
 #include "mgw/listen_spec.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
+#include "mgw/milter_vocab.h"
 #include "mgw/milter_xlate.h"
 #include "mgw/xmalloc.h"
 
@@ -392,6 +393,7 @@ struct mgw_milter_conn {
     struct mgw_milter_optneg offer;
     uint32_t protocol; /* the milter's answer */
     int negotiated, in_cb, dead;
+    int msg_over; /* the milter gave the message a final verdict (ends_message) */
     struct expect *exp;
     size_t nexp, capexp, headexp;
     struct mgw_xlate_reply reply;
@@ -531,6 +533,12 @@ static void conn_event(struct mgw_milter_conn *mc, grpc_slice msg)
             conn_fail(mc, "out_of_contract", "an event that has no milter frame");
         return;
     }
+    if (what.cmd == MGW_SMFIC_MAIL || what.cmd == MGW_SMFIC_ABORT) {
+        mc->msg_over = 0; /* a new message (an abort ends the old one) */
+    } else if (mc->msg_over && mgw_milter_cmd_in_message(what.cmd)) {
+        mc->out.len = 0; /* the milter is done with this message (ends_message) */
+        what.sent = what.replies = 0;
+    }
     owes = what.cmd != 0 && bridge_owes(mc->st, ev->event_id);
     if (what.replies || owes) {
         if (mc->nexp == mc->capexp) {
@@ -578,13 +586,34 @@ static void conn_negotiated(struct mgw_milter_conn *mc, const struct mgw_milter_
     conn_flush_queue(mc->st);
 }
 
+/* libmilter's rule: a final verdict on a message before its end (accept, reject,
+ * tempfail or discard of MAIL, DATA, a header, the end of headers or a body chunk; at RCPT
+ * it concerns that recipient only) ends the message for the milter: it answers nothing
+ * more of it, until the next MAIL or ABORT. An MTA sends it nothing more; the gateway may
+ * already have streamed some (pipelined content), which is answered CONTINUE for it. */
+static int ends_message(uint8_t cmd, Miltergw__V1__Verdict v)
+{
+    return mgw_milter_cmd_in_message(cmd) && cmd != MGW_SMFIC_RCPT && cmd != MGW_SMFIC_BODYEOB &&
+           (v == MILTERGW__V1__VERDICT__VERDICT_ACCEPT ||
+            v == MILTERGW__V1__VERDICT__VERDICT_REJECT ||
+            v == MILTERGW__V1__VERDICT__VERDICT_TEMPFAIL ||
+            v == MILTERGW__V1__VERDICT__VERDICT_DISCARD);
+}
+
+static void message_over(struct mgw_milter_conn *mc)
+{
+    mc->msg_over = 1;
+    for (size_t k = mc->headexp; k < mc->nexp; k++)
+        mc->exp[k].milter_replies = 0;
+}
+
 static void conn_reply(struct mgw_milter_conn *mc, const struct mgw_milter_msg *m)
 {
     struct expect *e = exp_front(mc);
     Miltergw__V1__Reply *r = NULL;
     const char *why = NULL;
     char detail[120];
-    int done;
+    int done, fwd;
 
     if (e == NULL) {
         snprintf(detail, sizeof detail, "%s with no event to answer",
@@ -599,9 +628,15 @@ static void conn_reply(struct mgw_milter_conn *mc, const struct mgw_milter_msg *
     }
     if (done == 0)
         return;
-    if (r->verdict != MILTERGW__V1__VERDICT__VERDICT_PROGRESS)
+    fwd = e->forward;
+    if (r->verdict != MILTERGW__V1__VERDICT__VERDICT_PROGRESS) {
+        int over = ends_message(e->cmd, r->verdict);
+
         exp_pop(mc);
-    if (e->forward)
+        if (over)
+            message_over(mc);
+    }
+    if (fwd)
         forward(mc, r);
     else
         protobuf_c_message_free_unpacked(&r->base, NULL);

@@ -343,19 +343,16 @@ class MilterChain(BackendCase):
         self.assertEqual(self.gw.find_log(msg="filter failed"), [], self.context())
 
 
-    @unittest.expectedFailure  # gateway bug: see the docstring
     def test_4_signer_accepts_inbound_mail(self):
         """OpenDKIM signing only (Mode s) and a message from a client that is not one of its
         InternalHosts: it answers ACCEPT at the end of headers (checked against Postfix
         alone, which delivers the message at once, unsigned).
 
-        Gateway bug: the ACCEPT comes while the body and end of message are already sent
-        to OpenDKIM (content is streamed); libmilter answers neither, and the gateway waits
-        for them until the filter's timeout, then applies on_error: "filter failed
-        filter=sign reason=timeout event=BODYEOB detail=\"no answer to BODY within
-        timeout\"", "content refused filter=sign event=BODY verdict=tempfail
-        failure_policy=yes", Postfix answers 451 (here after the 3 s timeout, 10 s by
-        default). Same with the script milter: MilterVerdicts.test_2_accept_during_content."""
+        The ACCEPT comes while the body and end of message are already streamed to
+        OpenDKIM; libmilter answers neither (it is done with the message), and the gateway
+        knows it (milter_client.c, ends_message): the message is delivered at once, not
+        tempfailed after the filter's timeout. Same with the script milter:
+        MilterVerdicts.test_2_verdicts_during_content."""
         self.gateway(milter_filter_arg("sign", self.outbound_signer, timeout="3s"),
                      milter_filter_arg("verify", self.verifier))
         msg, _, _ = make_message("inbound to the signer", BODY)
@@ -799,20 +796,15 @@ class MilterVerdicts(BackendCase):
         with self.subTest(rule="body=skip", body_len=len(BIG)):
             self.run_case(len(VERDICT_CASES), "body", "body=skip", "delivered", body=BIG)
 
-    @unittest.expectedFailure  # gateway bug: see the docstring
     def test_2_verdicts_during_content(self):
         """A milter answering a header, the end of headers or a body chunk (not the last)
         with a final verdict: REJECT, TEMPFAIL, DISCARD, ACCEPT, or SKIP on a body in
         several chunks. Postfix pipelines content to the gateway, which streams it to the
         milter, so the events after that one are already sent; libmilter ignores the
-        rest of a message it decided (no reply to them).
-
-        Gateway bug: it waits for those replies until the filter's timeout, logs "filter
-        failed filter=sm reason=timeout event=BODYEOB detail=\"no answer to HEADER within
-        timeout\"" (or EOH, BODY), and then: a refusal is answered right but only after the
-        timeout (10 s by default; 3 s here); an ACCEPT or SKIP becomes on_error (451
-        tempfail) instead of delivering. Postfix's own chain never sends a milter events
-        after its final answer, so it answers at once."""
+        rest of a message it decided (no reply to them). The gateway answers them for it
+        (milter_client.c, ends_message), so each case ends at once, as in Postfix's own
+        chain, which never sends a milter events after its final answer: a refusal with
+        its code and text, an ACCEPT or SKIP delivering, no filter failure logged."""
         failed = []
         for i, (stage, rule, want, body) in enumerate(CONTENT_CASES):
             with self.subTest(rule=rule, body_len=len(body)):
