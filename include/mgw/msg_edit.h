@@ -27,8 +27,9 @@
  *
  * APPLY SEMANTICS (Postfix cleanup_milter.c; `hidden` is conf.ins_hidden, see below)
  *   h name value      append at the end of the headers.
- *   i idx name value  insert before held header (idx <= hidden ? 0 : idx - hidden), 0 being
- *                     the first held header; past the end appends.
+ *   i idx name value  insert at place idx of the MTA's list (the held headers above its
+ *                     hidden ones, the hidden ones, the rest: HIDDEN HEADERS); past the
+ *                     end appends.
  *   m idx name value  find occurrence max(idx,1) of `name` (ASCII case-insensitive) among
  *                     the CURRENT headers (those added by earlier phases count). Found:
  *                     empty value deletes it (later indexes shift, as in Postfix), else
@@ -53,16 +54,18 @@
  * HIDDEN HEADERS (conf.ins_hidden). Postfix does not show milters its own Received:
  * header, yet counts it in INSHEADER indexes ("relative to the content as delivered"):
  * index 0 goes above it, index 1 just below it, i.e. above the first header milters see.
- * CHGHEADER indexes skip it. So with Postfix set ins_hidden = 1: INSHEADER k >= 1 means
- * "before held header k-1". Index 0 (above Postfix's Received) is held as position 0 too,
- * a deliberate deviation: this module never places a header above the MTA's hidden ones,
- * because Postfix's CHGHEADER skips the FIRST header whatever it is, so after an insert
- * above its Received the new header would be the one skipped and every later change
- * index would be off by one. With 0 the index is a plain position (libmilter's meaning).
+ * CHGHEADER indexes skip it. So with Postfix set ins_hidden = 1. The message then holds
+ * the headers inserted above the hidden ones apart (at the top, `above` of them): an
+ * INSHEADER k <= above goes among them, at k; a larger k goes before held header
+ * k - ins_hidden (counting them). A later phase sees them on top, and its own inserts
+ * count them, as a later milter of a Postfix chain does (tested against one). Known
+ * difference: Postfix's CHGHEADER skips the FIRST header whatever it is, so in a chain a
+ * later milter's change of a header named like one inserted above Received counts one
+ * occurrence fewer than here. With 0 the index is a plain position (libmilter's meaning).
  *
  * THE NET MODIFICATION LIST (mgw_msg_edit_net_next), in this order:
  *   1. INSHEADER for each new header (added by any phase, or changed after being added)
- *      that has a surviving original header below it, top to bottom, placed just above
+ *      below the hidden ones that has a surviving original header below it, top to bottom, placed just above
  *      the next surviving original; index = its position in the MTA's list at that
  *      moment + ins_hidden. No delete has run yet, so every original is still there and
  *      positions are the same whether the MTA removes deleted headers (Postfix) or only
@@ -73,6 +76,8 @@
  *      above it (Postfix walks the edited list, so it counts them too). Bottom-up order
  *      makes Postfix's renumbering after a delete harmless: a delete only shifts headers
  *      below it, which are done already.
+ *   2b. INSHEADER 0, 1, ... for the headers above the MTA's hidden ones, top down: after
+ *      the changes, which the MTA counts with its own first header still on top.
  *   3. ADDHEADER, in order, for the new headers below the last surviving original. They
  *      come last, so they cannot shift any index above.
  *   4. CHGFROM if the sender or its args differ from the original.

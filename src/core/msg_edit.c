@@ -353,6 +353,8 @@ static void header_insert(struct mgw_msg_edit *m, size_t pos, const char *name, 
 
 static void header_remove(struct mgw_msg_edit *m, size_t pos)
 {
+    if (pos < m->above)
+        m->above--;
     m->hdr_bytes -= m->hdr[pos].name_len + m->hdr[pos].value_len;
     free(m->hdr[pos].name);
     free(m->hdr[pos].value);
@@ -425,11 +427,19 @@ static int apply_header(struct mgw_msg_edit *m, const struct mgw_milter_msg *f)
 {
     const struct mgw_str *n = &f->u.header.name, *v = &f->u.header.value;
     uint32_t idx = f->u.header.index;
-    size_t pos = m->nhdr;
+    size_t pos = m->nhdr, hidden = m->conf.ins_hidden;
+    bool above = false;
 
     if (f->cmd == MGW_SMFIR_INSHEADER) {
-        size_t want = idx <= m->conf.ins_hidden ? 0 : idx - m->conf.ins_hidden;
-        pos = want < m->nhdr ? want : m->nhdr;
+        /* idx is a place in the MTA's list: hdr[0..above), its hidden headers, the rest. */
+        if (hidden > 0 && idx <= m->above) {
+            pos = idx;
+            above = true;
+        } else {
+            size_t want = idx <= m->above + hidden ? m->above : idx - hidden;
+
+            pos = want < m->nhdr ? want : m->nhdr;
+        }
     } else if (f->cmd == MGW_SMFIR_CHGHEADER) {
         size_t at = header_find(m, n, idx == 0 ? 1 : idx);
 
@@ -460,6 +470,7 @@ static int apply_header(struct mgw_msg_edit *m, const struct mgw_milter_msg *f)
     if (!header_fits(m, n->len, v->len))
         return MGW_ENOSPACE;
     header_insert(m, pos, n->ptr, n->len, v->ptr, v->len, NEW);
+    m->above += above;
     return 0;
 }
 

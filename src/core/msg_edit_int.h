@@ -46,6 +46,9 @@ struct mgw_msg_edit {
     size_t nohdr, cohdr;
     struct hdr *hdr; /* current headers */
     size_t nhdr, chdr;
+    /* hdr[0..above) sit above the MTA's hidden headers (inserted at an index that counts
+     * them, conf.ins_hidden > 0): on top of the message as delivered. Always new ones. */
+    size_t above;
     size_t hdr_bytes; /* sum of name and value lengths of the current headers */
 
     bool has_sender, has_osender;

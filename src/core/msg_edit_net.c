@@ -67,7 +67,7 @@ static int net_headers(struct mgw_msg_edit *m)
     /* The list after step 1: originals in order, each new header just before the next
      * surviving original (after any deleted ones). pend counts new headers waiting for
      * it, from current index pend_at. */
-    for (size_t j = 0; j <= m->nhdr; j++) {
+    for (size_t j = m->above; j <= m->nhdr; j++) {
         if (j < m->nhdr && m->hdr[j].orig == NEW) {
             if (pend++ == 0)
                 pend_at = j;
@@ -129,6 +129,12 @@ static int net_headers(struct mgw_msg_edit *m)
         net_header(m, MGW_SMFIR_CHGHEADER, (uint32_t)s[i].occ, ch->name, ch->name_len, ch->value,
                    ch->value_len);
     }
+
+    /* Step 2b: the headers above the MTA's hidden ones, top down at 0, 1, ...: after the
+     * changes, which the MTA counts with its own first header still on top. */
+    for (size_t k = 0; k < m->above; k++)
+        net_header(m, MGW_SMFIR_INSHEADER, (uint32_t)k, m->hdr[k].name, m->hdr[k].name_len,
+                   m->hdr[k].value, m->hdr[k].value_len);
 
     /* Step 3: new headers below the last surviving original. */
     for (size_t p = pend_at; pend > 0; p++) {

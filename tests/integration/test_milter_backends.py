@@ -22,9 +22,10 @@ the milters' own records, miltergw's log and /metrics.
     actions it was not offered or a newer version, down at start and back later.
   - MilterOperations: shadow mode, /metrics, SIGHUP switching a milter's target.
 
-Tests marked @unittest.expectedFailure pin gateway bugs (their docstrings say what the
-gateway does wrong, with its log lines): once fixed they pass, and unittest reports an
-"unexpected success" (a failed run) until the mark is removed.
+Two gateway bugs these tests found are fixed and pinned here: a milter's final verdict
+before the end of message waited on until its timeout (MilterVerdicts.test_2,
+MilterChain.test_4), and inserts of two phases swapped and put below Postfix's Received
+(MilterPhases.test_2, test_9).
 
 One private Postfix for the module: every test has its own 127.0.0.N source address and
 miltergw port (cidr smtpd_milter_maps), its own milters and gateway, stopped by PID and
@@ -448,16 +449,15 @@ class MilterPhases(BackendCase):
         v = self.wait_gw_log(msg="verdict", event="BODYEOB")[-1]
         self.assertEqual(v.get("verdict"), "continue", v)
 
-    @unittest.expectedFailure  # gateway bug: see the docstring
     def test_2_same_as_a_postfix_chain(self):
         """Two phases give the message two smtpd_milters give in Postfix itself.
 
-        Gateway bug: phase 0 inserts X-P0-Top at index 0, phase 1 (shown X-P0-Top at 0)
-        inserts X-P1-Ins at index 1. Postfix's own chain delivers X-P0-Top, X-P1-Ins,
-        Received, From...; miltergw sends Postfix SMFIR_INSHEADER (1, X-P1-Ins) then
-        (2, X-P0-Top) and the message becomes Received, X-P1-Ins, X-P0-Top, From...: the
-        two inserts are swapped, and both sit below Postfix's Received, where a single
-        phase's insert at 0 goes above it (test_3_every_modification)."""
+        Phase 0 inserts X-P0-Top at index 0, phase 1 (shown X-P0-Top at 0) inserts X-P1-Ins
+        at index 1. Postfix's own chain delivers X-P0-Top, X-P1-Ins, Received, From...: an
+        index counts Postfix's hidden Received, and index 0 goes above it. The gateway
+        keeps such headers apart (msg_edit.h, HIDDEN HEADERS) and nets them last, at 0
+        and 1, so the message is the same (it once swapped them and put both below
+        Received)."""
         p0 = self.milter(*P0_MODS, name="p0")
         p1 = self.milter(*P1_MODS, name="p1")
         self.gateway(milter_filter_arg("p0", p0, phase=0), milter_filter_arg("p1", p1, phase=1))
@@ -572,14 +572,13 @@ class MilterPhases(BackendCase):
         # phase 1 was still asked (a quarantine is no refusal)
         p1.wait_record("eom_done")
 
-    @unittest.expectedFailure  # gateway bug: see the docstring
     def test_9_insert_at_0_with_a_later_phase(self):
         """Phase 0 inserts a header at index 0, phase 1 only adds one. With one phase (and
         in Postfix's own chain) the header goes on top, above Postfix's Received
         (test_3_every_modification of MilterVerdicts).
 
-        Gateway bug: with a second phase the net sent to Postfix is SMFIR_INSHEADER index 1
-        (not 0), and the header lands below Received: Received, X-P0-Top, From..."""
+        With a second phase the net sent to Postfix is SMFIR_INSHEADER index 0 too (it once
+        was 1, and the header landed below Received: Received, X-P0-Top, From...)."""
         p0 = self.milter("--insheader", "0:X-P0-Top:p0 at 0", name="p0")
         p1 = self.milter("--addheader", "X-P1:yes", name="p1")
         self.gateway(milter_filter_arg("p0", p0, phase=0), milter_filter_arg("p1", p1, phase=1))
