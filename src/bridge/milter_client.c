@@ -392,6 +392,7 @@ struct mgw_milter_conn {
     struct bufferevent *bev;
     struct mgw_milter_optneg offer;
     uint32_t protocol; /* the milter's answer */
+    uint32_t actions;  /* ... and the actions it asked for: its modifications are held to them */
     int negotiated, in_cb, dead;
     int msg_over; /* the milter gave the message a final verdict (ends_message) */
     struct expect *exp;
@@ -581,6 +582,7 @@ static void conn_negotiated(struct mgw_milter_conn *mc, const struct mgw_milter_
     }
     mc->negotiated = 1;
     mc->protocol = m->u.optneg.protocol;
+    mc->actions = m->u.optneg.actions;
     mc->st->reached = 1;
     link_report(mc->st->link, NULL);
     conn_flush_queue(mc->st);
@@ -619,6 +621,14 @@ static void conn_reply(struct mgw_milter_conn *mc, const struct mgw_milter_msg *
         snprintf(detail, sizeof detail, "%s with no event to answer",
                  mgw_milter_cmd_name(m->cmd, MGW_MILTER_FROM_MILTER));
         conn_fail(mc, "out_of_contract", detail);
+        return;
+    }
+    if (mgw_milter_mod_action(m->cmd) & ~mc->actions) {
+        /* libmilter refuses such a call itself; another milter's frame goes no further. */
+        log_warn(mc->st->sid, "modification dropped", "filter=%s mod=%s reason=%s",
+                 mc->st->link->conf.name, mgw_milter_cmd_name(m->cmd, MGW_MILTER_FROM_MILTER),
+                 mgw_policy_drop_name(MGW_POLICY_DROP_UNDECLARED));
+        mgw_metrics_mods_dropped(mc->st->link->metric, MGW_POLICY_DROP_UNDECLARED, 1);
         return;
     }
     done = mgw_xlate_reply_add(&mc->reply, e->id, m, &r, &why);

@@ -875,12 +875,14 @@ class MilterVerdicts(BackendCase):
 class FakeMilter:
     """A raw-socket milter on 127.0.0.1: answers OPTNEG with `probe_actions` when offered
     every action (miltergw's probes: one per worker loop) and with `session_actions`
-    otherwise (a session, offered what the MTA granted), then reads until EOF. Records
-    (connection number, offered version, actions, protocol)."""
+    otherwise (a session, offered what the MTA granted), then reads until EOF. With
+    `eom_frames` it answers every event of a session CONTINUE and the end of message with
+    those frames first. Records (connection number, offered version, actions, protocol)."""
 
-    def __init__(self, probe_actions, session_actions, session_version=6):
+    def __init__(self, probe_actions, session_actions, session_version=6, eom_frames=None):
         self.probe_actions, self.session_actions = probe_actions, session_actions
         self.session_version = session_version
+        self.eom_frames = eom_frames
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -920,8 +922,19 @@ class FakeMilter:
             probe = act == mgwtest.ALL_ACTIONS
             c.sendall(mgwtest.optneg(6 if probe else self.session_version,
                                      self.probe_actions if probe else self.session_actions, 0))
-            while c.recv(4096):
-                pass
+            buf = buf[4 + ln:]
+            while True:
+                while len(buf) >= 4 and len(buf) >= 4 + struct.unpack("!I", buf[:4])[0]:
+                    ln = struct.unpack("!I", buf[:4])[0]
+                    cmd, buf = buf[4:5], buf[4 + ln:]
+                    if probe or self.eom_frames is None or cmd in b"DAQK":
+                        continue
+                    out = b"".join(self.eom_frames) if cmd == b"E" else b""
+                    c.sendall(out + struct.pack("!I", 1) + b"c")
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
         except OSError:
             pass
         finally:
@@ -989,6 +1002,25 @@ class MilterFaults(BackendCase):
         self.assertEqual(rec.get("detail"), "the milter asked for actions 0x11, only 0x101 were offered "
                                             "(what the MTA granted)", rec)
         self.wait_gw_log(msg="filter failed", filter="fake", reason="out_of_contract", on_error="tempfail")
+
+    def test_4b_modifications_held_to_what_the_session_negotiated(self):
+        """A milter declares ADDHDRS and CHGHDRS at the probe, so Postfix grants both, but
+        asks for ADDHDRS only in the session, then changes a header anyway: the change is
+        dropped (libmilter would have refused the call), the added header is applied."""
+        def frame(cmd, payload):
+            return struct.pack("!I", len(payload) + 1) + cmd + payload
+        fake = FakeMilter(probe_actions=0x01 | 0x10, session_actions=0x01, eom_frames=[
+            frame(b"m", struct.pack("!I", 1) + b"Subject\0changed\0"),
+            frame(b"h", b"X-Fake\0added\0")])
+        self.addCleanup(fake.stop)
+        self.gateway(milter_filter_arg("fake", fake.spec))
+        self.wait_gw_log(msg="milter reachable", filter="fake")
+        msg, _, _ = make_message("held to its session", BODY)
+        got = self.delivered(self.send(msg))
+        self.assertEqual(got.header("X-Fake"), "added", got.headers)
+        self.assertEqual(got.header("Subject"), "held to its session", got.headers)
+        self.wait_gw_log(msg="modification dropped", filter="fake", mod="CHGHEADER",
+                         reason="undeclared_action")
 
     def test_5_negotiates_a_newer_version(self):
         """A milter answering the session's OPTNEG with version 7: out of contract, its
