@@ -49,8 +49,10 @@ def build_all(tmp):
                         capture_output=True, text=True, timeout=30)
     if pc.returncode != 0:
         raise AssertionError("pkg-config miltergw-milter failed:\n" + pc.stderr)
-    for name in MILTERS:
+    for name in MILTERS + ("tag_milter",):
         src = os.path.join(MILTER_SRC, name + ".c")
+        if name == "tag_milter":  # the worked example of docs/filter-guide.md
+            src = os.path.join(MILTER_SRC, "..", "examples", name + ".c")
         for kind, flags in (("libmilter", ["-lmilter", "-pthread"]), ("miltergw", pc.stdout.split())):
             out = os.path.join(tmp, "%s.%s" % (name, kind))
             r = subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-o", out, src] + flags,
@@ -74,10 +76,11 @@ def load_module(path, name):
 class Milter:
     """One test milter process listening on 127.0.0.1:PORT (libmilter's inet:PORT@HOST)."""
 
-    def __init__(self, name, tmpdir, spec=None):
+    def __init__(self, name, tmpdir, spec=None, option="-p"):
         self.port = mgwtest.free_port()
         self.target = "127.0.0.1:%d" % self.port
-        self.proc = Proc([BIN[name], "-p", spec or "inet:%d@127.0.0.1" % self.port],
+        spec = spec or "inet:%d@127.0.0.1" % self.port
+        self.proc = Proc([BIN[name]] + ([option, spec] if option else [spec]),
                          os.path.join(tmpdir, name + ".log"), name=name).start()
         wait_for(lambda: mgwtest.port_listening(self.port) or not self.proc.alive(), 10,
                  lambda: "%s to listen on %d; output:\n%s" % (name, self.port, self.proc.log_tail()))
@@ -246,6 +249,21 @@ class ThroughPostfix(unittest.TestCase):
         self.assertIn("UNKNOWN XYZZY", lines)
         self.assertTrue(any(ln.startswith("CONNECT ") for ln in lines), lines)
         self.assertFalse([ln for ln in lines if ln.startswith("HELO")], lines)
+
+
+    # -- the guide's worked example, as the guide runs it
+    def test_04_guide_example(self):
+        self.m = Milter("tag_milter", self.dir, option=None)  # the spec as its only argument
+        self.gw = mgwtest.Miltergw(args=["--filter", "tag=" + self.m.target], tmpdir=self.dir,
+                                   port=self.gw_port)
+        msg, hdrs, body = make_message("guide", BODY)
+        with self.smtp() as s:
+            spam = self.transaction(s, "bad@spam.example", ["ok@example.com"], msg)
+            ok = self.transaction(s, "good@example.org", ["ok@example.com"], msg)
+        self.assertEqual(spam["mail"], (550, "5.7.1 Sender refused"), spam)
+        qid = queue_id(ok["data"][1])
+        got = self.pf.wait_delivered_id(qid, timeout=30)
+        self.assertEqual(got.headers[1:], hdrs + [("X-Tagged-By", "tag_milter, queue id %s" % qid)])
 
 
 class GrpcDirect(unittest.TestCase):
