@@ -68,12 +68,12 @@ enum tag_kind {
     TAG_NEW_HEALTH,
     TAG_NEW_REFL_A, /* reflection v1alpha */
     TAG_NEW_REFL_1, /* reflection v1 */
-    TAG_UNARY,     /* the one batch answering Describe or UNIMPLEMENTED */
-    TAG_RECV,      /* session: {[SEND_INITIAL_METADATA,] RECV_MESSAGE} */
-    TAG_SEND,      /* session: {SEND_MESSAGE} */
-    TAG_CLOSE,     /* session: {RECV_CLOSE_ON_SERVER} */
-    TAG_STATUS,    /* session: {SEND_STATUS_FROM_SERVER} */
-    TAG_SHUTDOWN,  /* grpc_server_shutdown_and_notify */
+    TAG_UNARY,      /* the one batch answering Describe or UNIMPLEMENTED */
+    TAG_RECV,       /* session: {[SEND_INITIAL_METADATA,] RECV_MESSAGE} */
+    TAG_SEND,       /* session: {SEND_MESSAGE} */
+    TAG_CLOSE,      /* session: {RECV_CLOSE_ON_SERVER} */
+    TAG_STATUS,     /* session: {SEND_STATUS_FROM_SERVER} */
+    TAG_SHUTDOWN,   /* grpc_server_shutdown_and_notify */
 };
 
 struct tag {
@@ -124,8 +124,8 @@ struct mgw_session {
     bool finished;   /* pump() said "free it" once */
 
     /* session_threads only. */
-    pthread_cond_t cv;      /* events queued, or the stream ended */
-    struct evq *qh, *qt;    /* events not handled yet */
+    pthread_cond_t cv;   /* events queued, or the stream ended */
+    struct evq *qh, *qt; /* events not handled yet */
     bool thr_started, thr_done;
     bool in_event, cur_answered; /* on_event running; its event needs a reply */
     uint64_t cur_id;

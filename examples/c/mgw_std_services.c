@@ -19,10 +19,10 @@
 extern const unsigned char mgw_descriptor_set[];
 extern const size_t mgw_descriptor_set_len;
 
-#define MAX_FILES   16
-#define MAX_NAMES   64 /* top-level messages, enums and services of one file */
-#define MAX_DEPS    16
-#define NOT_FOUND   5 /* gRPC status code */
+#define MAX_FILES 16
+#define MAX_NAMES 64 /* top-level messages, enums and services of one file */
+#define MAX_DEPS  16
+#define NOT_FOUND 5 /* gRPC status code */
 
 struct str {
     const uint8_t *p;
@@ -169,8 +169,7 @@ static int pack_out(const ProtobufCMessage *m, uint8_t **out, size_t *out_len)
     return 0;
 }
 
-int mgw_health_answer(const uint8_t *req, size_t len, bool serving, uint8_t **out,
-                      size_t *out_len)
+int mgw_health_answer(const uint8_t *req, size_t len, bool serving, uint8_t **out, size_t *out_len)
 {
     Grpc__Health__V1__HealthCheckRequest *r =
         grpc__health__v1__health_check_request__unpack(NULL, len, req);
@@ -250,9 +249,9 @@ int mgw_reflection_answer(const uint8_t *req, size_t len, uint8_t **out, size_t 
                 size_t n = lr.n_service++;
                 svc[n] = (Grpc__Reflection__V1alpha__ServiceResponse)
                     GRPC__REFLECTION__V1ALPHA__SERVICE_RESPONSE__INIT;
-                snprintf(svc_names[n], sizeof svc_names[n], "%.*s.%.*s",
-                         (int)files[i].package.n, (const char *)files[i].package.p,
-                         (int)files[i].names[k].n, (const char *)files[i].names[k].p);
+                snprintf(svc_names[n], sizeof svc_names[n], "%.*s.%.*s", (int)files[i].package.n,
+                         (const char *)files[i].package.p, (int)files[i].names[k].n,
+                         (const char *)files[i].names[k].p);
                 svc[n].name = svc_names[n];
                 svc_ptrs[n] = &svc[n];
             }

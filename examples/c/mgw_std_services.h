@@ -17,9 +17,9 @@
 #include <stdint.h>
 
 /* gRPC method paths. */
-#define MGW_HEALTH_CHECK      "/grpc.health.v1.Health/Check"
-#define MGW_REFLECTION_V1A    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-#define MGW_REFLECTION_V1     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+#define MGW_HEALTH_CHECK   "/grpc.health.v1.Health/Check"
+#define MGW_REFLECTION_V1A "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+#define MGW_REFLECTION_V1  "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 
 /*
  * Answers a HealthCheckRequest: SERVING or NOT_SERVING for "" and "miltergw.v1.Filter"
@@ -27,8 +27,7 @@
  * bytes; the caller frees it), or -1 for an unknown service or an undecodable request
  * (answer the call with NOT_FOUND).
  */
-int mgw_health_answer(const uint8_t *req, size_t len, bool serving, uint8_t **out,
-                      size_t *out_len);
+int mgw_health_answer(const uint8_t *req, size_t len, bool serving, uint8_t **out, size_t *out_len);
 
 /*
  * Answers one ServerReflectionRequest with one ServerReflectionResponse (malloc'ed in

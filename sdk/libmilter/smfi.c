@@ -32,10 +32,10 @@
 #include "libmilter/mfapi.h"
 #include "mgw_filter.h"
 
-#define N_STAGES     7  /* macro stages, in event order: connect .. eom */
-#define MAX_LINES    32 /* SMTP reply lines */
-#define DRAIN_SECS   10 /* after smfi_stop, open connections may finish this long */
-#define PROTO_OFFER  SMFI_CURR_PROT /* every step but the body sizes (gRPC has no limit) */
+#define N_STAGES    7              /* macro stages, in event order: connect .. eom */
+#define MAX_LINES   32             /* SMTP reply lines */
+#define DRAIN_SECS  10             /* after smfi_stop, open connections may finish this long */
+#define PROTO_OFFER SMFI_CURR_PROT /* every step but the body sizes (gRPC has no limit) */
 
 struct macro {
     char *name, *value; /* owned */
@@ -295,8 +295,7 @@ static void answer(SMFICTX *ctx, struct mgw_reply *r, enum mgw_event kind, sfsis
 {
     switch (st) {
     case SMFIS_CONTINUE:
-    case SMFIS_NOREPLY: /* on an event that gets a reply all the same: no objection */
-        break;
+    case SMFIS_NOREPLY: /* on an event that gets a reply all the same: no objection */ break;
     case SMFIS_REJECT:
     case SMFIS_TEMPFAIL: {
         bool reject = st == SMFIS_REJECT;
@@ -389,8 +388,10 @@ int smfi_register(struct smfiDesc d)
     /* libmilter takes filters written for API versions 2 to 4 and 1.0.x */
     if (!(d.xxfi_version >= 2 && d.xxfi_version <= 4) &&
         SM_LM_VRS_MAJOR((unsigned)d.xxfi_version) != SM_LM_VRS_MAJOR(SMFI_VERSION)) {
-        fail("smfi_register", "filter \"%s\": xxfi_version 0x%x is not supported (built with "
-             "0x%x)", d.xxfi_name, (unsigned)d.xxfi_version, (unsigned)SMFI_VERSION);
+        fail("smfi_register",
+             "filter \"%s\": xxfi_version 0x%x is not supported (built with "
+             "0x%x)",
+             d.xxfi_name, (unsigned)d.xxfi_version, (unsigned)SMFI_VERSION);
         return MI_FAILURE;
     }
     if (d.xxfi_flags & ~(unsigned long)SMFI_CURR_ACTS) {
@@ -452,8 +453,10 @@ int smfi_setconn(char *conn)
                strspn(strrchr(conn, ':') + 1, "0123456789") == strlen(strrchr(conn, ':') + 1)) {
         L.listen = xstrdup(conn); /* HOST:PORT */
     } else {
-        fail("smfi_setconn", "\"%s\": not inet:PORT@HOST, inet6:PORT@HOST, unix:PATH, "
-             "local:PATH nor HOST:PORT", conn);
+        fail("smfi_setconn",
+             "\"%s\": not inet:PORT@HOST, inet6:PORT@HOST, unix:PATH, "
+             "local:PATH nor HOST:PORT",
+             conn);
         return MI_FAILURE;
     }
     return MI_SUCCESS;
@@ -581,8 +584,7 @@ static int negotiate(void)
         return -1;
     }
     if (p1 & ~f1) {
-        fail("xxfi_negotiate", "asks for protocol steps 0x%lx, which are not supported",
-             p1 & ~f1);
+        fail("xxfi_negotiate", "asks for protocol steps 0x%lx, which are not supported", p1 & ~f1);
         return -1;
     }
     L.actions = p0;
@@ -597,11 +599,16 @@ static int describe(void)
         enum mgw_event ev;
         unsigned long no, nr; /* SMFIP_NO*: not sent; SMFIP_NR_*: no reply */
     } steps[] = {
-        {MGW_CONNECT, SMFIP_NOCONNECT, SMFIP_NR_CONN}, {MGW_HELO, SMFIP_NOHELO, SMFIP_NR_HELO},
-        {MGW_MAIL, SMFIP_NOMAIL, SMFIP_NR_MAIL},       {MGW_RCPT, SMFIP_NORCPT, SMFIP_NR_RCPT},
-        {MGW_DATA, SMFIP_NODATA, SMFIP_NR_DATA},       {MGW_HEADER, SMFIP_NOHDRS, SMFIP_NR_HDR},
-        {MGW_EOH, SMFIP_NOEOH, SMFIP_NR_EOH},          {MGW_BODY, SMFIP_NOBODY, SMFIP_NR_BODY},
-        {MGW_EOM, 0, 0},                               {MGW_UNKNOWN, SMFIP_NOUNKNOWN, SMFIP_NR_UNKN},
+        {MGW_CONNECT, SMFIP_NOCONNECT, SMFIP_NR_CONN},
+        {MGW_HELO, SMFIP_NOHELO, SMFIP_NR_HELO},
+        {MGW_MAIL, SMFIP_NOMAIL, SMFIP_NR_MAIL},
+        {MGW_RCPT, SMFIP_NORCPT, SMFIP_NR_RCPT},
+        {MGW_DATA, SMFIP_NODATA, SMFIP_NR_DATA},
+        {MGW_HEADER, SMFIP_NOHDRS, SMFIP_NR_HDR},
+        {MGW_EOH, SMFIP_NOEOH, SMFIP_NR_EOH},
+        {MGW_BODY, SMFIP_NOBODY, SMFIP_NR_BODY},
+        {MGW_EOM, 0, 0},
+        {MGW_UNKNOWN, SMFIP_NOUNKNOWN, SMFIP_NR_UNKN},
     };
     static const struct {
         unsigned long flag;
@@ -641,7 +648,8 @@ static int describe(void)
     f->rejected_recipients = (L.protocol & SMFIP_RCPT_REJ) != 0;
     f->header_leading_space = (L.protocol & SMFIP_HDR_LEADSPC) != 0;
     if (f->rejected_recipients || f->header_leading_space)
-        fprintf(stderr, "libmiltergw-milter: note: %s%s%s asked for; the gateway may not grant "
+        fprintf(stderr,
+                "libmiltergw-milter: note: %s%s%s asked for; the gateway may not grant "
                 "it (SessionStart.effective says)\n",
                 f->rejected_recipients ? "SMFIP_RCPT_REJ" : "",
                 f->rejected_recipients && f->header_leading_space ? " and " : "",

@@ -13,7 +13,7 @@
 
 #include "mfapi_constants.h"
 
-#define ENTRY(c) {#c, (long long)(c)},
+#define ENTRY(c)   {#c, (long long)(c)},
 #define CAT2(a, b) a##b
 #define CAT(a, b)  CAT2(a, b)
 

@@ -42,8 +42,7 @@ static sfsistat on_envrcpt(SMFICTX *ctx, char **argv)
         return SMFIS_REJECT;
     }
     if (strstr(argv[0], "later")) {
-        if (smfi_setmlreply(ctx, "451", "4.7.1", "not now,", "try again later", NULL) !=
-            MI_SUCCESS)
+        if (smfi_setmlreply(ctx, "451", "4.7.1", "not now,", "try again later", NULL) != MI_SUCCESS)
             return SMFIS_REJECT;
         return SMFIS_TEMPFAIL;
     }
@@ -77,20 +76,22 @@ static sfsistat on_close(SMFICTX *ctx)
 }
 
 static struct smfiDesc desc = {
-    "milter_basic", SMFI_VERSION, SMFIF_ADDHDRS,
-    NULL,       /* connect */
-    NULL,       /* helo */
-    on_envfrom, /* envfrom */
-    on_envrcpt, /* envrcpt */
-    on_header,  /* header */
-    NULL,       /* eoh */
-    NULL,       /* body */
-    on_eom,     /* eom */
-    NULL,       /* abort */
-    on_close,   /* close */
-    NULL,       /* unknown */
-    NULL,       /* data */
-    NULL,       /* negotiate */
+    "milter_basic", /* name */
+    SMFI_VERSION,   /* version */
+    SMFIF_ADDHDRS,  /* flags */
+    NULL,           /* connect */
+    NULL,           /* helo */
+    on_envfrom,     /* envfrom */
+    on_envrcpt,     /* envrcpt */
+    on_header,      /* header */
+    NULL,           /* eoh */
+    NULL,           /* body */
+    on_eom,         /* eom */
+    NULL,           /* abort */
+    on_close,       /* close */
+    NULL,           /* unknown */
+    NULL,           /* data */
+    NULL,           /* negotiate */
 };
 
 int main(int argc, char **argv)

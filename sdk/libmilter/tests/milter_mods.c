@@ -143,11 +143,11 @@ static sfsistat on_eom(SMFICTX *ctx)
     snprintf(v, sizeof v,
              "msg=%d host=%s family=%s addr=%s helo=%s from=%s nargs=%d rcpts=%s headers=%d "
              "eoh=%d data=%d bodylen=%zu",
-             c->msgs, c->host, c->family, c->addr, c->helo, c->from, c->nargs, c->rcpts,
-             c->headers, c->eoh, c->data, c->bodylen);
+             c->msgs, c->host, c->family, c->addr, c->helo, c->from, c->nargs, c->rcpts, c->headers,
+             c->eoh, c->data, c->bodylen);
     ok &= smfi_addheader(ctx, "X-Mods-Info", v) == MI_SUCCESS;
-    snprintf(v, sizeof v, "i=%s j=%s mail_addr=%s rcpt_addr=%s daemon_name=%s",
-             sym(ctx, "i"), sym(ctx, "{j}"), sym(ctx, "{mail_addr}"), sym(ctx, "rcpt_addr"),
+    snprintf(v, sizeof v, "i=%s j=%s mail_addr=%s rcpt_addr=%s daemon_name=%s", sym(ctx, "i"),
+             sym(ctx, "{j}"), sym(ctx, "{mail_addr}"), sym(ctx, "rcpt_addr"),
              sym(ctx, "{daemon_name}"));
     ok &= smfi_addheader(ctx, "X-Mods-Macros", v) == MI_SUCCESS;
     snprintf(v, sizeof v, "outside_eom=%s bad_code=%s negative_index=%s",

@@ -82,10 +82,9 @@ static sfsistat on_eom(SMFICTX *ctx)
         return SMFIS_DISCARD;
     if (from && strstr(from, "accept"))
         return SMFIS_ACCEPT;
-    snprintf(v, sizeof v, "headers=%d mail_addr=%s auth_type=%s", headers,
-             from ? from : "(none)", auth ? auth : "(none)");
-    return smfi_addheader(ctx, "X-Negotiate", v) == MI_SUCCESS ? SMFIS_CONTINUE
-                                                               : SMFIS_TEMPFAIL;
+    snprintf(v, sizeof v, "headers=%d mail_addr=%s auth_type=%s", headers, from ? from : "(none)",
+             auth ? auth : "(none)");
+    return smfi_addheader(ctx, "X-Negotiate", v) == MI_SUCCESS ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
 }
 
 static sfsistat on_unknown(SMFICTX *ctx, const char *cmd)

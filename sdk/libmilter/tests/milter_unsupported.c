@@ -23,9 +23,9 @@ static sfsistat on_eom(SMFICTX *ctx)
     return SMFIS_CONTINUE;
 }
 
-static sfsistat negotiate_mds(SMFICTX *ctx, unsigned long f0, unsigned long f1,
-                              unsigned long f2, unsigned long f3, unsigned long *pf0,
-                              unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
+static sfsistat negotiate_mds(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
+                              unsigned long f3, unsigned long *pf0, unsigned long *pf1,
+                              unsigned long *pf2, unsigned long *pf3)
 {
     (void)ctx, (void)f1, (void)f2, (void)f3;
     *pf0 = f0 & SMFIF_ADDHDRS;

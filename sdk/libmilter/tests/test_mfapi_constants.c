@@ -23,8 +23,8 @@ static void compare(const struct mfapi_constant *want, const struct mfapi_consta
     for (; want->name; want++, got++, n++) {
         assert_string_equal(got->name, want->name);
         if (got->value != want->value) {
-            print_error("%s: got %lld, want %lld (Debian's libmilter)\n", want->name,
-                        got->value, want->value);
+            print_error("%s: got %lld, want %lld (Debian's libmilter)\n", want->name, got->value,
+                        want->value);
             bad++;
         }
     }

@@ -24,9 +24,9 @@
 #endif
 #endif
 
-#define SM_LM_VRS_MAJOR(v) (((v) & 0x7f000000) >> 24)
-#define SM_LM_VRS_MINOR(v) (((v) & 0x007fff00) >> 8)
-#define SM_LM_VRS_PLVL(v)  ((v) & 0x0000007f)
+#define SM_LM_VRS_MAJOR(v) (((v)&0x7f000000) >> 24)
+#define SM_LM_VRS_MINOR(v) (((v)&0x007fff00) >> 8)
+#define SM_LM_VRS_PLVL(v)  ((v)&0x0000007f)
 
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -88,23 +88,23 @@ struct smfiDesc {
     sfsistat (*xxfi_close)(SMFICTX *);
     sfsistat (*xxfi_unknown)(SMFICTX *, const char *cmd);
     sfsistat (*xxfi_data)(SMFICTX *);
-    sfsistat (*xxfi_negotiate)(SMFICTX *, unsigned long f0, unsigned long f1,
-                               unsigned long f2, unsigned long f3, unsigned long *pf0,
-                               unsigned long *pf1, unsigned long *pf2, unsigned long *pf3);
+    sfsistat (*xxfi_negotiate)(SMFICTX *, unsigned long f0, unsigned long f1, unsigned long f2,
+                               unsigned long f3, unsigned long *pf0, unsigned long *pf1,
+                               unsigned long *pf2, unsigned long *pf3);
 };
 
 /* Flags: the modifications the filter may make (smfiDesc.xxfi_flags). */
-#define SMFIF_NONE       0x00000000L
-#define SMFIF_ADDHDRS    0x00000001L
-#define SMFIF_CHGBODY    0x00000002L
-#define SMFIF_MODBODY    SMFIF_CHGBODY
-#define SMFIF_ADDRCPT    0x00000004L
-#define SMFIF_DELRCPT    0x00000008L
-#define SMFIF_CHGHDRS    0x00000010L
-#define SMFIF_QUARANTINE 0x00000020L
-#define SMFIF_CHGFROM    0x00000040L
+#define SMFIF_NONE        0x00000000L
+#define SMFIF_ADDHDRS     0x00000001L
+#define SMFIF_CHGBODY     0x00000002L
+#define SMFIF_MODBODY     SMFIF_CHGBODY
+#define SMFIF_ADDRCPT     0x00000004L
+#define SMFIF_DELRCPT     0x00000008L
+#define SMFIF_CHGHDRS     0x00000010L
+#define SMFIF_QUARANTINE  0x00000020L
+#define SMFIF_CHGFROM     0x00000040L
 #define SMFIF_ADDRCPT_PAR 0x00000080L
-#define SMFIF_SETSYMLIST 0x00000100L
+#define SMFIF_SETSYMLIST  0x00000100L
 
 /* Macro stages, for smfi_setsymlist(). */
 #define SMFIM_NOMACROS (-1)
