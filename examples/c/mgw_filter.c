@@ -18,17 +18,29 @@
  * freed when its status was sent and its last batch completed (completions of one call
  * arrive in any order).
  *
- * Shutdown. The signal makes the waiting thread call grpc_server_shutdown_and_notify() and
+ * Session threads (mgw_filter.session_threads). The workers then only queue a session's
+ * events; a thread per session, started at its first event, runs the callbacks outside the
+ * session mutex and takes the mutex only to queue a reply and start sends. The session is
+ * freed once that thread is done too.
+ *
+ * Standard services. Health/Check is answered like Describe; reflection is a stream like
+ * Session (same pump), whose events are answered by mgw_std_services.c.
+ *
+ * Shutdown. The signal (or mgw_filter_stop) first starts the drain: health says
+ * NOT_SERVING and new Session calls are refused, for up to drain_seconds while sessions
+ * remain. Then the waiting thread calls grpc_server_shutdown_and_notify() and
  * grpc_server_cancel_all_calls(). Cancelled sessions wind down through the normal paths;
  * when the shutdown tag has arrived and no session, unary answer or new-call request is
  * left, the queue is shut down, the workers see GRPC_QUEUE_SHUTDOWN and everything is freed.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -38,11 +50,14 @@
 #include <grpc/support/time.h>
 
 #include "mgw_filter.h"
+#include "mgw_std_services.h"
 
 #define N_REQ_SESSION  16
 #define N_REQ_DESCRIBE 4
 #define N_REQ_OTHER    2
-#define N_REQ          (N_REQ_SESSION + N_REQ_DESCRIBE + N_REQ_OTHER)
+#define N_REQ_HEALTH   2
+#define N_REQ_REFL     2 /* per reflection version */
+#define N_REQ          (N_REQ_SESSION + N_REQ_DESCRIBE + N_REQ_OTHER + N_REQ_HEALTH + 2 * N_REQ_REFL)
 #define MAX_LINES      32 /* SMTP reply lines, the proto's limit */
 #define MAX_THREADS    64
 
@@ -50,12 +65,15 @@ enum tag_kind {
     TAG_NEW_SESSION, /* request_registered_call(Session) */
     TAG_NEW_DESCRIBE,
     TAG_NEW_OTHER, /* request_call: any other method */
-    TAG_UNARY,     /* the one batch answering Describe or UNIMPLEMENTED */
-    TAG_RECV,      /* session: {[SEND_INITIAL_METADATA,] RECV_MESSAGE} */
-    TAG_SEND,      /* session: {SEND_MESSAGE} */
-    TAG_CLOSE,     /* session: {RECV_CLOSE_ON_SERVER} */
-    TAG_STATUS,    /* session: {SEND_STATUS_FROM_SERVER} */
-    TAG_SHUTDOWN,  /* grpc_server_shutdown_and_notify */
+    TAG_NEW_HEALTH,
+    TAG_NEW_REFL_A, /* reflection v1alpha */
+    TAG_NEW_REFL_1, /* reflection v1 */
+    TAG_UNARY,      /* the one batch answering Describe or UNIMPLEMENTED */
+    TAG_RECV,       /* session: {[SEND_INITIAL_METADATA,] RECV_MESSAGE} */
+    TAG_SEND,       /* session: {SEND_MESSAGE} */
+    TAG_CLOSE,      /* session: {RECV_CLOSE_ON_SERVER} */
+    TAG_STATUS,     /* session: {SEND_STATUS_FROM_SERVER} */
+    TAG_SHUTDOWN,   /* grpc_server_shutdown_and_notify */
 };
 
 struct tag {
@@ -68,7 +86,7 @@ struct request {
     grpc_call *call;
     gpr_timespec deadline;
     grpc_metadata_array md;
-    grpc_byte_buffer *payload; /* Describe's request */
+    grpc_byte_buffer *payload; /* Describe's and Check's request */
     grpc_call_details details; /* TAG_NEW_OTHER only */
 };
 
@@ -84,6 +102,12 @@ struct out {
     grpc_byte_buffer *bb;
 };
 
+/* Events waiting for a session's thread (session_threads). */
+struct evq {
+    struct evq *next;
+    Miltergw__V1__Event *ev; /* unpacked; freed by the thread */
+};
+
 struct mgw_session {
     struct tag t_recv, t_send, t_close, t_status;
     pthread_mutex_t mu;
@@ -96,6 +120,15 @@ struct mgw_session {
     unsigned answer; /* MGW_EVENT_BITs this stream answers (SessionStart.effective) */
     char *id;
     void *state;
+    bool reflection; /* a reflection stream, not a Session */
+    bool finished;   /* pump() said "free it" once */
+
+    /* session_threads only. */
+    pthread_cond_t cv;   /* events queued, or the stream ended */
+    struct evq *qh, *qt; /* events not handled yet */
+    bool thr_started, thr_done;
+    bool in_event, cur_answered; /* on_event running; its event needs a reply */
+    uint64_t cur_id;
 };
 
 /* One modification with its sub-message; strings are copied into buf. */
@@ -126,7 +159,7 @@ static struct {
     const struct mgw_filter *f;
     grpc_server *server;
     grpc_completion_queue *cq;
-    void *m_session, *m_describe;
+    void *m_session, *m_describe, *m_health, *m_refl_a, *m_refl_1;
     struct request reqs[N_REQ];
     struct tag shutdown_tag;
     unsigned answer; /* default for streams without SessionStart.effective */
@@ -139,11 +172,17 @@ static struct {
     Miltergw__V1__MacroRequest *macro_ptrs[MGW_UNKNOWN + 1];
     char *macro_copy[MGW_UNKNOWN + 1];
 
-    pthread_mutex_t mu; /* guards the five below */
+    pthread_mutex_t mu; /* guards the fields below */
+    pthread_cond_t cv;  /* sessions went down */
     int pending;        /* new-call requests posted, not completed */
     int live;           /* sessions and unary answers not freed */
+    int sessions;       /* Session streams not freed (for the drain) */
     bool stopping, shutdown_seen, cq_shut;
-} g = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    bool draining;       /* stop began: health NOT_SERVING, no new Session */
+    bool stop_requested; /* mgw_filter_stop() */
+    bool running;        /* main_thread waits in sigwait */
+    pthread_t main_thread;
+} g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static void *xcalloc(size_t n, size_t size)
 {
@@ -345,14 +384,40 @@ void mgw_reply_change_header(struct mgw_reply *r, const char *name, unsigned ind
     header_mod(r, MILTERGW__V1__MODIFICATION__MODIFICATION_CHANGE_HEADER, index, name, value);
 }
 
-void mgw_reply_add_rcpt(struct mgw_reply *r, const char *address)
+/* Splits a copy of space-separated ESMTP args at *p into (char **) slots also at *p.
+ * `args` needs len0(args) bytes of strings plus args_slots() pointers. */
+static size_t args_slots(const char *args)
 {
-    struct mod *m =
-        mod_add(r, MILTERGW__V1__MODIFICATION__MODIFICATION_ADD_RECIPIENT, len0(address) + 2);
-    char *p = m->buf;
+    return args ? strlen(args) / 2 + 1 : 0;
+}
+
+static char **put_args(char **p, const char *args, size_t *n)
+{
+    *n = 0;
+    if (args == NULL || args[0] == '\0')
+        return NULL;
+    char **slots = (char **)*p;
+    *p += args_slots(args) * sizeof(char *);
+    char *copy = put(p, args), *save = NULL;
+    for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save))
+        slots[(*n)++] = w;
+    return slots;
+}
+
+void mgw_reply_add_rcpt_args(struct mgw_reply *r, const char *address, const char *args)
+{
+    size_t extra = len0(address) + 2 + len0(args) + args_slots(args) * sizeof(char *);
+    struct mod *m = mod_add(r, MILTERGW__V1__MODIFICATION__MODIFICATION_ADD_RECIPIENT, extra);
+    char *p = m->buf; /* the slots first: buf is aligned for pointers */
     m->u.add_rcpt = (Miltergw__V1__AddRecipient)MILTERGW__V1__ADD_RECIPIENT__INIT;
+    m->u.add_rcpt.args = put_args(&p, args, &m->u.add_rcpt.n_args);
     m->u.add_rcpt.address = put_addr(&p, address);
     m->m.add_recipient = &m->u.add_rcpt;
+}
+
+void mgw_reply_add_rcpt(struct mgw_reply *r, const char *address)
+{
+    mgw_reply_add_rcpt_args(r, address, NULL);
 }
 
 void mgw_reply_delete_rcpt(struct mgw_reply *r, const char *address)
@@ -365,14 +430,20 @@ void mgw_reply_delete_rcpt(struct mgw_reply *r, const char *address)
     m->m.delete_recipient = &m->u.delete_rcpt;
 }
 
-void mgw_reply_change_from(struct mgw_reply *r, const char *address)
+void mgw_reply_change_from_args(struct mgw_reply *r, const char *address, const char *args)
 {
-    struct mod *m =
-        mod_add(r, MILTERGW__V1__MODIFICATION__MODIFICATION_CHANGE_FROM, len0(address) + 2);
+    size_t extra = len0(address) + 2 + len0(args) + args_slots(args) * sizeof(char *);
+    struct mod *m = mod_add(r, MILTERGW__V1__MODIFICATION__MODIFICATION_CHANGE_FROM, extra);
     char *p = m->buf;
     m->u.change_from = (Miltergw__V1__ChangeFrom)MILTERGW__V1__CHANGE_FROM__INIT;
+    m->u.change_from.args = put_args(&p, args, &m->u.change_from.n_args);
     m->u.change_from.address = put_addr(&p, address);
     m->m.change_from = &m->u.change_from;
+}
+
+void mgw_reply_change_from(struct mgw_reply *r, const char *address)
+{
+    mgw_reply_change_from_args(r, address, NULL);
 }
 
 void mgw_reply_replace_body(struct mgw_reply *r, const void *body, size_t len)
@@ -459,22 +530,49 @@ static void drop_queue(struct mgw_session *s)
     s->tail = NULL;
 }
 
+static void evq_free(struct mgw_session *s)
+{
+    while (s->qh) {
+        struct evq *q = s->qh;
+        s->qh = q->next;
+        protobuf_c_message_free_unpacked(&q->ev->base, NULL);
+        free(q);
+    }
+    s->qt = NULL;
+}
+
 static void session_free(struct mgw_session *s)
 {
-    if (g.f->on_close)
+    /* With a session thread, that thread already called on_close. */
+    if (g.f->on_close && !s->reflection && !s->thr_started)
         g.f->on_close(s);
     drop_queue(s);
+    evq_free(s);
     if (s->recv_bb)
         grpc_byte_buffer_destroy(s->recv_bb);
     grpc_call_unref(s->call);
     pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
     free(s->state);
     free(s->id);
+    bool counted = !s->reflection;
     free(s);
-    counters_add(&g.live, -1);
+    pthread_mutex_lock(&g.mu);
+    g.live--;
+    if (counted) {
+        g.sessions--;
+        pthread_cond_broadcast(&g.cv);
+    }
+    pthread_mutex_unlock(&g.mu);
 }
 
-/* Starts what can start now; true when the session is over and must be freed. */
+/* Whether a session thread still has callbacks to run (which may produce replies). */
+static bool thread_busy(const struct mgw_session *s)
+{
+    return s->thr_started && !s->thr_done;
+}
+
+/* Starts what can start now; true (once) when the session is over and must be freed. */
 static bool pump(struct mgw_session *s)
 {
     if (!s->recv_armed && !s->recv_done && !s->dead) {
@@ -500,17 +598,37 @@ static bool pump(struct mgw_session *s)
     }
     if (s->dead)
         drop_queue(s); /* nothing queued will ever go out */
-    if ((s->recv_done || s->dead) && !s->head && !s->send_busy && !s->status_started) {
+    if ((s->recv_done || s->dead) && !s->head && !s->send_busy && !s->status_started &&
+        !thread_busy(s)) {
         grpc_op op = {.op = GRPC_OP_SEND_STATUS_FROM_SERVER};
         op.data.send_status_from_server.status = GRPC_STATUS_OK;
         s->status_started = true; /* even if refused: then only the other batches remain */
         batch(s, &op, 1, &s->t_status);
     }
-    return s->status_started && s->outstanding == 0;
+    if (s->status_started && s->outstanding == 0 && !thread_busy(s) && !s->finished) {
+        s->finished = true;
+        return true;
+    }
+    return false;
 }
 
+/* Queues a reply for sending (s->mu held). */
+static void enqueue(struct mgw_session *s, grpc_byte_buffer *bb)
+{
+    struct out *o = xcalloc(1, sizeof *o);
+    o->bb = bb;
+    if (s->tail)
+        s->tail->next = o;
+    else
+        s->head = o;
+    s->tail = o;
+}
+
+/* Runs on_event for one event and queues its reply. With session_threads it runs on the
+ * session's thread without s->mu and takes it to queue; otherwise s->mu is held. */
 static void session_event(struct mgw_session *s, const Miltergw__V1__Event *ev)
 {
+    bool threaded = g.f->session_threads;
     enum mgw_event kind = mgw_event_kind(ev);
     if (kind == MGW_START) {
         const Miltergw__V1__Description *eff = ev->start->effective;
@@ -520,21 +638,147 @@ static void session_event(struct mgw_session *s, const Miltergw__V1__Event *ev)
             s->answer =
                 answer_mask(eff->events, eff->n_events, eff->observe_only, eff->n_observe_only);
     }
+    bool answered = kind >= MGW_CONNECT && kind <= MGW_UNKNOWN && (s->answer & MGW_EVENT_BIT(kind));
     struct mgw_reply r = {.msg = MILTERGW__V1__REPLY__INIT,
                           .resp = MILTERGW__V1__SMTP_RESPONSE__INIT};
     r.msg.event_id = ev->event_id;
     r.msg.verdict = MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
+    s->cur_id = ev->event_id;
+    s->cur_answered = answered;
+    s->in_event = true;
     g.f->on_event(s, ev, &r);
-    if (kind >= MGW_CONNECT && kind <= MGW_UNKNOWN && (s->answer & MGW_EVENT_BIT(kind))) {
-        struct out *o = xcalloc(1, sizeof *o);
-        o->bb = pack(&r.msg.base);
-        if (s->tail)
-            s->tail->next = o;
-        else
-            s->head = o;
-        s->tail = o;
+    s->in_event = false;
+    if (answered) {
+        grpc_byte_buffer *bb = pack(&r.msg.base);
+        if (threaded)
+            pthread_mutex_lock(&s->mu);
+        enqueue(s, bb);
+        if (threaded) {
+            pump(s); /* cannot be the end: this thread is not done */
+            pthread_mutex_unlock(&s->mu);
+        }
     }
     reply_free(&r);
+}
+
+static void events_run(struct mgw_session *s, const Miltergw__V1__Event *ev)
+{
+    /* Description.batches: events that queued up at the gateway come as one EventBatch. */
+    if (ev->event_case == MILTERGW__V1__EVENT__EVENT_BATCH) {
+        for (size_t i = 0; i < ev->batch->n_events; i++)
+            session_event(s, ev->batch->events[i]);
+    } else {
+        session_event(s, ev);
+    }
+}
+
+int mgw_session_progress(struct mgw_session *s)
+{
+    if (!g.f->session_threads || !s->in_event || !s->cur_answered)
+        return -1;
+    Miltergw__V1__Reply r = MILTERGW__V1__REPLY__INIT;
+    r.event_id = s->cur_id;
+    r.verdict = MILTERGW__V1__VERDICT__VERDICT_PROGRESS;
+    grpc_byte_buffer *bb = pack(&r.base);
+    pthread_mutex_lock(&s->mu);
+    enqueue(s, bb);
+    pump(s);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* A session's thread: its callbacks, in order, until the stream ends; then on_close. */
+static void *session_thread(void *arg)
+{
+    struct mgw_session *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (s->qh == NULL && !s->recv_done && !s->dead)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (s->dead || s->qh == NULL)
+            break;
+        struct evq *q = s->qh;
+        s->qh = q->next;
+        if (s->qh == NULL)
+            s->qt = NULL;
+        pthread_mutex_unlock(&s->mu);
+        events_run(s, q->ev);
+        protobuf_c_message_free_unpacked(&q->ev->base, NULL);
+        free(q);
+        pthread_mutex_lock(&s->mu);
+    }
+    evq_free(s); /* a dead stream's unhandled events */
+    pthread_mutex_unlock(&s->mu);
+    if (g.f->on_close)
+        g.f->on_close(s);
+    pthread_mutex_lock(&s->mu);
+    s->thr_done = true;
+    bool done = pump(s);
+    pthread_mutex_unlock(&s->mu);
+    if (done)
+        session_free(s);
+    return NULL;
+}
+
+/* Hands an event to the session's thread, starting it at the first (s->mu held). */
+static void thread_queue(struct mgw_session *s, Miltergw__V1__Event *ev)
+{
+    struct evq *q = xcalloc(1, sizeof *q);
+    q->ev = ev;
+    if (s->qt)
+        s->qt->next = q;
+    else
+        s->qh = q;
+    s->qt = q;
+    if (s->thr_started) {
+        pthread_cond_signal(&s->cv);
+        return;
+    }
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, session_thread, s) != 0) {
+        fputs("mgw_filter: cannot start a session thread\n", stderr);
+        abort();
+    }
+    pthread_attr_destroy(&attr);
+    s->thr_started = true;
+}
+
+static grpc_slice bb_bytes(grpc_byte_buffer *bb)
+{
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, bb))
+        return grpc_empty_slice();
+    grpc_slice sl = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    return sl;
+}
+
+static grpc_byte_buffer *bb_from(uint8_t *data, size_t len)
+{
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)data, len);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    free(data);
+    return bb;
+}
+
+/* A reflection request: one response each, in order. */
+static void reflection_recv(struct mgw_session *s)
+{
+    grpc_slice in = bb_bytes(s->recv_bb);
+    uint8_t *out;
+    size_t n;
+    int rc = mgw_reflection_answer(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in), &out, &n);
+    grpc_slice_unref(in);
+    if (rc != 0) {
+        grpc_call_cancel_with_status(s->call, GRPC_STATUS_INVALID_ARGUMENT, "bad request", NULL);
+        s->dead = s->recv_done = true;
+        return;
+    }
+    enqueue(s, bb_from(out, n));
 }
 
 static void session_recv(struct mgw_session *s, int ok)
@@ -544,6 +788,13 @@ static void session_recv(struct mgw_session *s, int ok)
         s->recv_done = true;
         if (!ok || grpc_call_failed_before_recv_message(s->call))
             s->dead = true;
+        pthread_cond_signal(&s->cv);
+        return;
+    }
+    if (s->reflection) {
+        reflection_recv(s);
+        grpc_byte_buffer_destroy(s->recv_bb);
+        s->recv_bb = NULL;
         return;
     }
     Miltergw__V1__Event *ev =
@@ -554,15 +805,14 @@ static void session_recv(struct mgw_session *s, int ok)
         fputs("mgw_filter: undecodable Event; ending the stream\n", stderr);
         grpc_call_cancel_with_status(s->call, GRPC_STATUS_INVALID_ARGUMENT, "bad Event", NULL);
         s->dead = s->recv_done = true;
+        pthread_cond_signal(&s->cv);
         return;
     }
-    /* Description.batches: events that queued up at the gateway come as one EventBatch. */
-    if (ev->event_case == MILTERGW__V1__EVENT__EVENT_BATCH) {
-        for (size_t i = 0; i < ev->batch->n_events; i++)
-            session_event(s, ev->batch->events[i]);
-    } else {
-        session_event(s, ev);
+    if (g.f->session_threads) {
+        thread_queue(s, ev);
+        return;
     }
+    events_run(s, ev);
     protobuf_c_message_free_unpacked(&ev->base, NULL);
 }
 
@@ -586,13 +836,15 @@ static void session_tag(struct tag *t, int ok)
         break;
     default: break; /* TAG_STATUS */
     }
+    if (s->dead)
+        pthread_cond_signal(&s->cv);
     bool done = pump(s);
     pthread_mutex_unlock(&s->mu);
     if (done)
-        session_free(s); /* no batch left: no other thread can hold s */
+        session_free(s); /* no batch left, no thread running: no other thread can hold s */
 }
 
-static void session_new(grpc_call *call)
+static void session_new(grpc_call *call, bool reflection)
 {
     struct mgw_session *s = xcalloc(1, sizeof *s);
     s->t_recv = (struct tag){TAG_RECV, s};
@@ -600,11 +852,17 @@ static void session_new(grpc_call *call)
     s->t_close = (struct tag){TAG_CLOSE, s};
     s->t_status = (struct tag){TAG_STATUS, s};
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
     s->call = call;
     s->answer = g.answer;
-    if (g.f->state_size)
+    s->reflection = reflection;
+    if (g.f->state_size && !reflection)
         s->state = xcalloc(1, g.f->state_size);
-    counters_add(&g.live, 1);
+    pthread_mutex_lock(&g.mu);
+    g.live++;
+    if (!reflection)
+        g.sessions++;
+    pthread_mutex_unlock(&g.mu);
 
     pthread_mutex_lock(&s->mu); /* completions may arrive on other workers at once */
     grpc_op op = {.op = GRPC_OP_RECV_CLOSE_ON_SERVER};
@@ -618,10 +876,11 @@ static void session_new(grpc_call *call)
 
 /* ---- unary answers and new calls --------------------------------------------------------- */
 
-static void unary_answer(grpc_call *call, grpc_byte_buffer *bb, grpc_status_code status)
+static void unary_answer(grpc_call *call, grpc_byte_buffer *bb, grpc_status_code status,
+                         const char *details_text)
 {
     struct unary *u = xcalloc(1, sizeof *u);
-    grpc_slice details = grpc_slice_from_static_string(status ? "unknown method" : "");
+    grpc_slice details = grpc_slice_from_static_string(details_text);
     grpc_op ops[4] = {{.op = GRPC_OP_SEND_INITIAL_METADATA}};
     size_t n = 1;
     u->tag = (struct tag){TAG_UNARY, u};
@@ -656,6 +915,17 @@ static void unary_done(struct unary *u)
     counters_add(&g.live, -1);
 }
 
+static void *request_method(enum tag_kind k)
+{
+    switch (k) {
+    case TAG_NEW_SESSION: return g.m_session;
+    case TAG_NEW_DESCRIBE: return g.m_describe;
+    case TAG_NEW_HEALTH: return g.m_health;
+    case TAG_NEW_REFL_A: return g.m_refl_a;
+    default: return g.m_refl_1;
+    }
+}
+
 static void request_post(struct request *r)
 {
     grpc_call_error e;
@@ -673,10 +943,10 @@ static void request_post(struct request *r)
         grpc_call_details_init(&r->details);
         e = grpc_server_request_call(g.server, &r->call, &r->details, &r->md, g.cq, g.cq, &r->tag);
     } else {
-        bool sess = r->tag.kind == TAG_NEW_SESSION;
-        e = grpc_server_request_registered_call(g.server, sess ? g.m_session : g.m_describe,
-                                                &r->call, &r->deadline, &r->md,
-                                                sess ? NULL : &r->payload, g.cq, g.cq, &r->tag);
+        bool unary = r->tag.kind == TAG_NEW_DESCRIBE || r->tag.kind == TAG_NEW_HEALTH;
+        e = grpc_server_request_registered_call(g.server, request_method(r->tag.kind), &r->call,
+                                                &r->deadline, &r->md, unary ? &r->payload : NULL,
+                                                g.cq, g.cq, &r->tag);
     }
     if (e != GRPC_CALL_OK) {
         fprintf(stderr, "mgw_filter: request_call failed: %d\n", e);
@@ -687,22 +957,55 @@ static void request_post(struct request *r)
     }
 }
 
+static bool is_draining(void)
+{
+    pthread_mutex_lock(&g.mu);
+    bool d = g.draining;
+    pthread_mutex_unlock(&g.mu);
+    return d;
+}
+
+static void health_check(grpc_call *call, grpc_byte_buffer *payload)
+{
+    grpc_slice in = payload ? bb_bytes(payload) : grpc_empty_slice();
+    uint8_t *out;
+    size_t n;
+    int rc = mgw_health_answer(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in), !is_draining(),
+                               &out, &n);
+    grpc_slice_unref(in);
+    if (rc == 0)
+        unary_answer(call, bb_from(out, n), GRPC_STATUS_OK, "");
+    else
+        unary_answer(call, NULL, GRPC_STATUS_NOT_FOUND, "unknown service");
+}
+
 static void request_done(struct request *r, int ok)
 {
     grpc_metadata_array_destroy(&r->md); /* no metadata is read */
     if (r->tag.kind == TAG_NEW_OTHER)
         grpc_call_details_destroy(&r->details);
-    if (r->payload)
-        grpc_byte_buffer_destroy(r->payload); /* the DescribeRequest is informational */
     if (ok) {
-        if (r->tag.kind == TAG_NEW_SESSION)
-            session_new(r->call);
-        else if (r->tag.kind == TAG_NEW_DESCRIBE)
-            unary_answer(r->call, pack(&g.desc.base), GRPC_STATUS_OK);
-        else
-            unary_answer(r->call, NULL, GRPC_STATUS_UNIMPLEMENTED);
-        request_post(r);
+        switch (r->tag.kind) {
+        case TAG_NEW_SESSION:
+            if (is_draining())
+                unary_answer(r->call, NULL, GRPC_STATUS_UNAVAILABLE, "filter is stopping");
+            else
+                session_new(r->call, false);
+            break;
+        case TAG_NEW_DESCRIBE: /* the DescribeRequest is informational */
+            unary_answer(r->call, pack(&g.desc.base), GRPC_STATUS_OK, "");
+            break;
+        case TAG_NEW_HEALTH: health_check(r->call, r->payload); break;
+        case TAG_NEW_REFL_A:
+        case TAG_NEW_REFL_1: session_new(r->call, true); break;
+        default: unary_answer(r->call, NULL, GRPC_STATUS_UNIMPLEMENTED, "unknown method"); break;
+        }
     }
+    if (r->payload)
+        grpc_byte_buffer_destroy(r->payload);
+    r->payload = NULL;
+    if (ok)
+        request_post(r);
     counters_add(&g.pending, -1);
 }
 
@@ -721,7 +1024,10 @@ static void *worker(void *arg)
         switch (t->kind) {
         case TAG_NEW_SESSION:
         case TAG_NEW_DESCRIBE:
-        case TAG_NEW_OTHER: request_done(t->owner, e.success); break;
+        case TAG_NEW_OTHER:
+        case TAG_NEW_HEALTH:
+        case TAG_NEW_REFL_A:
+        case TAG_NEW_REFL_1: request_done(t->owner, e.success); break;
         case TAG_UNARY: unary_done(t->owner); break;
         case TAG_SHUTDOWN:
             pthread_mutex_lock(&g.mu);
@@ -790,6 +1096,30 @@ static void describe_free(void)
     }
 }
 
+/* Stop, first part: health says NOT_SERVING, no new sessions, and the open ones get up to
+ * `seconds` to end on their own. */
+static void drain(unsigned seconds)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += seconds;
+    pthread_mutex_lock(&g.mu);
+    g.draining = true;
+    while (seconds && g.sessions > 0)
+        if (pthread_cond_timedwait(&g.cv, &g.mu, &until) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&g.mu);
+}
+
+void mgw_filter_stop(void)
+{
+    pthread_mutex_lock(&g.mu);
+    g.stop_requested = true;
+    if (g.running && !g.draining)
+        pthread_kill(g.main_thread, SIGTERM); /* blocked everywhere: sigwait takes it */
+    pthread_mutex_unlock(&g.mu);
+}
+
 int mgw_filter_run(const struct mgw_filter *f)
 {
     pthread_t threads[MAX_THREADS];
@@ -823,6 +1153,12 @@ int mgw_filter_run(const struct mgw_filter *f)
                                               GRPC_SRM_PAYLOAD_NONE, 0);
     g.m_describe = grpc_server_register_method(g.server, "/miltergw.v1.Filter/Describe", NULL,
                                                GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    g.m_health = grpc_server_register_method(g.server, MGW_HEALTH_CHECK, NULL,
+                                             GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    g.m_refl_a =
+        grpc_server_register_method(g.server, MGW_REFLECTION_V1A, NULL, GRPC_SRM_PAYLOAD_NONE, 0);
+    g.m_refl_1 =
+        grpc_server_register_method(g.server, MGW_REFLECTION_V1, NULL, GRPC_SRM_PAYLOAD_NONE, 0);
     g.cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(g.server, g.cq, NULL);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
@@ -838,9 +1174,17 @@ int mgw_filter_run(const struct mgw_filter *f)
     for (size_t i = 0; i < N_REQ; i++) {
         struct request *r = &g.reqs[i];
         r->tag.owner = r;
-        r->tag.kind = i < N_REQ_SESSION                    ? TAG_NEW_SESSION
-                      : i < N_REQ_SESSION + N_REQ_DESCRIBE ? TAG_NEW_DESCRIBE
-                                                           : TAG_NEW_OTHER;
+        size_t k = i;
+        static const struct {
+            size_t n;
+            enum tag_kind kind;
+        } kinds[] = {{N_REQ_SESSION, TAG_NEW_SESSION}, {N_REQ_DESCRIBE, TAG_NEW_DESCRIBE},
+                     {N_REQ_HEALTH, TAG_NEW_HEALTH},   {N_REQ_REFL, TAG_NEW_REFL_A},
+                     {N_REQ_REFL, TAG_NEW_REFL_1},     {N_REQ_OTHER, TAG_NEW_OTHER}};
+        size_t j = 0;
+        while (k >= kinds[j].n)
+            k -= kinds[j++].n;
+        r->tag.kind = kinds[j].kind;
         request_post(r);
     }
     g.shutdown_tag.kind = TAG_SHUTDOWN;
@@ -854,10 +1198,17 @@ int mgw_filter_run(const struct mgw_filter *f)
             abort();
         }
 
-    while (sigwait(&sigs, &sig) != 0)
+    pthread_mutex_lock(&g.mu);
+    g.main_thread = pthread_self();
+    g.running = true;
+    bool stop_now = g.stop_requested;
+    pthread_mutex_unlock(&g.mu);
+    while (!stop_now && sigwait(&sigs, &sig) != 0)
         ;
+    drain(f->drain_seconds);
     pthread_mutex_lock(&g.mu);
     g.stopping = true;
+    g.running = false;
     pthread_mutex_unlock(&g.mu);
     grpc_server_shutdown_and_notify(g.server, g.cq, &g.shutdown_tag);
     grpc_server_cancel_all_calls(g.server);

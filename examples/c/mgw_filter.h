@@ -11,7 +11,11 @@
  *   - runs one Session stream per SMTP connection, calls on_event() for each event in order
  *     and sends exactly one reply for each event that needs one (subscribed to and not
  *     observe-only, as SessionStart.effective says), in order, with its event_id;
- *   - stops cleanly on SIGTERM or SIGINT (mgw_filter_run() then returns 0).
+ *   - also serves the standard gRPC health service (grpc.health.v1.Health/Check: SERVING,
+ *     NOT_SERVING once stopping) and server reflection (grpc.reflection.v1alpha and v1,
+ *     enough for `grpcurl list` and `grpcurl describe miltergw.v1.Filter`);
+ *   - stops cleanly on SIGTERM, SIGINT or mgw_filter_stop() (mgw_filter_run() then
+ *     returns 0).
  *
  * Events arrive as the protobuf-c structs generated from filter.proto: `ev->header->name`,
  * `ev->rcpt->address`, `ev->macros[i]->key`, ... The answer starts as CONTINUE; change it
@@ -22,8 +26,12 @@
  * threads > 1, callbacks of different sessions run in parallel: protect shared data. A
  * callback that blocks delays its own session, and with one thread every session.
  *
+ * With `session_threads`, each session instead gets a thread of its own that runs its
+ * callbacks, in order, while the gRPC workers keep receiving: callbacks may then block
+ * (libmilter's model), and mgw_session_progress() keeps the gateway waiting meanwhile.
+ *
  * What it does not do: TLS, asynchronous answers (a reply is ready when on_event returns),
- * PROGRESS keep-alives, ESMTP arguments on AddRecipient/ChangeFrom.
+ * health's Watch.
  *
  * Signals: mgw_filter_run() blocks SIGINT and SIGTERM in the calling thread before gRPC
  * starts its threads, so call it before creating threads of your own (or block them too).
@@ -100,6 +108,10 @@ struct mgw_filter {
     void *arg;              /* anything; see mgw_session_arg() */
     unsigned threads;       /* worker threads; 0 means 1 */
     bool print_port;        /* print "port=N" as a line on stdout once listening */
+    bool session_threads;   /* run each session's callbacks on a thread of its own */
+    /* On stop: health says NOT_SERVING, new Session calls get UNAVAILABLE, and open
+     * sessions have this many seconds to end before they are cancelled (0: at once). */
+    unsigned drain_seconds;
 };
 
 /*
@@ -107,6 +119,15 @@ struct mgw_filter {
  * returns 0. Returns 1, after a message on stderr, if it cannot listen. Call it once.
  */
 int mgw_filter_run(const struct mgw_filter *f);
+/* Makes mgw_filter_run() stop as on SIGTERM; callable from any thread, callbacks included,
+ * and before mgw_filter_run() (which then returns at once). */
+void mgw_filter_stop(void);
+
+/* With session_threads, from on_event: tells the gateway the event being handled is still
+ * being worked on (a PROGRESS reply, sent at once), which restarts its deadline. Returns
+ * 0, or -1 if not possible (no session_threads, outside on_event, or an event that gets
+ * no reply). */
+int mgw_session_progress(struct mgw_session *s);
 
 /* The session's zeroed state of `state_size` bytes (NULL if 0); owned by the library. */
 void *mgw_session_state(struct mgw_session *s);
@@ -140,6 +161,10 @@ void mgw_reply_change_header(struct mgw_reply *r, const char *name, unsigned ind
 void mgw_reply_add_rcpt(struct mgw_reply *r, const char *address);
 void mgw_reply_delete_rcpt(struct mgw_reply *r, const char *address);
 void mgw_reply_change_from(struct mgw_reply *r, const char *address);
+/* The same with ESMTP arguments separated by spaces ("NOTIFY=NEVER ORCPT=rfc822;a@b");
+ * NULL or "" means none. */
+void mgw_reply_add_rcpt_args(struct mgw_reply *r, const char *address, const char *args);
+void mgw_reply_change_from_args(struct mgw_reply *r, const char *address, const char *args);
 /* The whole new body: lines end in CRLF, no dot-stuffing. */
 void mgw_reply_replace_body(struct mgw_reply *r, const void *body, size_t len);
 void mgw_reply_quarantine(struct mgw_reply *r, const char *reason);

@@ -331,6 +331,17 @@ class Unimplemented(unittest.TestCase):
                 with self.assertRaises(grpc.RpcError) as cm:
                     ch.unary_unary("/miltergw.v1.Filter/NoSuchMethod")(b"", timeout=5)
                 self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+                # health: HealthCheckResponse{status: SERVING} is the bytes 08 01
+                check = ch.unary_unary("/grpc.health.v1.Health/Check")
+                self.assertEqual(check(b"", timeout=5), b"\x08\x01")
+                self.assertEqual(check(b"\x0a\x12miltergw.v1.Filter", timeout=5), b"\x08\x01")
+                # reflection: list_services (field 7) answers with every service name
+                refl = ch.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+                answers = list(refl(iter([b"\x3a\x00"]), timeout=5))
+                self.assertEqual(len(answers), 1)
+                for name in (b"miltergw.v1.Filter", b"grpc.health.v1.Health",
+                             b"grpc.reflection.v1alpha.ServerReflection"):
+                    self.assertIn(name, answers[0])
         finally:
             self.assertEqual(ex.proc.stop(), 0, ex.proc.log_tail())
 
