@@ -55,9 +55,10 @@
 #define N_REQ_SESSION  16
 #define N_REQ_DESCRIBE 4
 #define N_REQ_OTHER    2
-#define N_REQ_HEALTH   2
+#define N_REQ_HEALTH   2 /* each of Check and Watch */
 #define N_REQ_REFL     2 /* per reflection version */
-#define N_REQ          (N_REQ_SESSION + N_REQ_DESCRIBE + N_REQ_OTHER + N_REQ_HEALTH + 2 * N_REQ_REFL)
+#define N_REQ \
+    (N_REQ_SESSION + N_REQ_DESCRIBE + N_REQ_OTHER + 2 * N_REQ_HEALTH + 2 * N_REQ_REFL)
 #define MAX_LINES      32 /* SMTP reply lines, the proto's limit */
 #define MAX_THREADS    64
 
@@ -66,6 +67,7 @@ enum tag_kind {
     TAG_NEW_DESCRIBE,
     TAG_NEW_OTHER, /* request_call: any other method */
     TAG_NEW_HEALTH,
+    TAG_NEW_WATCH,  /* health Watch */
     TAG_NEW_REFL_A, /* reflection v1alpha */
     TAG_NEW_REFL_1, /* reflection v1 */
     TAG_UNARY,      /* the one batch answering Describe or UNIMPLEMENTED */
@@ -74,6 +76,8 @@ enum tag_kind {
     TAG_CLOSE,      /* session: {RECV_CLOSE_ON_SERVER} */
     TAG_STATUS,     /* session: {SEND_STATUS_FROM_SERVER} */
     TAG_SHUTDOWN,   /* grpc_server_shutdown_and_notify */
+    TAG_WATCH_SEND, /* health Watch: {[SEND_INITIAL_METADATA,] SEND_MESSAGE} */
+    TAG_WATCH_CLOSE, /* health Watch: {RECV_CLOSE_ON_SERVER} */
 };
 
 struct tag {
@@ -95,6 +99,19 @@ struct unary {
     grpc_call *call;
     grpc_byte_buffer *bb;
     int cancelled;
+};
+
+/* A health Watch stream: the status at once, and again when the drain begins (a gateway
+ * balancing over several filters then sends this one no new session). Guarded by g.mu. */
+struct watch {
+    struct tag t_send, t_close;
+    grpc_call *call;
+    grpc_byte_buffer *send_bb; /* the send in flight */
+    uint8_t *request;          /* the HealthCheckRequest, for each answer */
+    size_t request_len;
+    int cancelled, outstanding;
+    bool metadata_sent, closed, sent_serving, sent_any;
+    struct watch *next;
 };
 
 struct out {
@@ -159,7 +176,7 @@ static struct {
     const struct mgw_filter *f;
     grpc_server *server;
     grpc_completion_queue *cq;
-    void *m_session, *m_describe, *m_health, *m_refl_a, *m_refl_1;
+    void *m_session, *m_describe, *m_health, *m_watch, *m_refl_a, *m_refl_1;
     struct request reqs[N_REQ];
     struct tag shutdown_tag;
     unsigned answer; /* default for streams without SessionStart.effective */
@@ -181,6 +198,7 @@ static struct {
     bool draining;       /* stop began: health NOT_SERVING, no new Session */
     bool stop_requested; /* mgw_filter_stop() */
     bool running;        /* main_thread waits in sigwait */
+    struct watch *watches; /* open health Watch streams */
     pthread_t main_thread;
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
@@ -921,6 +939,7 @@ static void *request_method(enum tag_kind k)
     case TAG_NEW_SESSION: return g.m_session;
     case TAG_NEW_DESCRIBE: return g.m_describe;
     case TAG_NEW_HEALTH: return g.m_health;
+    case TAG_NEW_WATCH: return g.m_watch;
     case TAG_NEW_REFL_A: return g.m_refl_a;
     default: return g.m_refl_1;
     }
@@ -943,7 +962,8 @@ static void request_post(struct request *r)
         grpc_call_details_init(&r->details);
         e = grpc_server_request_call(g.server, &r->call, &r->details, &r->md, g.cq, g.cq, &r->tag);
     } else {
-        bool unary = r->tag.kind == TAG_NEW_DESCRIBE || r->tag.kind == TAG_NEW_HEALTH;
+        bool unary = r->tag.kind == TAG_NEW_DESCRIBE || r->tag.kind == TAG_NEW_HEALTH ||
+                     r->tag.kind == TAG_NEW_WATCH;
         e = grpc_server_request_registered_call(g.server, request_method(r->tag.kind), &r->call,
                                                 &r->deadline, &r->md, unary ? &r->payload : NULL,
                                                 g.cq, g.cq, &r->tag);
@@ -979,6 +999,109 @@ static void health_check(grpc_call *call, grpc_byte_buffer *payload)
         unary_answer(call, NULL, GRPC_STATUS_NOT_FOUND, "unknown service");
 }
 
+/* Send the current status if it changed (g.mu held). */
+static void watch_send(struct watch *w)
+{
+    bool serving = !g.draining;
+    grpc_op ops[2];
+    size_t n = 0;
+    uint8_t *out;
+    size_t len;
+
+    if (w->send_bb != NULL || w->closed || (w->sent_any && w->sent_serving == serving))
+        return;
+    if (mgw_health_answer(w->request, w->request_len, serving, &out, &len) != 0)
+        return;
+    memset(ops, 0, sizeof ops);
+    if (!w->metadata_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        w->metadata_sent = true;
+    }
+    w->send_bb = bb_from(out, len);
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = w->send_bb;
+    if (grpc_call_start_batch(w->call, ops, n, &w->t_send, NULL) != GRPC_CALL_OK) {
+        grpc_byte_buffer_destroy(w->send_bb);
+        w->send_bb = NULL;
+        return;
+    }
+    w->sent_serving = serving;
+    w->sent_any = true;
+    w->outstanding++;
+}
+
+static void watch_new(grpc_call *call, grpc_byte_buffer *payload)
+{
+    grpc_slice in = payload ? bb_bytes(payload) : grpc_empty_slice();
+    struct watch *w = xcalloc(1, sizeof *w);
+    grpc_op op;
+    uint8_t *probe;
+    size_t n;
+
+    if (mgw_health_answer(GRPC_SLICE_START_PTR(in), GRPC_SLICE_LENGTH(in), true, &probe, &n) != 0) {
+        grpc_slice_unref(in);
+        free(w);
+        unary_answer(call, NULL, GRPC_STATUS_NOT_FOUND, "unknown service");
+        return;
+    }
+    free(probe);
+    w->request_len = GRPC_SLICE_LENGTH(in);
+    w->request = xcalloc(1, w->request_len + 1);
+    memcpy(w->request, GRPC_SLICE_START_PTR(in), w->request_len);
+    grpc_slice_unref(in);
+    w->t_send = (struct tag){.kind = TAG_WATCH_SEND, .owner = w};
+    w->t_close = (struct tag){.kind = TAG_WATCH_CLOSE, .owner = w};
+    w->call = call;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &w->cancelled;
+    counters_add(&g.live, 1);
+    pthread_mutex_lock(&g.mu);
+    if (grpc_call_start_batch(call, &op, 1, &w->t_close, NULL) != GRPC_CALL_OK) {
+        pthread_mutex_unlock(&g.mu);
+        grpc_call_unref(call);
+        free(w->request);
+        free(w);
+        counters_add(&g.live, -1);
+        return;
+    }
+    w->outstanding = 1;
+    w->next = g.watches;
+    g.watches = w;
+    watch_send(w);
+    pthread_mutex_unlock(&g.mu);
+}
+
+static void watch_tag(struct tag *t, int ok)
+{
+    struct watch *w = t->owner, **pp;
+
+    pthread_mutex_lock(&g.mu);
+    w->outstanding--;
+    if (t->kind == TAG_WATCH_SEND) {
+        grpc_byte_buffer_destroy(w->send_bb);
+        w->send_bb = NULL;
+        if (ok)
+            watch_send(w); /* the drain may have begun meanwhile */
+        else
+            w->closed = true;
+    } else {
+        w->closed = true;
+    }
+    if (w->outstanding > 0) {
+        pthread_mutex_unlock(&g.mu);
+        return;
+    }
+    for (pp = &g.watches; *pp != w; pp = &(*pp)->next)
+        ;
+    *pp = w->next;
+    pthread_mutex_unlock(&g.mu);
+    grpc_call_unref(w->call);
+    free(w->request);
+    free(w);
+    counters_add(&g.live, -1);
+}
+
 static void request_done(struct request *r, int ok)
 {
     grpc_metadata_array_destroy(&r->md); /* no metadata is read */
@@ -996,6 +1119,7 @@ static void request_done(struct request *r, int ok)
             unary_answer(r->call, pack(&g.desc.base), GRPC_STATUS_OK, "");
             break;
         case TAG_NEW_HEALTH: health_check(r->call, r->payload); break;
+        case TAG_NEW_WATCH: watch_new(r->call, r->payload); break;
         case TAG_NEW_REFL_A:
         case TAG_NEW_REFL_1: session_new(r->call, true); break;
         default: unary_answer(r->call, NULL, GRPC_STATUS_UNIMPLEMENTED, "unknown method"); break;
@@ -1026,8 +1150,11 @@ static void *worker(void *arg)
         case TAG_NEW_DESCRIBE:
         case TAG_NEW_OTHER:
         case TAG_NEW_HEALTH:
+        case TAG_NEW_WATCH:
         case TAG_NEW_REFL_A:
         case TAG_NEW_REFL_1: request_done(t->owner, e.success); break;
+        case TAG_WATCH_SEND:
+        case TAG_WATCH_CLOSE: watch_tag(t, e.success); break;
         case TAG_UNARY: unary_done(t->owner); break;
         case TAG_SHUTDOWN:
             pthread_mutex_lock(&g.mu);
@@ -1105,6 +1232,8 @@ static void drain(unsigned seconds)
     until.tv_sec += seconds;
     pthread_mutex_lock(&g.mu);
     g.draining = true;
+    for (struct watch *w = g.watches; w != NULL; w = w->next)
+        watch_send(w); /* NOT_SERVING to every watcher */
     while (seconds && g.sessions > 0)
         if (pthread_cond_timedwait(&g.cv, &g.mu, &until) == ETIMEDOUT)
             break;
@@ -1155,6 +1284,8 @@ int mgw_filter_run(const struct mgw_filter *f)
                                                GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     g.m_health = grpc_server_register_method(g.server, MGW_HEALTH_CHECK, NULL,
                                              GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    g.m_watch = grpc_server_register_method(g.server, MGW_HEALTH_WATCH, NULL,
+                                            GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     g.m_refl_a =
         grpc_server_register_method(g.server, MGW_REFLECTION_V1A, NULL, GRPC_SRM_PAYLOAD_NONE, 0);
     g.m_refl_1 =
@@ -1179,7 +1310,8 @@ int mgw_filter_run(const struct mgw_filter *f)
             size_t n;
             enum tag_kind kind;
         } kinds[] = {{N_REQ_SESSION, TAG_NEW_SESSION}, {N_REQ_DESCRIBE, TAG_NEW_DESCRIBE},
-                     {N_REQ_HEALTH, TAG_NEW_HEALTH},   {N_REQ_REFL, TAG_NEW_REFL_A},
+                     {N_REQ_HEALTH, TAG_NEW_HEALTH},   {N_REQ_HEALTH, TAG_NEW_WATCH},
+                     {N_REQ_REFL, TAG_NEW_REFL_A},
                      {N_REQ_REFL, TAG_NEW_REFL_1},     {N_REQ_OTHER, TAG_NEW_OTHER}};
         size_t j = 0;
         while (k >= kinds[j].n)

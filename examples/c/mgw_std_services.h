@@ -1,6 +1,6 @@
 /*
  * mgw_std_services.h - the standard gRPC services every miltergw C server offers besides
- * miltergw.v1.Filter: health checking (grpc.health.v1.Health/Check) and server reflection
+ * miltergw.v1.Filter: health checking (grpc.health.v1.Health Check and Watch) and server reflection
  * (grpc.reflection.v1alpha and v1 ServerReflection/ServerReflectionInfo).
  * SPDX-License-Identifier: Apache-2.0
  *
@@ -18,6 +18,7 @@
 
 /* gRPC method paths. */
 #define MGW_HEALTH_CHECK   "/grpc.health.v1.Health/Check"
+#define MGW_HEALTH_WATCH   "/grpc.health.v1.Health/Watch"
 #define MGW_REFLECTION_V1A "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 #define MGW_REFLECTION_V1  "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 

@@ -390,7 +390,13 @@ class GrpcDirect(unittest.TestCase):
         self.assertEqual(fd.package, "grpc.health.v1")
         self.assertEqual(answers[3].error_response.error_code, 5)
 
-        # smfi_stop from a callback: NOT_SERVING while the open connection finishes
+        # smfi_stop from a callback: NOT_SERVING while the open connection finishes, also
+        # on a Watch stream (what a gateway's round_robin follows)
+        watch = self.ch.unary_stream("/grpc.health.v1.Health/Watch",
+                                     request_serializer=h.HealthCheckRequest.SerializeToString,
+                                     response_deserializer=h.HealthCheckResponse.FromString)
+        statuses = watch(h.HealthCheckRequest(service=""), timeout=30)
+        self.assertEqual(next(statuses).status, h.HealthCheckResponse.SERVING)
         d = self.describe()
         send, replies, close = self.session()
         send(self.start_event(d))
@@ -399,6 +405,7 @@ class GrpcDirect(unittest.TestCase):
         self.assertEqual((rep.event_id, rep.verdict), (1, pb.VERDICT_CONTINUE))
         wait_for(lambda: self.health_check() == h.HealthCheckResponse.NOT_SERVING, 5,
                  "health NOT_SERVING after smfi_stop")
+        self.assertEqual(next(statuses).status, h.HealthCheckResponse.NOT_SERVING)
         send2, replies2, close2 = self.session()
         with self.assertRaises(self.grpc.RpcError) as cm:
             next(replies2)
