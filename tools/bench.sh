@@ -7,6 +7,8 @@
 #   mgw-filter   - miltergw with one C gRPC filter (tests/filter/mgw_test_filter, which
 #                  declares every event and continues/accepts everything)
 #   mgw-3filters - miltergw with three such filters, each its own process
+#   mgw-milter   - miltergw with the libmilter null milter behind it as a milter backend
+#                  (kind=milter): the cost of putting an existing milter behind the gateway
 # and drives each with tools/mgw_load for DURATION seconds at each count in CONNS, first
 # with mgw_load's default message, then with a realistic one (100 KB body, 5 recipients,
 # 20 headers). Per row it prints messages/s, per-message latency, the server's CPU time
@@ -52,7 +54,7 @@ MGW_LOAD=${MGW_LOAD:-$build/tools/mgw_load}
 LIBMILTER_NULL=${LIBMILTER_NULL:-$build/tools/libmilter_null}
 TEST_FILTER=${TEST_FILTER:-$build/tests/filter/mgw_test_filter}
 REALISTIC_ARGS="--body-bytes 100000 --rcpts 5 --headers 20"
-SETUPS="libmilter mgw-null mgw-filter mgw-3filters"
+SETUPS="libmilter mgw-null mgw-filter mgw-3filters mgw-milter"
 
 if [ ! -x "$MILTERGW" ] || [ ! -x "$MGW_LOAD" ] || [ ! -x "$TEST_FILTER" ]; then
     echo "== building $build (Release)"
@@ -225,6 +227,16 @@ start_libmilter() {
     wait_for "$work/libmilter.log" listening
 }
 
+# Another libmilter null milter, behind miltergw as its milter backend. $1 log name.
+start_milter_backend() {
+    mb_port=$(free_port)
+    : >"$work/$1.log"
+    "$LIBMILTER_NULL" "inet:$mb_port@127.0.0.1" 2>"$work/$1.log" &
+    mb_pid=$!
+    pids+=("$mb_pid")
+    wait_for "$work/$1.log" listening
+}
+
 # A benchmark whose server died measures nothing: stop with its log. $1 label, rest pids.
 check_alive() {
     local label=$1 pid
@@ -318,9 +330,12 @@ run() {
 # stopped after. $1 shape name, $2 mgw_load shape args.
 throughput() {
     local shape=$1 args=$2 n probe lm_pid=0 lm_port=0 null_pid null_port fgw_pid fgw_port
-    local f1_pid three=() three_pids=() g3_pid g3_port i
+    local f1_pid three=() three_pids=() g3_pid g3_port i mg_pid=0 mg_port=0
     if [ "$have_libmilter" = 1 ]; then
         start_libmilter
+        start_milter_backend "$shape-milterbackend"
+        start_miltergw "$shape-milter" --filter "m=inet:127.0.0.1:$mb_port,kind=milter"
+        mg_pid=$gw_pid mg_port=$gw_port
     fi
     start_miltergw "$shape-null"
     null_pid=$gw_pid null_port=$gw_port
@@ -359,6 +374,9 @@ throughput() {
         run mgw-null "$shape" "$n" "$args" "$null_pid" "$null_port" 0
         run mgw-filter "$shape" "$n" "$args" "$fgw_pid" "$fgw_port" 1 "$f1_pid"
         run mgw-3filters "$shape" "$n" "$args" "$g3_pid" "$g3_port" 3 "${three_pids[@]}"
+        if [ "$have_libmilter" = 1 ]; then
+            run mgw-milter "$shape" "$n" "$args" "$mg_pid" "$mg_port" 1 "$mb_pid"
+        fi
     done
     # Stop the servers so that the next pass and the idle runs have the machine.
     stop_all
