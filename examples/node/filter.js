@@ -4,16 +4,18 @@
 //
 // Example miltergw filter (grpc-js): node filter.js [--listen HOST:PORT] POLICY [ARGS...]
 // Policies: see README.md. The proto is loaded at run time from ../../proto ($MILTERGW_PROTO_DIR).
+// Also serves grpc.health.v1.Health and server reflection (std_services.js).
 'use strict';
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const std = require('./std_services');
 
 const PROTO_DIR = process.env.MILTERGW_PROTO_DIR || path.join(__dirname, '..', '..', 'proto');
-const pb = grpc.loadPackageDefinition(protoLoader.loadSync('miltergw/v1/filter.proto', {
-  includeDirs: [PROTO_DIR],
+// filter.proto, and the health and reflection protocols (for reflection to describe them)
+const definition = std.load(PROTO_DIR, 'miltergw/v1/filter.proto', {
   keepCase: true, longs: String, enums: String, oneofs: true, defaults: true,
-})).miltergw.v1;
+});
+const pb = grpc.loadPackageDefinition(definition).miltergw.v1;
 
 // POLICY: [number of ARGS, events, observe-only events, actions] (EVENT_TYPE_*, ACTION_*)
 const POLICIES = {
@@ -144,6 +146,8 @@ function main(argv) {
       call.on('error', () => {}); // cancelled by the gateway
     },
   });
+  // health and reflection; SIGTERM/SIGINT: NOT_SERVING, then open streams get a second
+  std.serve(server, definition, ['miltergw.v1.Filter'], 1000);
   server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, port) => {
     if (err) {
       console.error(`filter.js: cannot listen on ${listen}: ${err.message}`);
@@ -151,12 +155,6 @@ function main(argv) {
     }
     process.stdout.write(`port=${port}\n`);
   });
-  const stop = () => { // let open streams end, for at most a second
-    server.tryShutdown(() => process.exit(0));
-    setTimeout(() => { server.forceShutdown(); process.exit(0); }, 1000).unref();
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
 }
 
 main(process.argv.slice(2));

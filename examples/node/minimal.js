@@ -2,15 +2,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // The smallest miltergw filter (grpc-js): adds "X-Hello: world" to every message.
 // node minimal.js [HOST:PORT] (default 127.0.0.1:50051); `npm ci` in this directory first.
+// Also serves health and reflection (std_services.js); SIGTERM: NOT_SERVING, then stop.
 'use strict';
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const std = require('./std_services');
 
-const pb = grpc.loadPackageDefinition(protoLoader.loadSync('miltergw/v1/filter.proto', {
-  includeDirs: [process.env.MILTERGW_PROTO_DIR || path.join(__dirname, '..', '..', 'proto')],
-  keepCase: true, longs: String, enums: String, oneofs: true, defaults: true,
-})).miltergw.v1;
+const definition = std.load(process.env.MILTERGW_PROTO_DIR || path.join(__dirname, '..', '..', 'proto'),
+  'miltergw/v1/filter.proto', { keepCase: true, longs: String, enums: String, oneofs: true, defaults: true });
+const pb = grpc.loadPackageDefinition(definition).miltergw.v1;
 
 const server = new grpc.Server();
 server.addService(pb.Filter.service, {
@@ -27,6 +27,8 @@ server.addService(pb.Filter.service, {
     call.on('error', () => {}); // cancelled by the gateway
   },
 });
+// health and reflection; SIGTERM: NOT_SERVING, then open streams get a second
+std.serve(server, definition, ['miltergw.v1.Filter'], 1000);
 const listen = process.argv[2] || '127.0.0.1:50051';
 server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, port) => {
   if (err) { console.error(`cannot listen on ${listen}: ${err.message}`); process.exit(1); }

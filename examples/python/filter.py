@@ -2,12 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0
 # Copyright the miltergw authors.
 """Example miltergw filter (grpc.aio): filter.py [--listen HOST:PORT] POLICY [ARGS...].
-Policies: see README.md. Generated stubs are imported from $MILTERGW_STUBS (default ./gen)."""
+Policies: see README.md. Generated stubs are imported from $MILTERGW_STUBS (default ./gen).
+Also serves grpc.health.v1.Health and server reflection (std_services.py)."""
 import argparse
 import asyncio
 import os
 import re
-import signal
 import sys
 
 sys.path.insert(0, os.environ.get("MILTERGW_STUBS")
@@ -15,6 +15,7 @@ sys.path.insert(0, os.environ.get("MILTERGW_STUBS")
 import grpc  # noqa: E402
 try:
     from miltergw.v1 import filter_pb2 as pb, filter_pb2_grpc as pb_grpc
+    import std_services  # health and reflection; needs the stubs of miltergw._std too
 except ImportError as e:
     sys.exit("filter.py: %s: generate the stubs first (see README.md)" % e)
 
@@ -143,14 +144,12 @@ async def serve(listen, policy, args):
     # SO_REUSEPORT, so that a port already in use is an error, not a second server
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_FilterServicer_to_server(Filter(policy, args), server)
+    health = std_services.add_to_server(server, ["miltergw.v1.Filter"])
     port = server.add_insecure_port(listen)  # RuntimeError if it cannot listen
     await server.start()
     print("port=%d" % port, flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(grace=1)
+    # SIGTERM/SIGINT: NOT_SERVING (health watchers see it), then stop; open streams get 1 s
+    await std_services.serve_until_signal(server, health, grace=1)
 
 
 def main():

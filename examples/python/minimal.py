@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: Apache-2.0
 """The smallest miltergw filter (grpc.aio): adds "X-Hello: world" to every message.
-minimal.py [HOST:PORT] (default 127.0.0.1:50051). Stubs: $MILTERGW_STUBS or ./gen (README)."""
+minimal.py [HOST:PORT] (default 127.0.0.1:50051). Stubs: $MILTERGW_STUBS or ./gen (README).
+Also serves health and reflection (std_services.py); SIGTERM: NOT_SERVING, then stop."""
 import asyncio
 import os
 import sys
@@ -10,6 +11,7 @@ sys.path.insert(0, os.environ.get("MILTERGW_STUBS")
                 or os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen"))
 import grpc  # noqa: E402
 from miltergw.v1 import filter_pb2 as pb, filter_pb2_grpc as pb_grpc  # noqa: E402
+import std_services  # noqa: E402
 
 
 class Minimal(pb_grpc.FilterServicer):
@@ -28,10 +30,11 @@ class Minimal(pb_grpc.FilterServicer):
 async def main(listen):
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a busy port is an error
     pb_grpc.add_FilterServicer_to_server(Minimal(), server)
+    health = std_services.add_to_server(server, ["miltergw.v1.Filter"])
     port = server.add_insecure_port(listen)
     await server.start()
     print("port=%d" % port, flush=True)
-    await server.wait_for_termination()
+    await std_services.serve_until_signal(server, health, grace=1)
 
 
 asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"))

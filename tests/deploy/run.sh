@@ -12,7 +12,8 @@
 #               message in progress and the container exits 0
 #   kube play   the example overlay's mail pod (Postfix + miltergw sidecar) with the Python
 #               filter under `podman kube play`: a mail sent over SMTP is delivered with
-#               the filter's header; probes answer; every container stops with status 0
+#               the filter's header; probes answer (the filter's: grpc.health.v1 Check);
+#               every container stops with status 0
 #
 # Run as root on Debian 12 with: podman buildah skopeo runc slirp4netns catatonit
 # debootstrap shellcheck nodejs npm python3 (installs nothing itself but its npm packages,
@@ -336,7 +337,7 @@ EOF
 }
 
 kube_play() {
-    local smtp http port name c info code t0 msgid
+    local smtp http port name c info code t0 msgid fport
     # The example overlay as `kubectl apply -k` would deploy it, minus what only a cluster
     # has (see kubeplay.mjs): one pod with Postfix, miltergw and the Python filter.
     "$KUBECTL" kustomize deploy/kubernetes/overlays/example >"$WORK/overlay.yaml"
@@ -354,6 +355,22 @@ kube_play() {
     # What the kubelet does: the liveness and readiness probes over the pod's port.
     python3 "$HERE/probe.py" http "$http" /healthz 200 30
     python3 "$HERE/probe.py" http "$http" /readyz 200 60
+    # The filter's gRPC probes: grpc.health.v1 Check of the server ("") on the probe's port,
+    # from inside the pod (the image has grpcio and the health stubs; the host need not).
+    fport=$(sed -n '/readinessProbe:/,/periodSeconds:/s/^ *port: *\([0-9][0-9]*\) *$/\1/p' \
+        deploy/kubernetes/base/filter-python-deployment.yaml)
+    [ -n "$fport" ] || fail "no gRPC readinessProbe port in filter-python-deployment.yaml"
+    # shellcheck disable=SC2016 # a Python program
+    "${PODMAN[@]}" exec mail-pod-0-filter-python-filter /usr/bin/python3 -c '
+import os, sys
+sys.path.insert(0, os.environ["MILTERGW_STUBS"])
+import grpc
+from miltergw._std import health_pb2 as pb, health_pb2_grpc as pb_grpc
+with grpc.insecure_channel("127.0.0.1:" + sys.argv[1]) as ch:
+    st = pb_grpc.HealthStub(ch).Check(pb.HealthCheckRequest(service=""), timeout=10).status
+sys.exit(0 if st == pb.HealthCheckResponse.SERVING else "health status %d" % st)' "$fport" ||
+        fail "the filter's gRPC probe (grpc.health.v1 Check on $fport) does not answer SERVING"
+    say "ok - the filter's gRPC probe: grpc.health.v1 SERVING"
     # The securityContext of the manifests, as podman applied it.
     for c in mail-pod-0-miltergw mail-pod-0-postfix mail-pod-0-filter-python-filter; do
         info=$("${PODMAN[@]}" inspect "$c" --format \

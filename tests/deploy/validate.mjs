@@ -16,9 +16,10 @@
 // - Kustomization files: known fields, and the files they reference exist.
 // - With --consistency (for a rendered set, e.g. kustomize output): what an API server or
 //   a running cluster would reveal later: selectors that match no pod template, named
-//   ports that do not exist, ConfigMaps that are not there, PDB per Deployment, the
-//   hardening this project requires (see deploy/README.md), the grace period covering
-//   miltergw's drain_timeout, and the headless Service behind miltergw's filter targets.
+//   ports that do not exist, gRPC probes on a port the container does not declare,
+//   ConfigMaps that are not there, PDB per Deployment, the hardening this project
+//   requires (see deploy/README.md), the grace period covering miltergw's drain_timeout,
+//   and the headless Service behind miltergw's filter targets.
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
@@ -181,6 +182,8 @@ function consistency(objs) {
         if (!c[probe]) { err(cw, `no ${probe}`); continue; }
         const port = c[probe].httpGet?.port ?? c[probe].tcpSocket?.port ?? c[probe].grpc?.port;
         if (typeof port === 'string' && !ports.some((p) => p.name === port)) err(cw, `${probe} names port "${port}", which the container does not declare`);
+        // a gRPC probe takes a number only; it must be one the container serves
+        if (c[probe].grpc && !ports.some((p) => p.containerPort === c[probe].grpc.port)) err(cw, `${probe}: gRPC port ${c[probe].grpc.port} is not a containerPort of the container`);
       }
       const sc = c.securityContext ?? {};
       const psc = pod.securityContext ?? {};

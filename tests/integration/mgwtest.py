@@ -1485,8 +1485,9 @@ def stop_and_check(gw, filters, gw_already_stopped=False):
 
 
 def generate_python_stubs(tmp):
-    """The Python stubs of filter.proto, made as examples/python/README.md says, into
-    tmp/stubs; returns that directory."""
+    """The Python stubs of filter.proto and of the health and reflection protocols the
+    examples also serve (the Python SDK's copies, sdk/python/proto/miltergw/_std), made as
+    examples/python/README.md says, into tmp/stubs; returns that directory."""
     protoc, plugin = shutil.which("protoc") or "/usr/bin/protoc", "/usr/bin/grpc_python_plugin"
     for path in (protoc, plugin):
         if not os.access(path, os.X_OK):
@@ -1494,11 +1495,116 @@ def generate_python_stubs(tmp):
     repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
     stubs = os.path.join(tmp, "stubs")
     os.mkdir(stubs)
-    subprocess.run([protoc, "-I", os.path.join(repo, "proto"), "--python_out=" + stubs,
+    std = os.path.join(repo, "sdk", "python", "proto")
+    subprocess.run([protoc, "-I", os.path.join(repo, "proto"), "-I", std, "--python_out=" + stubs,
                     "--grpc_out=" + stubs, "--plugin=protoc-gen-grpc=" + plugin,
-                    os.path.join(repo, "proto", "miltergw", "v1", "filter.proto")],
+                    os.path.join(repo, "proto", "miltergw", "v1", "filter.proto")]
+                   + [os.path.join(std, "miltergw", "_std", f) for f in
+                      ("health.proto", "reflection_v1alpha.proto", "reflection_v1.proto")],
                    check=True, timeout=60)
     return stubs
+
+
+STD_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection")
+
+
+def std_stubs(stubs):
+    """The generated modules of generate_python_stubs(): a namespace with filter_pb2,
+    health_pb2(_grpc), reflection_v1(alpha)_pb2(_grpc); grpc is imported only here."""
+    import importlib
+    import types
+    if stubs not in sys.path:
+        sys.path.insert(0, stubs)
+    m = types.SimpleNamespace(grpc=importlib.import_module("grpc"),
+                              filter_pb2=importlib.import_module("miltergw.v1.filter_pb2"))
+    for name in ("health_pb2", "health_pb2_grpc", "reflection_v1_pb2", "reflection_v1_pb2_grpc",
+                 "reflection_v1alpha_pb2", "reflection_v1alpha_pb2_grpc"):
+        setattr(m, name, importlib.import_module("miltergw._std." + name))
+    return m
+
+
+def check_std_services(tc, port, stubs, service="miltergw.v1.Filter",
+                       file_name="miltergw/v1/filter.proto"):
+    """What a gRPC user expects of the filter on 127.0.0.1:port: health Check answers SERVING
+    for "" and `service`, NOT_FOUND for an unknown one; reflection (v1 and v1alpha) lists
+    `service`, health and reflection, and `describe` of `service` (file containing symbol)
+    returns filter.proto's descriptor: the files load into a fresh descriptor pool (as a
+    client such as grpcurl loads them) and define what filter.proto defines. The file is
+    named `file_name` (None: any name; grpc-js reflection names files after the package)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    m = std_stubs(stubs)
+    hpb = m.health_pb2
+    want = descriptor_pb2.FileDescriptorProto()
+    m.filter_pb2.DESCRIPTOR.CopyToProto(want)
+
+    def shape(fd):  # what a client needs of the file: names, fields, methods
+        return (fd.package,
+                [(mt.name, [(f.name, f.number, f.type, f.label, f.type_name.lstrip("."))
+                            for f in mt.field]) for mt in fd.message_type],
+                [(e.name, [(v.name, v.number) for v in e.value]) for e in fd.enum_type],
+                [(sv.name, [(md.name, md.input_type.lstrip("."), md.output_type.lstrip("."),
+                             md.client_streaming, md.server_streaming) for md in sv.method])
+                 for sv in fd.service])
+    with m.grpc.insecure_channel("127.0.0.1:%d" % port) as ch:
+        health = m.health_pb2_grpc.HealthStub(ch)
+        for name in ("", service):
+            got = health.Check(hpb.HealthCheckRequest(service=name), timeout=10)
+            tc.assertEqual(got.status, hpb.HealthCheckResponse.SERVING, "health of %r" % name)
+        with tc.assertRaises(m.grpc.RpcError) as cm:
+            health.Check(hpb.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        tc.assertEqual(cm.exception.code(), m.grpc.StatusCode.NOT_FOUND)
+        for pb, pb_grpc in ((m.reflection_v1_pb2, m.reflection_v1_pb2_grpc),
+                            (m.reflection_v1alpha_pb2, m.reflection_v1alpha_pb2_grpc)):
+            reqs = [pb.ServerReflectionRequest(list_services=""),
+                    pb.ServerReflectionRequest(file_containing_symbol=service),
+                    pb.ServerReflectionRequest(file_containing_symbol="no.such.Symbol")]
+            resps = list(pb_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter(reqs), timeout=10))
+            tc.assertEqual(len(resps), 3, pb.__name__)
+            tc.assertEqual(sorted(s.name for s in resps[0].list_services_response.service),
+                           sorted([service, *STD_SERVICES]), pb.__name__)
+            files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+                     for b in resps[1].file_descriptor_response.file_descriptor_proto]
+            tc.assertTrue(files, "%s: describe %s: %s" % (pb.__name__, service, resps[1]))
+            if file_name is not None:
+                tc.assertEqual(files[0].name, file_name)
+            pool = descriptor_pool.DescriptorPool()
+            for f in reversed(files):  # dependencies first
+                pool.Add(f)
+            got = descriptor_pb2.FileDescriptorProto()
+            pool.FindFileContainingSymbol(service).CopyToProto(got)
+            tc.assertEqual(shape(got), shape(want), pb.__name__)
+            tc.assertEqual(resps[2].WhichOneof("message_response"), "error_response", pb.__name__)
+            tc.assertEqual(resps[2].error_response.error_code, m.grpc.StatusCode.NOT_FOUND.value[0])
+
+
+def check_stop_watched(tc, filt, stubs, service="miltergw.v1.Filter"):
+    """Health Watch of "" and `service` on the running filter `filt` (an object with .port
+    and .stop(), which sends SIGTERM): each sees SERVING, then NOT_SERVING after SIGTERM
+    (from the still running filter, over its stream), and the filter exits 0."""
+    m = std_stubs(stubs)
+    hpb = m.health_pb2
+    serving, not_serving = hpb.HealthCheckResponse.SERVING, hpb.HealthCheckResponse.NOT_SERVING
+    with m.grpc.insecure_channel("127.0.0.1:%d" % filt.port) as ch:
+        health = m.health_pb2_grpc.HealthStub(ch)
+        watches = [iter(health.Watch(hpb.HealthCheckRequest(service=n), timeout=20))
+                   for n in ("", service)]
+        for w in watches:
+            tc.assertEqual(next(w).status, serving)
+        filt.p.send_signal(signal.SIGTERM)
+        for name, w in zip(("", service), watches):
+            seen, end = [], None
+            try:
+                for r in w:
+                    seen.append(r.status)
+            except m.grpc.RpcError as e:  # the server may cut the stream when it stops
+                end = e.code()
+            tc.assertEqual(seen[:1], [not_serving], "Watch of %r after SIGTERM (end: %s)" % (name, end))
+    try:
+        filt.p.wait(10)  # the one SIGTERM is enough; stop() only checks the exit status
+    except subprocess.TimeoutExpired:
+        pass
+    tc.assertEqual(filt.stop(), 0)
 
 
 def smtp_text(reply):

@@ -9,7 +9,9 @@ order, a subject refused by the third gets its 550 and is not delivered, a recip
 refused by one filter gets 451 while the other recipient is delivered with the headers.
 
 Minimal: examples/python/minimal.py, examples/node/minimal.js and examples/c/minimal_filter.c
-each add X-Hello: world to every message and take an optional HOST:PORT.
+each add X-Hello: world to every message and take an optional HOST:PORT; the Python and
+Node.js ones also serve health (a Watch sees NOT_SERVING after SIGTERM, then they exit 0)
+and server reflection.
 
 One private Postfix for the file. Each test gets its own 127.0.0.N client address and
 miltergw port (Postfix picks the milter by client address, cidr smtpd_milter_maps), starts
@@ -121,9 +123,9 @@ class MixedCase(unittest.TestCase):
         if script == "filter":
             argv += ["--listen", "127.0.0.1:0", policy] + list(args)
             ok = (0,)
-        else:  # minimal.(py|js) / minimal_filter [HOST:PORT]; the scripts have no SIGTERM
-            argv += ["127.0.0.1:0"]  # handler, the C helper library exits 0
-            ok = (0, -signal.SIGTERM)
+        else:  # minimal.(py|js) / minimal_filter [HOST:PORT]; the scripts stop on SIGTERM
+            argv += ["127.0.0.1:0"]  # (NOT_SERVING first), the C helper library exits 0
+            ok = (0,) if lang != "c" else (0, -signal.SIGTERM)
         f = ExampleFilter(argv, self.dir, name, env=env)
         self.filters.append((name, f, ok))
         return "%s=127.0.0.1:%d" % (name, f.port)
@@ -224,6 +226,11 @@ class Minimal(MixedCase):
             got = self.delivered(r)
             self.assertEqual(sorted(got.rcpts), ["bob@example.com", "carol@example.net"])
             self.assertAdded(got, hdrs, body, [("X-Hello", "world")])
+        if lang != "c":  # health and reflection too; SIGTERM: a Watch sees NOT_SERVING, exit 0
+            f = self.filters[0][1]
+            mgwtest.check_std_services(self, f.port, self.stubs, file_name=None if lang == "node"
+                                       else "miltergw/v1/filter.proto")
+            mgwtest.check_stop_watched(self, f, self.stubs)
 
     def test_python(self):
         self.minimal("python")

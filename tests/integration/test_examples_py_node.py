@@ -9,8 +9,10 @@ before sending mail. Every policy is checked on its outcome: the SMTP replies th
 got, the delivered message and envelope (smtp-sink dump), the hold queue, Postfix's maillog.
 After each test the filter must exit 0 on SIGTERM, and miltergw must not have logged that
 the filter broke the contract (or any level=error line). Also: a dozen concurrent SMTP
-sessions (one stream each), SIGTERM with a stream open, and the command line (port 0, bad
-usage, a port in use).
+sessions (one stream each), SIGTERM with a stream open, the command line (port 0, bad
+usage, a port in use), and the standard gRPC services every example serves: health Check
+and Watch (NOT_SERVING after SIGTERM, before the exit) and server reflection (list,
+describe), with grpcio stubs generated from the Python SDK's copies of those protocols.
 
 Python: stubs are generated with protoc into a temp dir. Node: `npm ci` runs in
 examples/node if node_modules is missing; the Node tests are skipped only if `node` is not
@@ -370,6 +372,18 @@ class ExamplesMixin:
                  "miltergw to notice the stream ended")
         self.mark = self.gw.log_mark()  # those complaints were expected
 
+    def test_health_and_reflection(self):
+        # what gRPC users expect: grpc.health.v1 (Check, Watch) and server reflection, next
+        # to a working filter; on SIGTERM a Watch sees NOT_SERVING, then the filter exits 0
+        self.use("addheader", "X-Health", "checked")
+        mgwtest.check_std_services(self, self.filter_port, self.stubs, file_name=self.reflection_file)
+        msg, hdrs, body = make_message("health and mail", BODY)
+        got = self.deliver(msg)
+        self.assertEqual(got.headers[1:], list(hdrs) + [("X-Health", "checked")])
+        type(self).filt, f = None, self.filt
+        mgwtest.check_stop_watched(self, f, self.stubs)
+        self.use("accept")  # miltergw has a filter again (and its log is checked from here)
+
     def test_zz_command_line(self):
         self.use("accept")
         # port 0 picks a free port and prints it; SIGINT exits 0
@@ -388,6 +402,7 @@ class ExamplesMixin:
 
 class PythonExamples(ExamplesMixin, unittest.TestCase):
     lang = "python"
+    reflection_file = "miltergw/v1/filter.proto"
 
     @classmethod
     def prepare(cls):
@@ -404,9 +419,11 @@ class PythonExamples(ExamplesMixin, unittest.TestCase):
 
 class NodeExamples(ExamplesMixin, unittest.TestCase):
     lang = "node"
+    reflection_file = None  # grpc-js reflection names files after their package
 
     @classmethod
     def prepare(cls):
+        cls.stubs = mgwtest.generate_python_stubs(cls.tmp)  # the client side of health/reflection
         if not os.path.isdir(os.path.join(NODE_DIR, "node_modules")):
             npm = shutil.which("npm")
             if not npm:
