@@ -1635,6 +1635,30 @@ def smtp_transaction(s, mail_from, rcpts, msg):
     return res
 
 
+def slotted_postfix(test_classes, tmp_prefix, slots):
+    """One private Postfix for a module whose tests each run their own miltergw: every test
+    ("Class.method" of `test_classes`) gets a 127.0.0.N source address and a free port,
+    written to `slots`, and Postfix picks the milter by client address (smtpd_milter_maps,
+    a cidr table: 127.0.0.N -> that test's miltergw port). Returns the PrivatePostfix."""
+    tmp = make_tmpdir(tmp_prefix)
+    used = set()
+    n = 10
+    for cls in sorted(test_classes, key=lambda c: c.__name__):
+        for name in unittest.TestLoader().getTestCaseNames(cls):
+            port = free_port()
+            while port in used:
+                port = free_port()
+            used.add(port)
+            slots["%s.%s" % (cls.__name__, name)] = ("127.0.0.%d" % n, port)
+            n += 1
+    map_path = os.path.join(tmp, "milter_map.cidr")
+    with open(map_path, "w") as f:
+        for ip, port in slots.values():
+            f.write("%s inet:127.0.0.1:%d\n" % (ip, port))
+    os.chmod(map_path, 0o644)
+    return PrivatePostfix("", extra_main_cf={"smtpd_milter_maps": "cidr:" + map_path})
+
+
 def smtp_session_at(host, port, messages, helo="client.example", timeout=60, source_ip=None):
     """Several transactions in ONE SMTP session: [(from, [rcpts], message bytes)] ->
     [smtp_transaction() result, plus "t": time.monotonic() when it was over]. QUIT at the

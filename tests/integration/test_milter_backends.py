@@ -71,23 +71,7 @@ def setUpModule():
     global PF
     if not mgwtest.TEST_FILTER:
         raise unittest.SkipTest("no --test-filter PATH given")
-    tmp = mgwtest.make_tmpdir("mbackends")
-    used = set()
-    n = 10
-    for cls in sorted(_test_classes(), key=lambda c: c.__name__):
-        for name in unittest.TestLoader().getTestCaseNames(cls):
-            port = mgwtest.free_port()
-            while port in used:
-                port = mgwtest.free_port()
-            used.add(port)
-            SLOTS["%s.%s" % (cls.__name__, name)] = ("127.0.0.%d" % n, port)
-            n += 1
-    map_path = os.path.join(tmp, "milter_map.cidr")
-    with open(map_path, "w") as f:
-        for ip, port in SLOTS.values():
-            f.write("%s inet:127.0.0.1:%d\n" % (ip, port))
-    os.chmod(map_path, 0o644)
-    PF = mgwtest.PrivatePostfix("", extra_main_cf={"smtpd_milter_maps": "cidr:" + map_path})
+    PF = mgwtest.slotted_postfix(_test_classes(), "mbackends", SLOTS)
 
 
 def tearDownModule():
