@@ -1399,12 +1399,17 @@ def make_tls_files(d, server_name="filter.test"):
     return files
 
 
-def postfix_with_milter_per_test(test_class, tmpdir, first_octet):
-    """One private Postfix for a whole test class in which every test method gets its own
-    miltergw: test i sends from client address 127.0.0.(first_octet + i), and Postfix
-    picks the milter by client address (a cidr smtpd_milter_maps) at a gateway port
-    reserved here. Returns (postfix, {test method name: (client address, gateway port)})."""
-    names = unittest.TestLoader().getTestCaseNames(test_class)
+def postfix_with_milter_per_test(test_classes, tmpdir, first_octet, qualify=False):
+    """One private Postfix for a test class (or a list of them) in which every test method
+    gets its own miltergw: test i sends from client address 127.0.0.(first_octet + i), and
+    Postfix picks the milter by client address (a cidr smtpd_milter_maps) at a gateway
+    port reserved here. Returns (postfix, {test: (client address, gateway port)}), a test
+    named by its method, or with `qualify` by "Class.method"."""
+    if isinstance(test_classes, type):
+        test_classes = [test_classes]
+    names = [("%s.%s" % (c.__name__, n)) if qualify else n
+             for c in sorted(test_classes, key=lambda c: c.__name__)
+             for n in unittest.TestLoader().getTestCaseNames(c)]
     slots, used = {}, set()
     for i, name in enumerate(names):
         port = free_port()
@@ -1633,30 +1638,6 @@ def smtp_transaction(s, mail_from, rcpts, msg):
         res["data_cmd"] = e.smtp_code
         s.rset()
     return res
-
-
-def slotted_postfix(test_classes, tmp_prefix, slots):
-    """One private Postfix for a module whose tests each run their own miltergw: every test
-    ("Class.method" of `test_classes`) gets a 127.0.0.N source address and a free port,
-    written to `slots`, and Postfix picks the milter by client address (smtpd_milter_maps,
-    a cidr table: 127.0.0.N -> that test's miltergw port). Returns the PrivatePostfix."""
-    tmp = make_tmpdir(tmp_prefix)
-    used = set()
-    n = 10
-    for cls in sorted(test_classes, key=lambda c: c.__name__):
-        for name in unittest.TestLoader().getTestCaseNames(cls):
-            port = free_port()
-            while port in used:
-                port = free_port()
-            used.add(port)
-            slots["%s.%s" % (cls.__name__, name)] = ("127.0.0.%d" % n, port)
-            n += 1
-    map_path = os.path.join(tmp, "milter_map.cidr")
-    with open(map_path, "w") as f:
-        for ip, port in slots.values():
-            f.write("%s inet:127.0.0.1:%d\n" % (ip, port))
-    os.chmod(map_path, 0o644)
-    return PrivatePostfix("", extra_main_cf={"smtpd_milter_maps": "cidr:" + map_path})
 
 
 def smtp_session_at(host, port, messages, helo="client.example", timeout=60, source_ip=None):

@@ -71,7 +71,9 @@ def setUpModule():
     global PF
     if not mgwtest.TEST_FILTER:
         raise unittest.SkipTest("no --test-filter PATH given")
-    PF = mgwtest.slotted_postfix(_test_classes(), "mbackends", SLOTS)
+    PF, slots = mgwtest.postfix_with_milter_per_test(_test_classes(), mgwtest.make_tmpdir("mbackends"),
+                                                     10, qualify=True)
+    SLOTS.update(slots)
 
 
 def tearDownModule():

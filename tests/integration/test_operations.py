@@ -49,7 +49,9 @@ def setUpModule():
     global PF
     if not mgwtest.TEST_FILTER:
         raise unittest.SkipTest("no --test-filter PATH given")
-    PF = mgwtest.slotted_postfix(_test_classes(), "ops", SLOTS)
+    PF, slots = mgwtest.postfix_with_milter_per_test(_test_classes(), mgwtest.make_tmpdir("ops"),
+                                                     10, qualify=True)
+    SLOTS.update(slots)
 
 
 def tearDownModule():
