@@ -4,7 +4,8 @@
  * Per filter (struct filter): its link (filter_link.h: channel, Session method, cached
  * declaration, kept fresh by Describe) and its index. The channel's settings are
  * grpc_channel.c's; what each filter owes is owed.c's; the merge and the pipelined
- * content rule are policy.c's.
+ * content rule are policy.c's; ordered phases are bridge_phases.c's (the structures both
+ * files share are bridge_int.h's).
  *
  * Per MTA connection (struct bsession): one struct stream per filter, the event being
  * answered, and each filter's answer to it. A stream is the transport (filter_stream.h:
@@ -58,100 +59,7 @@
 #include "mgw/policy.h"
 #include "mgw/xmalloc.h"
 
-
-struct bridge;
-struct bsession;
-
-/* A configured filter: its link (channel, declaration) and its place in the bridge. */
-struct filter {
-    struct mgw_filter_link l;
-    struct bridge *b;
-    size_t index;
-};
-
-struct stream {
-    struct mgw_filter_stream t; /* first: the transport allocates the whole (filter_stream.h) */
-    struct filter *f;
-    struct bsession *bs; /* NULL once the MTA connection let go */
-    /* Liveness in the current message / connection (policy effects). */
-    int retired_msg, retired_conn, skip_body;
-};
-
-struct answer {
-    int pending;  /* waiting for this filter's answer to the current event */
-    int draining; /* pending only for the content answers it still owes (rule 7) */
-    enum mgw_policy_state state;
-    struct mgw_proto_answer pa;
-    Miltergw__V1__Reply *reply; /* owned until the merge is delivered */
-    struct mgw_proto_scratch sc;
-};
-
-struct bsession {
-    struct bridge *b;
-    uint64_t sid;
-    /* Of the negotiation only the actions are needed after open; the whole offer and
-     * result (256 bytes) live in bridge_open's frame (0.27 KB per connection
-     * measured). */
-    uint32_t negotiated_actions;
-    mgw_backend_progress_cb progress;
-    mgw_backend_flow_cb flow;
-    void *progress_arg; /* for progress and flow */
-    unsigned flow_held; /* streams holding the MTA's reading */
-    struct stream **streams;
-    struct mgw_policy_decl *decls; /* snapshot at open */
-    uint64_t next_id;
-
-    /* The event being answered. */
-    int active, dispatching;
-    uint8_t cmd;
-    uint64_t ev_id;
-    struct timespec ev_start; /* for the filters' latency histogram */
-    size_t waiting;
-    mgw_backend_done_cb done;
-    void *done_arg;
-    struct answer *ans;
-    grpc_slice eom_after_body; /* 'E' with data: the EOM event, sent after its body */
-    uint64_t eom_id;
-    int have_eom_after_body;
-
-    /* Pipelined content (policy.h rule 7), for the current message: each filter's first
-     * refusal (allocated at the first one; texts owned), and whether one is known, after
-     * which nothing more of the message is forwarded. */
-    uint64_t msg_first_id; /* events before this id belong to earlier messages */
-    struct mgw_policy_deferred *fate;
-    char **fate_text;
-    int doomed;
-
-    /* Ordered phases (policy.h rule 8), with filters in more than one: the phase the
-     * event the MTA waits for is at (an index into b->phases), the event as packed for
-     * the next phase, and the message as the phases leave it. */
-    size_t phase_ix;
-    grpc_slice ev_msg;
-    int have_ev_msg;
-    struct mgw_phase_msg *pm;
-    int pm_stale; /* the last message is over: forget it at the next event */
-};
-
-struct bridge {
-    struct event_base *base;
-    struct mgw_grpc_pump *pump;
-    struct filter *filters;
-    size_t nfilters;
-    struct mgw_backend backend;
-    struct mgw_backend_needs needs;
-    char *needs_mem;
-    struct mgw_filter_streams streams;
-    unsigned *phases; /* the filters' phases, each once, ascending */
-    size_t nphases;
-    size_t phase_memory; /* body bytes a message keeps in memory for later phases */
-    size_t describing; /* first Describes still running */
-    void (*ready)(void *);
-    void *ready_arg;
-    /* Where events and SessionStarts are built: each is packed before the call that
-     * built it returns, so one arena serves every session (an idle connection holds
-     * none of it). */
-    struct mgw_proto_scratch sc;
-};
+#include "bridge_int.h"
 
 static void stream_fail(struct stream *st, const char *reason, const char *detail);
 static void complete_event(struct bsession *bs);
@@ -200,7 +108,7 @@ static enum mgw_metrics_filter_error error_kind(const char *reason)
 }
 
 
-static const char *event_name(uint8_t cmd)
+const char *bridge_event_name(uint8_t cmd)
 {
     return mgw_milter_cmd_name(cmd, MGW_MILTER_FROM_MTA);
 }
@@ -250,7 +158,7 @@ static size_t stream_index(const struct stream *st)
 }
 
 /* The filter's part in the current event is over with its failure verdict. The caller
- * then calls event_check(). */
+ * then calls bridge_event_check(). */
 static void answer_failed(struct bsession *bs, size_t i)
 {
     struct answer *a = &bs->ans[i];
@@ -271,7 +179,7 @@ static void answer_failed(struct bsession *bs, size_t i)
  * it owes none; once the message is refused, so is every filter that owes none (what
  * it says about this event no longer counts). The last thing a caller does: the answer
  * may close the session and free bs. */
-static void event_check(struct bsession *bs)
+void bridge_event_check(struct bsession *bs)
 {
     if (!bs->active || bs->dispatching)
         return;
@@ -309,7 +217,7 @@ static void content_refused(struct bsession *bs, size_t i, const struct mgw_owed
     bs->fate_text[i] = reply ? mgw_xstrdup(reply) : NULL;
     bs->fate[i] = (struct mgw_policy_deferred){o->id, o->cmd, state, kind, bs->fate_text[i]};
     log_info(bs->sid, "content refused", "filter=%s event=%s verdict=%s failure_policy=%s",
-             bs->b->filters[i].l.conf.name, event_name(o->cmd), mgw_verdict_name(kind),
+             bs->b->filters[i].l.conf.name, bridge_event_name(o->cmd), mgw_verdict_name(kind),
              state == MGW_POLICY_FAILED ? "yes" : "no");
     bs->doomed = 1;
 }
@@ -336,7 +244,7 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
         return;
     mgw_metrics_filter_error(st->f->l.metric, error_kind(reason));
     log_warn(st->t.sid, "filter failed", "filter=%s reason=%s event=%s on_error=%s detail=%s",
-             st->f->l.conf.name, reason, bs && bs->active ? event_name(bs->cmd) : "-",
+             st->f->l.conf.name, reason, bs && bs->active ? bridge_event_name(bs->cmd) : "-",
              mgw_on_error_name(st->f->l.conf.on_error),
              mgw_log_quote(q, sizeof q, detail, strlen(detail)));
     /* The oldest content event it still owed an answer to gets its on_error (rule 7). */
@@ -351,7 +259,7 @@ static void stream_fail(struct stream *st, const char *reason, const char *detai
     mgw_filter_stream_break(&st->t);
     if (bs != NULL && bs->active) {
         answer_failed(bs, stream_index(st));
-        event_check(bs);
+        bridge_event_check(bs);
     }
 }
 
@@ -371,7 +279,7 @@ static void report_unusable(struct stream *st, uint8_t cmd, const struct mgw_pro
     if (pa->warning == NULL && pa->mods_invalid == 0 && pa->bodies_dropped == 0)
         return;
     log_warn(st->t.sid, "filter reply partly unusable", "filter=%s event=%s detail=\"%s\" "
-             "invalid_mods=%zu extra_bodies=%zu", st->f->l.conf.name, event_name(cmd),
+             "invalid_mods=%zu extra_bodies=%zu", st->f->l.conf.name, bridge_event_name(cmd),
              pa->warning ? pa->warning : "-", pa->mods_invalid, pa->bodies_dropped);
     mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_INVALID, pa->mods_invalid);
     mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_BODY_CONFLICT, pa->bodies_dropped);
@@ -402,14 +310,14 @@ static void unwaited_reply(struct stream *st, const struct mgw_owed *o, Miltergw
             mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_SHADOW, pa.nmods);
         if (pa.kind != MGW_VERDICT_CONTINUE || pa.nmods > 0)
             log_info(st->t.sid, "shadow verdict", "filter=%s event=%s verdict=%s mods=%zu applied=no",
-                     st->f->l.conf.name, event_name(o->cmd), mgw_verdict_name(pa.kind), pa.nmods);
+                     st->f->l.conf.name, bridge_event_name(o->cmd), mgw_verdict_name(pa.kind), pa.nmods);
         apply_effect(st, o->cmd, pa.kind);
     } else {
         report_unusable(st, o->cmd, &pa);
         mgw_metrics_observe_latency(st->f->l.metric, (double)(now_us() - o->sent_us) / 1e6);
         if (pa.nmods > 0) {
             log_warn(st->t.sid, "modification dropped", "filter=%s event=%s mods=%zu reason=%s",
-                     st->f->l.conf.name, event_name(o->cmd), pa.nmods,
+                     st->f->l.conf.name, bridge_event_name(o->cmd), pa.nmods,
                      mgw_policy_drop_name(MGW_POLICY_DROP_NOT_EOM));
             mgw_metrics_mods_dropped(st->f->l.metric, MGW_POLICY_DROP_NOT_EOM, pa.nmods);
         }
@@ -463,7 +371,7 @@ static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
         unwaited_reply(st, &o, r);
         protobuf_c_message_free_unpacked(&r->base, NULL);
         if (bs != NULL)
-            event_check(bs);
+            bridge_event_check(bs);
         return;
     }
     a = &bs->ans[stream_index(st)];
@@ -489,7 +397,7 @@ static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
     if (mgw_policy_final_early(a->pa.kind) && !bs->dispatching)
         complete_event(bs);
     else
-        event_check(bs);
+        bridge_event_check(bs);
 }
 
 /* A message from the filter: one reply, or a batch of them (Description.batches), each
@@ -549,7 +457,7 @@ static void reset_message_liveness(struct bsession *bs)
 /* Send one packed event to every filter that takes part. A filter that answers it owes
  * a reply (with a deadline); when the MTA wants an answer, a non-shadow one is also
  * marked pending and counted in bs->waiting. Shadow filters are never waited for. */
-static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply,
+void bridge_fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id, int want_reply,
                     unsigned phase)
 {
     uint32_t bit = mgw_policy_event_bit(cmd);
@@ -617,7 +525,7 @@ static void fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t i
 }
 
 /* The MTA's wait also holds the content answers filters still owe (rule 7). */
-static void hold_draining(struct bsession *bs, uint8_t cmd)
+void bridge_hold_draining(struct bsession *bs, uint8_t cmd)
 {
     for (size_t i = 0; i < bs->b->nfilters && mgw_milter_cmd_in_message(cmd); i++) {
         struct answer *a = &bs->ans[i];
@@ -638,7 +546,7 @@ static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64
     clock_gettime(CLOCK_MONOTONIC, &bs->ev_start);
     bs->waiting = 0;
     bs->phase_ix = 0;
-    fan_out(bs, cmd, msg, id, 1, bs->b->phases[0]);
+    bridge_fan_out(bs, cmd, msg, id, 1, bs->b->phases[0]);
     if (bs->b->nphases > 1) {
         if (bs->have_ev_msg)
             grpc_slice_unref(bs->ev_msg);
@@ -647,8 +555,8 @@ static void start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64
     } else {
         grpc_slice_unref(msg);
     }
-    hold_draining(bs, cmd);
-    event_check(bs);
+    bridge_hold_draining(bs, cmd);
+    bridge_event_check(bs);
 }
 
 static void release_answers(struct answer *ans, size_t n)
@@ -683,7 +591,7 @@ static void log_drops(struct bsession *bs, const struct mgw_policy_drop *drops, 
 
 /* Merge the answers to the current event (policy.h): *mods gets the modifications to
  * apply (allocated, room for `total`, the answers' count), the drops are logged. */
-static void merge(struct bsession *bs, const struct mgw_policy_answer *pa, size_t total,
+void bridge_merge(struct bsession *bs, const struct mgw_policy_answer *pa, size_t total,
                   struct mgw_milter_msg **mods, struct mgw_policy_result *res)
 {
     struct mgw_policy_drop *drops = mgw_xcalloc(total + 1, sizeof *drops);
@@ -696,34 +604,9 @@ static void merge(struct bsession *bs, const struct mgw_policy_answer *pa, size_
     free(drops);
 }
 
-/* Rule 8, at the end: the net modifications of every phase replace the merged ones; a
- * message the held copy could not take is tempfailed (nothing was applied). */
-static void net_mods(struct bsession *bs, struct mgw_policy_result *res,
-                     struct mgw_milter_msg **mods, size_t *total, uint8_t **body)
-{
-    struct mgw_milter_msg *frames;
-    size_t dropped;
-    ssize_t k = mgw_phase_msg_net(bs->pm, bs->negotiated_actions, &frames, body, &dropped);
-
-    if (k < 0) {
-        log_warn(bs->sid, "message too large to hold for later phases", "outcome=tempfail");
-        free(frames);
-        res->kind = MGW_VERDICT_TEMPFAIL;
-        res->reply = NULL;
-        res->nmods = 0;
-        return;
-    }
-    if (dropped > 0)
-        log_warn(bs->sid, "modification dropped", "mods=%zu reason=not_granted_by_mta", dropped);
-    free(*mods);
-    *mods = frames;
-    *total = (size_t)k;
-    res->nmods = (size_t)k;
-}
-
 /* The policy's view of filter i's answer to the current event, modifications left out
  * unless `mods`. */
-static void policy_answer(const struct bsession *bs, size_t i, int mods,
+void bridge_policy_answer(const struct bsession *bs, size_t i, int mods,
                           struct mgw_policy_answer *out)
 {
     const struct answer *a = &bs->ans[i];
@@ -736,99 +619,6 @@ static void policy_answer(const struct bsession *bs, size_t i, int mods,
     out->actions = bs->decls[i].actions & bs->negotiated_actions;
     out->receives = receives_of(bs, i);
     out->shadow = bs->b->filters[i].l.conf.shadow;
-}
-
-/* Rule 8: one phase has answered the end of message: its merged modifications, policed
- * as for the MTA, edit the message the next phase will see. Returns 0, or -1 when the
- * held copy cannot take them (the message then ends in a tempfail). */
-static int phase_apply(struct bsession *bs, unsigned phase)
-{
-    struct bridge *b = bs->b;
-    size_t n = b->nfilters, total = 0;
-    struct mgw_policy_answer *pa = mgw_xcalloc(n, sizeof *pa);
-    struct mgw_milter_msg *mods;
-    struct mgw_policy_result res;
-    int r;
-
-    for (size_t i = 0; i < n; i++) {
-        policy_answer(bs, i, b->filters[i].l.conf.phase == phase, &pa[i]);
-        if (b->filters[i].l.conf.phase != phase)
-            pa[i].state = MGW_POLICY_NOT_ASKED;
-        total += pa[i].nmods;
-    }
-    merge(bs, pa, total, &mods, &res);
-    r = mgw_phase_msg_apply(bs->pm, mods, res.nmods < total + 1 ? res.nmods : total + 1);
-    if (r < 0)
-        log_warn(bs->sid, "phase modifications not applied", "phase=%u mods=%zu error=%d "
-                 "outcome=tempfail", phase, res.nmods, r);
-    free(pa);
-    free(mods);
-    return r < 0 ? -1 : 0;
-}
-
-struct replay {
-    struct bsession *bs;
-    unsigned phase;
-};
-
-/* One event of the message shown to a later phase: the end of message is waited for,
- * the content before it streamed as the MTA streams it (rule 7). */
-static void replay_one(void *arg, uint8_t cmd, grpc_slice msg, uint64_t id)
-{
-    struct replay *r = arg;
-
-    if (cmd == MGW_SMFIC_BODYEOB)
-        r->bs->ev_id = id;
-    fan_out(r->bs, cmd, msg, id, cmd == MGW_SMFIC_BODYEOB, r->phase);
-    grpc_slice_unref(msg);
-}
-
-/*
- * Rule 8: a phase has answered the event the MTA waits for. Unless the answers so far
- * refuse it, the next phase gets it: an envelope event as it came, the end of message as
- * the replay of the message the phases so far left (after this phase's modifications).
- * Headers, end of headers and body chunks go to the first phase only; the later ones see
- * them in the replay. Returns 1 when a later phase has the event now (the MTA's answer
- * waits for it), 0 when the answer is due.
- */
-static int phase_next(struct bsession *bs)
-{
-    struct bridge *b = bs->b;
-    size_t n = b->nfilters;
-    uint8_t cmd = bs->cmd;
-    int eom = cmd == MGW_SMFIC_BODYEOB;
-    struct mgw_policy_answer *pa;
-    struct mgw_policy_result res;
-    struct replay rp;
-
-    if (b->nphases == 1 || (mgw_policy_event_bit(cmd) & MGW_POLICY_EV_CONTENT) ||
-        (bs->fate != NULL && mgw_milter_cmd_in_message(cmd)) ||
-        (eom && mgw_phase_msg_broken(bs->pm)))
-        return 0;
-    pa = mgw_xcalloc(n, sizeof *pa);
-    for (size_t i = 0; i < n; i++)
-        policy_answer(bs, i, 0, &pa[i]);
-    mgw_policy_merge(cmd, pa, n, NULL, 0, NULL, 0, &res); /* counts only: never fails */
-    free(pa);
-    if (mgw_policy_refusal(res.kind))
-        return 0;
-    if (eom && phase_apply(bs, b->phases[bs->phase_ix]) < 0)
-        return 0;
-    if (bs->phase_ix + 1 >= b->nphases)
-        return 0;
-    rp.bs = bs;
-    rp.phase = b->phases[++bs->phase_ix];
-    clock_gettime(CLOCK_MONOTONIC, &bs->ev_start);
-    bs->dispatching++;
-    if (!eom)
-        fan_out(bs, cmd, bs->ev_msg, bs->ev_id, 1, rp.phase);
-    else if (mgw_phase_msg_replay(bs->pm, &b->sc, &bs->next_id, replay_one, &rp) < 0)
-        log_warn(bs->sid, "message not replayed to a later phase", "phase=%u outcome=tempfail",
-                 rp.phase);
-    bs->dispatching--;
-    hold_draining(bs, cmd);
-    event_check(bs); /* at once when nobody in this phase takes it: on to the next */
-    return 1;
 }
 
 static void complete_event(struct bsession *bs)
@@ -856,7 +646,7 @@ static void complete_event(struct bsession *bs)
     int net = bs->pm != NULL && cmd == MGW_SMFIC_BODYEOB;
     uint8_t *net_body = NULL;
 
-    if (!fated && phase_next(bs)) {
+    if (!fated && bridge_phase_next(bs)) {
         free(pa);
         return;
     }
@@ -881,10 +671,10 @@ static void complete_event(struct bsession *bs)
                                          a->pa.nmods);
             a->state = MGW_POLICY_NOT_ASKED;
         }
-        policy_answer(bs, i, !net, &pa[i]);
+        bridge_policy_answer(bs, i, !net, &pa[i]);
         total += pa[i].nmods;
     }
-    merge(bs, pa, total, &mods, &res);
+    bridge_merge(bs, pa, total, &mods, &res);
     if (fated) {
         res.kind = fate.kind;
         res.reply = fate.reply;
@@ -892,14 +682,14 @@ static void complete_event(struct bsession *bs)
         res.failure_applied = fate.failure_applied;
     }
     if (net && !mgw_policy_refusal(res.kind))
-        net_mods(bs, &res, &mods, &total, &net_body);
+        bridge_net_mods(bs, &res, &mods, &total, &net_body);
     if (res.kind != MGW_VERDICT_CONTINUE || cmd == MGW_SMFIC_BODYEOB) {
         log_info(bs->sid, "verdict",
                  "event=%s verdict=%s decided_by=%s failure_policy=%s mods=%zu refused_at=%s",
-                 event_name(cmd), mgw_verdict_name(res.kind),
+                 bridge_event_name(cmd), mgw_verdict_name(res.kind),
                  res.decider == MGW_POLICY_NONE ? "-" : b->filters[res.decider].l.conf.name,
                  res.failure_applied ? "yes" : "no", res.nmods,
-                 fated ? event_name(fate_cmd) : "-");
+                 fated ? bridge_event_name(fate_cmd) : "-");
     }
 
     /* 'E' with data: its body chunk was answered; now the end of message itself. */
@@ -941,22 +731,6 @@ static void complete_event(struct bsession *bs)
     free(net_body);
 }
 
-/* Several phases: the message as the MTA sends it is held for the later ones (rule 8). */
-static void phase_record(struct bsession *bs, const struct mgw_event *ev)
-{
-    uint8_t cmd = ev->msg->cmd;
-    int was_broken = mgw_phase_msg_broken(bs->pm);
-
-    if (bs->pm_stale || cmd == MGW_SMFIC_ABORT) {
-        mgw_phase_msg_reset(bs->pm);
-        bs->pm_stale = 0;
-    }
-    if (!mgw_milter_cmd_in_message(cmd) || mgw_phase_msg_record(bs->pm, ev) == 0 || was_broken)
-        return;
-    log_warn(bs->sid, "message too large to hold for later phases",
-             "event=%s outcome=tempfail_at_eom", event_name(cmd));
-}
-
 static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
                         mgw_backend_done_cb done, void *arg)
 {
@@ -970,7 +744,7 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         mgw_panic("bridge: event '%c' while '%c' is unanswered", m->cmd, bs->cmd);
     mgw_proto_scratch_reset(&bs->b->sc);
     if (bs->pm != NULL)
-        phase_record(bs, ev);
+        bridge_phase_record(bs, ev);
     if (m->cmd == MGW_SMFIC_ABORT) {
         /* The message is over for everyone still on the connection. */
         id = bs->next_id++;
@@ -1012,7 +786,7 @@ static int bridge_event(void *impl, const struct mgw_event *ev, int want_reply,
         return MGW_EINVAL;
     msg = mgw_grpc_pack_slice(&pe.ev.base);
     if (!want_reply) {
-        fan_out(bs, m->cmd, msg, id, 0, bs->b->phases[0]);
+        bridge_fan_out(bs, m->cmd, msg, id, 0, bs->b->phases[0]);
         grpc_slice_unref(msg);
         return 0;
     }
@@ -1163,25 +937,6 @@ static void on_decl_settled(void *arg)
     }
 }
 
-/* The distinct phases of the filters, ascending (rule 8); one, 0, without filters. */
-static void find_phases(struct bridge *b, const struct mgw_filter_conf *filters, size_t n)
-{
-    b->phases = mgw_xcalloc(n + 1, sizeof *b->phases);
-    for (size_t i = 0; i < n; i++) {
-        size_t k = 0;
-
-        while (k < b->nphases && b->phases[k] < filters[i].phase)
-            k++;
-        if (k < b->nphases && b->phases[k] == filters[i].phase)
-            continue;
-        memmove(b->phases + k + 1, b->phases + k, (b->nphases - k) * sizeof *b->phases);
-        b->phases[k] = filters[i].phase;
-        b->nphases++;
-    }
-    if (b->nphases == 0)
-        b->nphases = 1;
-}
-
 struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filter_conf *filters,
                                   size_t n, size_t phase_memory, void (*ready)(void *arg),
                                   void *arg, char *err, size_t errlen)
@@ -1195,7 +950,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     b->backend.ops = &bridge_ops;
     b->backend.impl = b;
     b->phase_memory = phase_memory;
-    find_phases(b, filters, n);
+    bridge_find_phases(b, filters, n);
     TAILQ_INIT(&b->streams.all);
     for (size_t i = 0; i < n; i++) {
         struct filter *f = &b->filters[i];
