@@ -169,14 +169,18 @@ class ExamplesMixin:
 
     def use(self, policy, *args):
         """Restart the filter with this policy on the same port; wait until miltergw has
-        described the new one."""
+        described the new one on every worker loop (each has its own channel, which
+        reconnects, and describes, on its own: a session on a loop still in backoff would
+        find the filter unavailable)."""
         described = len(self.gw.find_log(msg="filter described"))
+        loops = int(self.gw.wait_log(msg="started")[0]["workers"])
         if self.filt is not None:
             type(self).filt, old = None, self.filt
             old.stop()
         type(self).filt = self.start_filter(policy, *args)
-        wait_for(lambda: len(self.gw.find_log(msg="filter described")) > described, 15,
-                 lambda: "miltergw to describe the restarted filter; log:\n" + self.gw.proc.log_tail())
+        wait_for(lambda: len(self.gw.find_log(msg="filter described")) >= described + loops, 15,
+                 lambda: "miltergw to describe the restarted filter on its %d loops; log:\n%s"
+                 % (loops, self.gw.proc.log_tail()))
         self.mark = self.gw.log_mark()
 
     def setUp(self):
