@@ -7,7 +7,7 @@ set -eu
 cc=$1 ours=$2 list=$3
 names() { # $1: extra cpp flags
     printf '#define _FFR_MDS_NEGOTIATE 1\n#include <libmilter/mfapi.h>\n' |
-        $cc $1 -dM -E -x c - | sed -n 's/^#define \(\(SMF\|MI_\|MILTER_\|SM_LM_\)[A-Za-z0-9_]*\).*/\1/p' | sort -u
+        "$cc" ${1:+"$1"} -dM -E -x c - | sed -n 's/^#define \(\(SMF\|MI_\|MILTER_\|SM_LM_\)[A-Za-z0-9_]*\).*/\1/p' | sort -u
 }
 real=$(names "")
 mine=$(names "-I$ours")
