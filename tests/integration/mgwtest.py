@@ -1466,6 +1466,26 @@ class GatewayProcesses:
         return self.gw
 
 
+def stop_gateway_and(gw, proc, label):
+    """After a test: stop its miltergw (exit 0, no level=error line) and the one process it
+    filtered through (`proc`, a Proc, exit 0 on SIGTERM), by PID; either may be None.
+    Raises one AssertionError naming every problem."""
+    problems = []
+    if gw is not None:
+        try:
+            gw.stop(expect=0)
+        except AssertionError as e:
+            problems.append(str(e))
+        if gw.error_lines():
+            problems.append("level=error in the miltergw log:\n" + "\n".join(gw.error_lines()))
+    if proc is not None:
+        rc = proc.stop()
+        if rc != 0:
+            problems.append("%s exit code %r on SIGTERM; output:\n%s" % (label, rc, proc.log_tail()))
+    if problems:
+        raise AssertionError("\n\n".join(problems))
+
+
 def stop_and_check(gw, filters, gw_already_stopped=False):
     """Stop a test's gateway (expecting exit 0 on SIGTERM) and its test filters by PID,
     then fail with everything that went wrong: a bad exit code, a `level=error` line in

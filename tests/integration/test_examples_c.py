@@ -68,21 +68,7 @@ class ExampleCase(unittest.TestCase):
         self.addCleanup(self._stop_processes)
 
     def _stop_processes(self):
-        problems = []
-        if self.gw is not None:
-            try:
-                self.gw.stop(expect=0)
-            except AssertionError as e:
-                problems.append(str(e))
-            if self.gw.error_lines():
-                problems.append("level=error in the miltergw log:\n" + "\n".join(self.gw.error_lines()))
-        if self.ex is not None:
-            rc = self.ex.proc.stop()
-            if rc != 0:
-                problems.append("policy_filter exit code %r on SIGTERM; output:\n%s"
-                                % (rc, self.ex.proc.log_tail()))
-        if problems:
-            raise AssertionError("\n\n".join(problems))
+        mgwtest.stop_gateway_and(self.gw, self.ex.proc if self.ex is not None else None, "policy_filter")
 
     def start(self, *policy_args):
         self.ex = Example(policy_args, self.dir)

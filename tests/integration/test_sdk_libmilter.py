@@ -118,20 +118,7 @@ class ThroughPostfix(unittest.TestCase):
         self.addCleanup(self._stop_processes)
 
     def _stop_processes(self):
-        problems = []
-        if self.gw is not None:
-            try:
-                self.gw.stop(expect=0)
-            except AssertionError as e:
-                problems.append(str(e))
-            if self.gw.error_lines():
-                problems.append("level=error in the miltergw log:\n" + "\n".join(self.gw.error_lines()))
-        if self.m is not None:
-            rc = self.m.proc.stop()
-            if rc != 0:
-                problems.append("milter exit code %r on SIGTERM; output:\n%s" % (rc, self.m.proc.log_tail()))
-        if problems:
-            raise AssertionError("\n\n".join(problems))
+        mgwtest.stop_gateway_and(self.gw, self.m.proc if self.m is not None else None, "milter")
 
     def start(self, name, **opts):
         self.m = Milter(name, self.dir)
