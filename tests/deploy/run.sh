@@ -304,11 +304,10 @@ inspect_images() {
     done
 }
 
-free_ports() { # N: N free TCP ports on 127.0.0.1
-    python3 -c 'import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+free_ports() { # N: N free TCP ports on 127.0.0.1, chosen as the integration tests do
+    /usr/bin/python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import mgwtest
+print(" ".join(str(mgwtest.free_port()) for _ in range(int(sys.argv[2]))))' \
+        "$REPO/tests/integration" "$1"
 }
 
 run_image() {

@@ -21,6 +21,7 @@ import atexit
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -109,10 +110,41 @@ def make_tmpdir(prefix):
 # Ports and polling
 
 
+_ports_given = set()
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port on 127.0.0.1 that is free right now, for a server the test starts later.
+
+    Chosen at random below the kernel's ephemeral range, never from it: a port there (what
+    binding port 0 gives) can be taken as the local end of any outgoing connection (a gRPC
+    channel, Postfix's smtp client) between the test choosing it and the server binding it,
+    and miltergw then fails with "Address already in use" (seen in CI). Ports given out in
+    this process are not given twice."""
+    low, high = 10000, _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200 if high - low >= 1000 else 0):
+        port = rng.randrange(low, high)
+        if port in _ports_given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below the range
         s.bind(("127.0.0.1", 0))
+        _ports_given.add(s.getsockname()[1])
         return s.getsockname()[1]
 
 
