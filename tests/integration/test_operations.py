@@ -255,10 +255,11 @@ class OpsMetrics(OpsCase):
             expect(0, "miltergw_filter_failure_policy_total", filter=f, action="fail_closed")
             # answers observed: 95 answered events (8 x connect helo mail rcpt, 7 x data eoh
             # body eom, 35 headers), slow's timed-out EOM not among them; the discard settles
-            # its EOM at once, so another filter's answer to that EOM may come too late to
-            # be observed
+            # its EOM at once, and that session ends, so another filter's answers to that
+            # message's content and EOM may come too late to be observed (a busy machine
+            # showed all of them late: the filters answer pipelined content at their pace)
             answered = 8 * 4 + 7 * 4 + (hdrs or 0) - (1 if f == "slow" else 0)
-            low = answered if f == "disc" else answered - 1
+            low = answered if f == "disc" else answered - ((hdrs or 0) // 7 + 3)
             count = v("miltergw_filter_latency_seconds_count", filter=f)
             if count is None or not low <= count <= answered:
                 problems.append("filter_latency_seconds_count{%s} = %r, expected %d..%d" % (f, count, low, answered))
