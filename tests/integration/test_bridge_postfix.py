@@ -20,6 +20,7 @@ Usage: /usr/bin/python3 test_bridge_postfix.py --miltergw PATH --test-filter PAT
 import os
 import re
 import signal
+import socket
 import sys
 import time
 import unittest
@@ -773,8 +774,9 @@ class BridgeRawMilter(unittest.TestCase):
         self.tmp = mgwtest.make_tmpdir("bridge-raw")
         self.procs = []
 
-    def start(self, filters, **opts):
-        """filters: [(name, [flags])]; returns (miltergw, {name: TestFilter})."""
+    def start(self, filters, gw_args=(), **opts):
+        """filters: [(name, [flags])], gw_args: more miltergw options; returns (miltergw,
+        {name: TestFilter})."""
         fs = {}
         argv = []
         for name, flags in filters:
@@ -782,7 +784,7 @@ class BridgeRawMilter(unittest.TestCase):
             self.addCleanup(f.stop, expect=None)
             fs[name] = f
             argv += ["--filter", filter_arg(name, f, **opts.get(name, {}))]
-        gw = mgwtest.Miltergw(args=argv, tmpdir=self.tmp)
+        gw = mgwtest.Miltergw(args=argv + list(gw_args), tmpdir=self.tmp)
         self.addCleanup(gw.stop, expect=None)
         return gw, fs
 
@@ -921,6 +923,34 @@ class BridgeRawMilter(unittest.TestCase):
         kinds = [r["kind"] for r in b_sessions[a_sessions[1]]]
         self.assertEqual(kinds[:2], ["start", "mail"], fs["b"].record_text())
         self.assertEqual(fs["b"].find("abort"), [], fs["b"].record_text())
+
+    def test_8_an_mta_that_closes_while_an_answer_is_owed_gets_it_first(self):
+        # The gateway reads on while a filter works (no epoll_ctl per answered event):
+        # a frame that comes anyway, and the end of the connection, must still wait for
+        # the answer, and the frame be handled before the end (as when reading paused).
+        gw, fs = self.start([("a", ["--delay-ms", "300", "--delay-at", "mail"])])
+        c = mgwtest.MilterConn(gw.host, gw.port)
+        try:
+            self.greet(c)
+            c.send(frame("M", cstr("<s@example.org>")) + frame("R", cstr("<r@example.com>")))
+            c.sock.shutdown(socket.SHUT_WR)
+            self.assertEqual([c.read_frame()[0] for _ in range(2)], ["c", "c"])
+            self.assertRaises(EOFError, c.read_frame)
+        finally:
+            c.sock.close()
+        rec = gw.wait_log(msg="session closed")[0]
+        self.assertEqual(rec.get("reason"), "eof", gw.proc.log_tail())
+        self.assertEqual([r["addr"] for r in fs["a"].wait_record("rcpt")], ["<r@example.com>"])
+
+    def test_9_the_idle_timer_does_not_run_out_while_a_filter_answers(self):
+        # The idle timeout is the MTA's silence between messages; waiting for a filter's
+        # answer to HELO is ours, however long it takes within the filter's deadline.
+        gw, _ = self.start([("a", ["--delay-ms", "1500", "--delay-at", "helo"])],
+                           gw_args=["--idle-timeout", "1s"])
+        with mgwtest.MilterConn(gw.host, gw.port) as c:
+            self.greet(c)
+            self.assertEqual(c.command(frame("M", cstr("<s@example.org>")))[0], "c")
+        self.assertFalse(gw.has_log(reason="idle_timeout"), gw.proc.log_tail())
 
 
 # =========================================================================================
