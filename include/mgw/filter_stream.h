@@ -1,6 +1,7 @@
 /*
  * filter_stream.h - one Session call to one filter for one MTA connection: the transport
- * under the bridge (backend_grpc.c), which does the per-event bookkeeping on top.
+ * under the bridge (backend_grpc.c, bridge_answer.c), which does the per-event bookkeeping
+ * on top.
  *
  * The call is made at start (the bridge starts it before the filter's first event; until
  * then only what was queued, the SessionStart, waits). At most one SEND_MESSAGE is in

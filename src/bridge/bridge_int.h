@@ -1,7 +1,7 @@
 /*
- * bridge_int.h - what the bridge's files share (backend_grpc.c: the per-event
- * bookkeeping, sessions, lifetime; bridge_phases.c: ordered phases). Not a contract:
- * backend_grpc.h is.
+ * bridge_int.h - what the bridge's files share (backend_grpc.c: filters, sessions, the
+ * sending of events, lifetime; bridge_answer.c: the per-event answer bookkeeping and
+ * merge; bridge_phases.c: ordered phases). Not a contract: backend_grpc.h is.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -114,11 +114,21 @@ struct bridge {
 };
 
 /* backend_grpc.c */
+uint64_t bridge_now_us(void);
+unsigned bridge_timeout_of(const struct filter *f, uint8_t cmd);
 const char *bridge_event_name(uint8_t cmd);
 void bridge_fan_out(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id,
                     int want_reply, unsigned phase);
 void bridge_hold_draining(struct bsession *bs, uint8_t cmd);
+void bridge_start_event(struct bsession *bs, uint8_t cmd, grpc_slice msg, uint64_t id);
+
+/* bridge_answer.c */
 void bridge_event_check(struct bsession *bs);
+void bridge_fate_free(struct bsession *bs);
+void bridge_stream_fail(struct stream *st, const char *reason, const char *detail);
+void bridge_on_reply(struct stream *st, Miltergw__V1__Reply *r);
+void bridge_reset_message_liveness(struct bsession *bs);
+void bridge_release_answers(struct answer *ans, size_t n);
 void bridge_merge(struct bsession *bs, const struct mgw_policy_answer *pa, size_t total,
                   struct mgw_milter_msg **mods, struct mgw_policy_result *res);
 void bridge_policy_answer(const struct bsession *bs, size_t i, int mods,

@@ -2,7 +2,8 @@
  * bridge_phases.c - ordered phases in the bridge (policy.h rule 8): an event goes on to the
  * next phase unless refused; at the end of message each later phase is replayed the
  * message as the earlier ones left it (phase_msg.h), and the MTA gets the net
- * modifications of all. The per-event bookkeeping is backend_grpc.c's (bridge_int.h).
+ * modifications of all. Sending events is backend_grpc.c's, the per-event answer
+ * bookkeeping bridge_answer.c's (bridge_int.h).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

@@ -1,197 +1,37 @@
 /*
- * milter_client.c - existing milters behind the bridge (see milter_client.h).
+ * milter_client.c - existing milters behind the bridge (see milter_client.h): the probes
+ * and the streams. Reaching a milter and the frames on its connection are milter_wire.c's
+ * (milter_client_int.h).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "mgw/milter_client.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <inttypes.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
 #include "mgw/error.h"
 #include "mgw/filter_link.h"
 #include "mgw/filter_stream.h"
 #include "mgw/grpc_pump.h"
-#include "mgw/listen_spec.h"
 #include "mgw/log.h"
 #include "mgw/metrics.h"
 #include "mgw/milter_vocab.h"
 #include "mgw/milter_xlate.h"
 #include "mgw/xmalloc.h"
 
+#include "milter_client_int.h"
+
 #define PROBE_TIMEOUT_MS 5000
 #define RETRY_FIRST_MS 1000
 #define RETRY_MAX_MS 30000
 #define DECL_MACROS_MAX 2048
-
-/* ---- connecting and negotiating: shared by probes and streams ---- */
-
-struct milter_addr {
-    struct sockaddr_storage sa;
-    socklen_t len;
-};
-
-static int resolve(const char *target, struct milter_addr *out, char *why, size_t whylen)
-{
-    struct mgw_listen_spec ls;
-    struct addrinfo hints, *res = NULL;
-    char port[8];
-    int r;
-
-    memset(out, 0, sizeof *out);
-    if (mgw_listen_spec_parse(target, &ls, why, whylen) < 0)
-        return -1;
-    if (ls.kind == MGW_LISTEN_UNIX) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&out->sa;
-
-        un->sun_family = AF_UNIX;
-        memcpy(un->sun_path, ls.path, sizeof un->sun_path);
-        out->len = sizeof *un;
-        return 0;
-    }
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = ls.kind == MGW_LISTEN_INET6 ? AF_INET6 : AF_INET;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(port, sizeof port, "%u", (unsigned)ls.port);
-    r = getaddrinfo(ls.host, port, &hints, &res);
-    if (r != 0 || res == NULL || res->ai_addrlen > sizeof out->sa) {
-        snprintf(why, whylen, "cannot resolve %s: %s", ls.host,
-                 r != 0 ? gai_strerror(r) : "no address");
-        if (res != NULL)
-            freeaddrinfo(res);
-        return -1;
-    }
-    memcpy(&out->sa, res->ai_addr, res->ai_addrlen);
-    out->len = (socklen_t)res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
-static struct bufferevent *dial(struct event_base *base, const struct milter_addr *a,
-                                bufferevent_data_cb readcb, bufferevent_data_cb writecb,
-                                bufferevent_event_cb eventcb, void *arg)
-{
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-
-    bufferevent_setcb(bev, readcb, writecb, eventcb, arg);
-    if (bufferevent_socket_connect(bev, (const struct sockaddr *)&a->sa, (int)a->len) < 0) {
-        bufferevent_free(bev);
-        return NULL;
-    }
-    if (a->sa.ss_family != AF_UNIX) {
-        int one = 1;
-
-        /* Small frames, one round trip each: Nagle would hold every one for the ACK. */
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
-    return bev;
-}
-
-/* Pipelined events get one small answer each, written one by one by the milter: with
- * Nagle on its side, each next answer waits for our ACK of the last, which delayed ACK
- * holds for 40 ms. Acknowledge at once instead (Linux turns quick ACKs off again by
- * itself, hence after every read). */
-static void quick_ack(struct bufferevent *bev)
-{
-#ifdef TCP_QUICKACK
-    int one = 1;
-
-    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
-#else
-    (void)bev;
-#endif
-}
-
-static void write_frame(struct bufferevent *bev, const struct mgw_milter_msg *m)
-{
-    uint8_t buf[64];
-    ssize_t n = mgw_milter_encode(m, buf, sizeof buf);
-
-    if (n > 0)
-        bufferevent_write(bev, buf, (size_t)n);
-}
-
-static void write_optneg(struct bufferevent *bev, uint32_t actions)
-{
-    struct mgw_milter_msg m;
-
-    memset(&m, 0, sizeof m);
-    m.cmd = MGW_SMFIC_OPTNEG;
-    mgw_xlate_offer(actions, &m.u.optneg);
-    write_frame(bev, &m);
-}
-
-static void write_simple(struct bufferevent *bev, uint8_t cmd)
-{
-    struct mgw_milter_msg m;
-
-    memset(&m, 0, sizeof m);
-    m.cmd = cmd;
-    write_frame(bev, &m);
-}
-
-/* One write attempt of what is buffered, before the socket is closed: QUIT needs no
- * answer, and closing right after it is what an MTA does. */
-static void write_now(struct bufferevent *bev)
-{
-    evbuffer_write(bufferevent_get_output(bev), bufferevent_getfd(bev));
-}
-
-/*
- * Decode the next frame in `in` (milter to MTA). Returns bytes to drain after use (> 0)
- * with *m filled and valid until then, 0 if more bytes are needed, or < 0 on a frame that
- * can never be valid.
- */
-static ssize_t next_frame(struct evbuffer *in, uint32_t max_frame, struct mgw_milter_msg *m)
-{
-    struct mgw_milter_decoder d = {.dir = MGW_MILTER_FROM_MILTER, .max_frame = max_frame};
-    size_t avail = evbuffer_get_length(in);
-    uint8_t hdr[MGW_MILTER_HDR_LEN];
-    uint32_t len;
-    ssize_t n;
-
-    if (avail < sizeof hdr)
-        return 0;
-    evbuffer_copyout(in, hdr, sizeof hdr);
-    len = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
-    if (len == 0 || len > max_frame)
-        return MGW_EMALFORMED;
-    if (avail < sizeof hdr + len)
-        return 0;
-    n = mgw_milter_decode(&d, evbuffer_pullup(in, (ssize_t)(sizeof hdr + len)),
-                          sizeof hdr + len, m);
-    return n == MGW_PARTIAL ? MGW_EMALFORMED : n;
-}
-
-/* Why an OPTNEG answer does not fit the offer (NULL: it fits). */
-static const char *optneg_unfit(const struct mgw_milter_optneg *ans,
-                                const struct mgw_milter_optneg *offer, char *why, size_t n)
-{
-    if (ans->version < MGW_MILTER_MIN_VERSION || ans->version > MGW_MILTER_VERSION)
-        snprintf(why, n, "milter protocol version %" PRIu32 " (2 to 6 spoken)", ans->version);
-    else if (ans->actions & ~offer->actions)
-        snprintf(why, n, "the milter asked for actions 0x%" PRIx32 ", only 0x%" PRIx32
-                 " were offered (what the MTA granted)", ans->actions, offer->actions);
-    else if (ans->protocol & ~offer->protocol & ~(MGW_SMFIP_MDS_256K | MGW_SMFIP_MDS_1M))
-        snprintf(why, n, "the milter asked for protocol bits 0x%" PRIx32 " not offered",
-                 ans->protocol & ~offer->protocol);
-    else
-        return NULL;
-    return why;
-}
 
 /* ---- link: the probe ---- */
 
@@ -260,7 +100,7 @@ static void probe_read(struct bufferevent *bev, void *arg)
     struct mgw_filter_link *f = p->f;
     struct mgw_milter_msg m, offer;
     char why[200];
-    ssize_t n = next_frame(bufferevent_get_input(bev), MGW_MILTER_DEFAULT_MAX_FRAME, &m);
+    ssize_t n = milter_next_frame(bufferevent_get_input(bev), MGW_MILTER_DEFAULT_MAX_FRAME, &m);
 
     if (n == 0)
         return;
@@ -270,7 +110,7 @@ static void probe_read(struct bufferevent *bev, void *arg)
         probe_end(p, "the milter did not answer OPTNEG");
         return;
     }
-    if (optneg_unfit(&m.u.optneg, &offer.u.optneg, why, sizeof why) != NULL) {
+    if (milter_optneg_unfit(&m.u.optneg, &offer.u.optneg, why, sizeof why) != NULL) {
         probe_end(p, why);
         return;
     }
@@ -281,8 +121,8 @@ static void probe_read(struct bufferevent *bev, void *arg)
                  " observe_only=0x%" PRIx32 " actions=0x%" PRIx32, f->conf.name,
                  f->conf.target, f->decl.events, f->decl.observe_only, f->decl.actions);
     }
-    write_simple(bev, MGW_SMFIC_QUIT);
-    write_now(bev);
+    milter_write_simple(bev, MGW_SMFIC_QUIT);
+    milter_write_now(bev);
     probe_end(p, NULL);
     if (!f->conf.has_decl)
         f->changed(f->arg);
@@ -318,19 +158,19 @@ static void probe_start(struct mgw_milter_probe *p)
     if (!p->resolved) {
         /* Resolved once per probe until it works: a name may come up later. Blocking, but
          * only at start and on a retry, never per MTA connection. */
-        if (resolve(p->f->conf.target, &p->addr, why, sizeof why) < 0) {
+        if (milter_resolve(p->f->conf.target, &p->addr, why, sizeof why) < 0) {
             probe_end(p, why);
             return;
         }
         p->resolved = 1;
     }
-    p->bev = dial(p->f->base, &p->addr, probe_read, NULL, probe_event, p);
+    p->bev = milter_dial(p->f->base, &p->addr, probe_read, NULL, probe_event, p);
     if (p->bev == NULL) {
         snprintf(why, sizeof why, "connect: %s", strerror(errno));
         probe_end(p, why);
         return;
     }
-    write_optneg(p->bev, MGW_SMFI_CURR_ACTS);
+    milter_write_optneg(p->bev, MGW_SMFI_CURR_ACTS);
     evtimer_add(p->timer, &tv);
 }
 
@@ -574,7 +414,7 @@ static void conn_negotiated(struct mgw_milter_conn *mc, const struct mgw_milter_
 {
     char why[200];
 
-    if (optneg_unfit(&m->u.optneg, &mc->offer, why, sizeof why) != NULL) {
+    if (milter_optneg_unfit(&m->u.optneg, &mc->offer, why, sizeof why) != NULL) {
         log_warn(mc->st->sid, "milter negotiation refused", "filter=%s detail=\"%s\"",
                  mc->st->link->conf.name, why);
         conn_fail(mc, "out_of_contract", why);
@@ -664,10 +504,10 @@ static void conn_read(struct bufferevent *bev, void *arg)
 
     /* What we call may end the MTA session and detach or break the stream: hold it, and
      * let the connection go only once this callback is done with it. */
-    quick_ack(bev);
+    milter_quick_ack(bev);
     mgw_filter_stream_hold(st);
     enter(mc);
-    while (conn_live(mc) && (n = next_frame(in, max, &m)) != 0) {
+    while (conn_live(mc) && (n = milter_next_frame(in, max, &m)) != 0) {
         if (n < 0) {
             conn_fail(mc, "out_of_contract", "a frame that does not decode");
             break;
@@ -740,7 +580,7 @@ void mgw_milter_stream_start(struct mgw_filter_stream *st)
                  l->conf.name, l->conf.target, mgw_on_error_name(l->conf.on_error));
         return;
     }
-    mc->bev = dial(l->base, &l->probe->addr, conn_read, conn_write, conn_event_cb, mc);
+    mc->bev = milter_dial(l->base, &l->probe->addr, conn_read, conn_write, conn_event_cb, mc);
     if (mc->bev == NULL) {
         snprintf(detail, sizeof detail, "connect: %s", strerror(errno));
         link_report(l, detail);
@@ -752,7 +592,7 @@ void mgw_milter_stream_start(struct mgw_filter_stream *st)
         return;
     }
     /* The SessionStart (first in the queue) said what the MTA granted. */
-    write_optneg(mc->bev, mc->offer.actions);
+    milter_write_optneg(mc->bev, mc->offer.actions);
 }
 
 void mgw_milter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
@@ -800,8 +640,8 @@ void mgw_milter_stream_close(struct mgw_filter_stream *st, int quit)
     if (mc == NULL || mc->dead)
         return;
     if (quit && mc->bev != NULL && mc->negotiated) {
-        write_simple(mc->bev, MGW_SMFIC_QUIT);
-        write_now(mc->bev);
+        milter_write_simple(mc->bev, MGW_SMFIC_QUIT);
+        milter_write_now(mc->bev);
     }
     mc->dead = 1;
     st->milter = NULL;
