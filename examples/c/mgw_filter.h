@@ -30,8 +30,8 @@
  * callbacks, in order, while the gRPC workers keep receiving: callbacks may then block
  * (libmilter's model), and mgw_session_progress() keeps the gateway waiting meanwhile.
  *
- * What it does not do: TLS, asynchronous answers (a reply is ready when on_event returns),
- * health's Watch.
+ * What it does not do: TLS, asynchronous answers (a reply is ready when on_event returns).
+ * It serves grpc.health.v1 (Check and Watch) and server reflection beside the filter.
  *
  * Signals: mgw_filter_run() blocks SIGINT and SIGTERM in the calling thread before gRPC
  * starts its threads, so call it before creating threads of your own (or block them too).
