@@ -32,6 +32,10 @@ void mgw_mailbox_post(struct mgw_mailbox *mb, mgw_mailbox_fn *fn, void *arg, int
  * next turn). */
 void mgw_mailbox_drain(struct mgw_mailbox *mb);
 
+/* The loop's thread, outside the loop: block until something was posted since the last
+ * drain (or at once if so). */
+void mgw_mailbox_wait(struct mgw_mailbox *mb);
+
 /* The loop's thread, once nobody posts any more: run what is left, free. NULL-safe;
  * returns NULL. */
 struct mgw_mailbox *mgw_mailbox_free(struct mgw_mailbox *mb);

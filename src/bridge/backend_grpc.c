@@ -512,8 +512,8 @@ struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *mb)
         return NULL;
     b->ready = NULL;
     mgw_filter_streams_shutdown(&b->streams);
-    /* Destroying a channel completes its watch; the pump delivers every outstanding
-     * completion before its thread ends, so every stream frees itself. */
+    /* Destroying a channel completes its watch; freeing the pump waits for every
+     * completion still owed to it, so every stream frees itself. */
     for (size_t i = 0; i < b->nfilters; i++)
         mgw_filter_link_close(&b->filters[i].l);
     b->pump = mgw_grpc_pump_free(b->pump);

@@ -114,7 +114,7 @@ static void describe_start(struct mgw_filter_link *f)
     ops[5].data.recv_status_on_client.status = &f->describe_status;
     ops[5].data.recv_status_on_client.status_details = &f->describe_details;
     f->describe_tag.cb = describe_done;
-    e = grpc_call_start_batch(f->describe_call, ops, 6, &f->describe_tag, NULL);
+    e = mgw_grpc_pump_start_batch(f->pump, f->describe_call, ops, 6, &f->describe_tag);
     if (e != GRPC_CALL_OK)
         mgw_panic("filter link: Describe batch refused (%d)", (int)e);
 }
@@ -127,8 +127,7 @@ static void watch_arm(struct mgw_filter_link *f)
                                          gpr_time_from_seconds(3600, GPR_TIMESPAN));
 
     f->watching = 1;
-    grpc_channel_watch_connectivity_state(f->ch, f->state, deadline, mgw_grpc_pump_cq(f->pump),
-                                          &f->watch_tag);
+    mgw_grpc_pump_watch(f->pump, f->ch, f->state, deadline, &f->watch_tag);
 }
 
 static void watch_done(struct mgw_grpc_tag *tag, int ok)

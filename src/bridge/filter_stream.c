@@ -130,7 +130,7 @@ static void start_batch(struct mgw_filter_stream *st, const grpc_op *ops, size_t
      * a batch started now would assert in gRPC. Every call is cancelled by then. */
     if (st->set->shutting_down)
         return;
-    e = grpc_call_start_batch(st->call, ops, n, tag, NULL);
+    e = mgw_grpc_pump_start_batch(st->pump, st->call, ops, n, tag);
 
     /* GRPC_CORE.md §4.4: a refused batch is our bug and may leave the call unusable. */
     if (e != GRPC_CALL_OK) {

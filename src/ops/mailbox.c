@@ -6,6 +6,8 @@
 #include "mgw/mailbox.h"
 
 #include <event2/event.h>
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -75,6 +77,16 @@ void mgw_mailbox_drain(struct mgw_mailbox *mb)
     }
     pthread_mutex_unlock(&mb->mu);
     free(items);
+}
+
+void mgw_mailbox_wait(struct mgw_mailbox *mb)
+{
+    struct pollfd pfd = {.fd = mb->efd, .events = POLLIN};
+
+    while (poll(&pfd, 1, -1) < 0) {
+        if (errno != EINTR)
+            mgw_panic("mailbox: poll failed");
+    }
 }
 
 static void on_eventfd(evutil_socket_t fd, short what, void *arg)
