@@ -55,7 +55,7 @@ void mgw_bridge_on_ready(struct mgw_bridge *b, void (*ready)(void *arg), void *a
  * Safe from any thread while the bridge lives. */
 size_t mgw_bridge_ready_count(const struct mgw_bridge *b, size_t *total);
 
-/* Cancel every stream, close the channels, stop the completion-queue thread, free.
+/* Cancel every stream, close the channels, take the last completions, free.
  * Sessions should be closed first. NULL-safe; returns NULL. */
 struct mgw_bridge *mgw_bridge_free(struct mgw_bridge *b);
 

@@ -4,8 +4,8 @@
  * A gateway on a many-core mail host must not be bound to one core, so sessions run on
  * N loops (the `workers` setting; one per CPU core by default). Each loop is a thread
  * with its own libevent base, its own mgw_server, and, per configuration generation, its
- * own backend: a filter bridge with its own channels, completion-queue thread and
- * Describe cache, or the null milter. Nothing of a session is shared between loops, so
+ * own backend: a filter bridge with its own channels, pump (its share of the one
+ * completion-queue thread, grpc_pump.h) and Describe cache, or the null milter. Nothing of a session is shared between loops, so
  * the per-event path takes no lock; what the loops share is process-wide and atomic
  * (metrics.h, the session ids and max_connections count of session.h). Channels to one
  * target with the same arguments share one HTTP/2 connection in gRPC, so N loops do not
