@@ -285,7 +285,6 @@ static uint8_t *wbuf_reserve(struct mgw_session *s, size_t n)
     return s->wbuf;
 }
 
-/* Encode msgs[0..n) into one buffer and queue it with one write. */
 /* Straight to the socket when nothing is queued before it, which is the usual case:
  * through the bufferevent every answer cost libevent's write-interest round, two
  * epoll_ctl calls and a loop turn (measured: ten calls per default message). What the
@@ -304,6 +303,7 @@ static void session_write(struct mgw_session *s, const uint8_t *buf, size_t len)
         session_fail(s, MGW_EIO, "cannot queue reply");
 }
 
+/* Encode msgs[0..n) into one buffer and send it with one write. */
 static void session_send(struct mgw_session *s, const struct mgw_milter_msg *msgs, size_t n)
 {
     size_t total = 0, off = 0;
