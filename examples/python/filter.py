@@ -146,10 +146,11 @@ async def serve(listen, policy, args):
     pb_grpc.add_FilterServicer_to_server(Filter(policy, args), server)
     health = std_services.add_to_server(server, ["miltergw.v1.Filter"])
     port = server.add_insecure_port(listen)  # RuntimeError if it cannot listen
+    stop = std_services.stop_on_signals()  # before port=N: a signal then must stop it
     await server.start()
     print("port=%d" % port, flush=True)
     # SIGTERM/SIGINT: NOT_SERVING (health watchers see it), then stop; open streams get 1 s
-    await std_services.serve_until_signal(server, health, grace=1)
+    await std_services.serve_until_signal(server, health, stop, grace=1)
 
 
 def main():

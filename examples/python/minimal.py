@@ -32,9 +32,10 @@ async def main(listen):
     pb_grpc.add_FilterServicer_to_server(Minimal(), server)
     health = std_services.add_to_server(server, ["miltergw.v1.Filter"])
     port = server.add_insecure_port(listen)
+    stop = std_services.stop_on_signals()  # before port=N: a signal then must stop it
     await server.start()
     print("port=%d" % port, flush=True)
-    await std_services.serve_until_signal(server, health, grace=1)
+    await std_services.serve_until_signal(server, health, stop, grace=1)
 
 
 asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"))

@@ -13,8 +13,9 @@ protocols (sdk/python/proto/miltergw/_std/*.proto; see README.md), and imported 
     server = grpc.aio.server()
     ...add the filter...
     health = std_services.add_to_server(server, ["miltergw.v1.Filter"])
+    stop = std_services.stop_on_signals()
     await server.start()
-    await std_services.serve_until_signal(server, health, grace=1)
+    await std_services.serve_until_signal(server, health, stop, grace=1)
 """
 import asyncio
 import signal
@@ -128,12 +129,19 @@ def add_to_server(server, services):
     return health
 
 
-async def serve_until_signal(server, health, grace=1.0):
-    """Wait for SIGTERM or SIGINT; then NOT_SERVING (every Watch gets it, then ends), then
-    stop: no new calls, open streams get `grace` seconds to finish, the rest is cancelled."""
+def stop_on_signals():
+    """An asyncio.Event that SIGTERM and SIGINT set. Make it before the server says it
+    listens: a signal sent as soon as it does must stop it, not kill it mid-start."""
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_until_signal(server, health, stop, grace=1.0):
+    """Wait for `stop` (stop_on_signals()); then NOT_SERVING (every Watch gets it, then
+    ends), then stop: no new calls, open streams get `grace` seconds to finish, the rest
+    is cancelled."""
     await stop.wait()
     await health.set_all(Status.NOT_SERVING, close=True)
     await server.stop(grace)

@@ -72,11 +72,11 @@ async def serve(listen, name):
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_FilterServicer_to_server(Filter(name), server)
     port = server.add_insecure_port(listen)
-    await server.start()
-    print("port=%d" % port, flush=True)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # before port=N: a signal sent as soon as it is out must stop it
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await server.start()
+    print("port=%d" % port, flush=True)
     await stop.wait()
     await server.stop(grace=1)
 
