@@ -87,7 +87,7 @@ struct loop {
     struct mgw_grpc_pump *pump;
     grpc_channel *ch;
     struct watch w[WATCHES];
-    int left, free_early, ms;
+    int free_early, ms;
     pthread_t thread;
 };
 
@@ -97,6 +97,15 @@ static void on_loop_watch(struct mgw_grpc_tag *tag, int ok)
 
     w->fired++;
     w->thread = pthread_self();
+}
+
+static int loop_fired(const struct loop *l)
+{
+    int n = 0;
+
+    for (int i = 0; i < WATCHES; i++)
+        n += l->w[i].fired;
+    return n;
 }
 
 static void *loop_main(void *arg)
@@ -112,14 +121,8 @@ static void *loop_main(void *arg)
         mgw_grpc_pump_watch(l->pump, l->ch, grpc_channel_check_connectivity_state(l->ch, 0),
                             deadline, &l->w[i].tag);
     }
-    if (!l->free_early) {
-        while (l->left > 0) {
-            event_base_loop(l->base, EVLOOP_ONCE);
-            l->left = WATCHES;
-            for (int i = 0; i < WATCHES; i++)
-                l->left -= l->w[i].fired;
-        }
-    }
+    while (!l->free_early && loop_fired(l) < WATCHES)
+        event_base_loop(l->base, EVLOOP_ONCE);
     l->pump = mgw_grpc_pump_free(l->pump);
     event_base_free(l->base);
     return NULL;
@@ -135,7 +138,6 @@ static void pumps_of_several_loops_share_one_queue(void **state)
     memset(loops, 0, sizeof loops);
     for (int k = 0; k < 3; k++) {
         loops[k].ch = ch;
-        loops[k].left = WATCHES;
         loops[k].free_early = k == 1;
         loops[k].ms = 50 + 50 * k;
         assert_int_equal(pthread_create(&loops[k].thread, NULL, loop_main, &loops[k]), 0);
