@@ -9,6 +9,9 @@
 #   mgw-3filters - miltergw with three such filters, each its own process
 #   mgw-milter   - miltergw with the libmilter null milter behind it as a milter backend
 #                  (kind=milter): the cost of putting an existing milter behind the gateway
+#   mgw-mux      - mgw-filter with the filter declaring multiplexed streams: the sessions of
+#                  many connections share a gRPC call (filter.proto, Description.multiplexed)
+#   mgw-3mux     - mgw-3filters, the same way
 # and drives each with tools/mgw_load for DURATION seconds at each count in CONNS, first
 # with mgw_load's default message, then with a realistic one (100 KB body, 5 recipients,
 # 20 headers). Per row it prints messages/s, per-message latency, the server's CPU time
@@ -54,7 +57,7 @@ MGW_LOAD=${MGW_LOAD:-$build/tools/mgw_load}
 LIBMILTER_NULL=${LIBMILTER_NULL:-$build/tools/libmilter_null}
 TEST_FILTER=${TEST_FILTER:-$build/tests/filter/mgw_test_filter}
 REALISTIC_ARGS="--body-bytes 100000 --rcpts 5 --headers 20"
-SETUPS="libmilter mgw-null mgw-filter mgw-3filters mgw-milter"
+SETUPS="libmilter mgw-null mgw-filter mgw-3filters mgw-milter mgw-mux mgw-3mux"
 
 if [ ! -x "$MILTERGW" ] || [ ! -x "$MGW_LOAD" ] || [ ! -x "$TEST_FILTER" ]; then
     echo "== building $build (Release)"
@@ -331,6 +334,7 @@ run() {
 throughput() {
     local shape=$1 args=$2 n probe lm_pid=0 lm_port=0 null_pid null_port fgw_pid fgw_port
     local f1_pid three=() three_pids=() g3_pid g3_port i mg_pid=0 mg_port=0
+    local x1_pid xgw_pid xgw_port xthree=() xthree_pids=() x3_pid x3_port
     if [ "$have_libmilter" = 1 ]; then
         start_libmilter
         start_milter_backend "$shape-milterbackend"
@@ -350,6 +354,17 @@ throughput() {
     done
     start_miltergw "$shape-3filters" "${three[@]}"
     g3_pid=$gw_pid g3_port=$gw_port
+    start_filter "$shape-x1" --multiplexed
+    x1_pid=$filter_pid
+    start_miltergw "$shape-mux" --filter "f1=127.0.0.1:$filter_port"
+    xgw_pid=$gw_pid xgw_port=$gw_port
+    for i in 1 2 3; do
+        start_filter "$shape-3x$i" --multiplexed
+        xthree_pids+=("$filter_pid")
+        xthree+=(--filter "f$i=127.0.0.1:$filter_port")
+    done
+    start_miltergw "$shape-3mux" "${xthree[@]}"
+    x3_pid=$gw_pid x3_port=$gw_port
 
     # One message through the null gateway names the shape as mgw_load builds it.
     # shellcheck disable=SC2086 # LOAD_ARGS and args are lists of options
@@ -377,6 +392,8 @@ throughput() {
         if [ "$have_libmilter" = 1 ]; then
             run mgw-milter "$shape" "$n" "$args" "$mg_pid" "$mg_port" 1 "$mb_pid"
         fi
+        run mgw-mux "$shape" "$n" "$args" "$xgw_pid" "$xgw_port" 1 "$x1_pid"
+        run mgw-3mux "$shape" "$n" "$args" "$x3_pid" "$x3_port" 3 "${xthree_pids[@]}"
     done
     # Stop the servers so that the next pass and the idle runs have the machine.
     stop_all
@@ -473,6 +490,13 @@ for n in $IDLE; do
     idle_row mgw-filter "$gw_pid" "$gw_port" "$n"
     stop_all
 done
+# The same filter declaring multiplexed streams: idle connections share calls.
+for n in $IDLE; do
+    start_filter idle --multiplexed
+    start_miltergw idle-filter --filter "f1=127.0.0.1:$filter_port"
+    idle_row mgw-mux "$gw_pid" "$gw_port" "$n"
+    stop_all
+done
 # A filter that wants only the messages (no Connect, no Helo): its stream, and gRPC's
 # per-call state, waits for the first MAIL, so an idle connection costs it nothing.
 for n in $IDLE; do
@@ -552,32 +576,37 @@ if [ -n "$CONNS" ] || [ -n "$IDLE" ]; then
     }
     END {
         if (ns > 0) {
-            print "   msgs/s as % of libmilter'"'"'s; targets at 16 and 1000 conns: mgw-filter >= 100%,"
-            print "   mgw-3filters >= 70%"
-            printf "   %-10s %6s  %-12s %-12s %-12s\n", "message", "conns", "mgw-null", "mgw-filter", "mgw-3filters"
+            print "   msgs/s as % of libmilter'"'"'s; targets at 16 and 1000 conns: one filter (mgw-filter,"
+            print "   mgw-mux) >= 100%, three (mgw-3filters, mgw-3mux) >= 70%"
+            printf "   %-10s %6s  %-12s %-12s %-12s %-12s %-12s\n", "message", "conns", "mgw-null", "mgw-filter", "mgw-3filters", "mgw-mux", "mgw-3mux"
             for (i = 1; i <= ns; i++) {
                 s = shapes[i]
                 for (j = 1; j <= ns_n[s]; j++) {
                     n = conns[s, j]; at = (n == 16 || n == 1000)
-                    line = sprintf("   %-10s %6s %s %s %s", s, n, share("mgw-null", s, n, ""),
-                        share("mgw-filter", s, n, at ? 100 : ""), share("mgw-3filters", s, n, at ? 70 : ""))
+                    line = sprintf("   %-10s %6s %s %s %s %s %s", s, n, share("mgw-null", s, n, ""),
+                        share("mgw-filter", s, n, at ? 100 : ""), share("mgw-3filters", s, n, at ? 70 : ""),
+                        share("mgw-mux", s, n, at ? 100 : ""), share("mgw-3mux", s, n, at ? 70 : ""))
                     sub(/ +$/, "", line)
                     print line
                 }
             }
-            print "   latency at 1 conn, mgw-filter p50 / mgw-null p50 (target <= 1.5x):"
+            print "   latency at 1 conn, one filter p50 / mgw-null p50 (target <= 1.5x):"
             for (i = 1; i <= ns; i++) {
-                s = shapes[i]; f = "mgw-filter" SUBSEP s SUBSEP 1; z = "mgw-null" SUBSEP s SUBSEP 1
-                if ((f in p50) && (z in p50) && p50[z] > 0)
-                    printf "   %-10s %5.2fx %s\n", s, p50[f] / p50[z], p50[f] / p50[z] <= 1.5 ? "ok" : "MISS"
-                else
-                    printf "   %-10s no 1-connection run\n", s
+                s = shapes[i]; z = "mgw-null" SUBSEP s SUBSEP 1
+                for (t = 1; t <= 2; t++) {
+                    setup = t == 1 ? "mgw-filter" : "mgw-mux"; f = setup SUBSEP s SUBSEP 1
+                    if ((f in p50) && (z in p50) && p50[z] > 0)
+                        printf "   %-10s %-12s %5.2fx %s\n", s, setup, p50[f] / p50[z], p50[f] / p50[z] <= 1.5 ? "ok" : "MISS"
+                    else if (t == 1)
+                        printf "   %-10s no 1-connection run\n", s
+                }
             }
             print "   gateway CPU per answered event, lowest-highest over the conns (target <= 10 us):"
             for (i = 1; i <= ns; i++) {
                 s = shapes[i]
-                for (t = 1; t <= 2; t++) {
-                    setup = t == 1 ? "mgw-filter" : "mgw-3filters"; lo = ""; hi = ""
+                for (t = 1; t <= 4; t++) {
+                    setup = t == 1 ? "mgw-filter" : t == 2 ? "mgw-3filters" : t == 3 ? "mgw-mux" : "mgw-3mux"
+                    lo = ""; hi = ""
                     for (j = 1; j <= ns_n[s]; j++) {
                         k = setup SUBSEP s SUBSEP conns[s, j]
                         if (!(k in gw) || gw[k] == "-") continue
@@ -589,17 +618,20 @@ if [ -n "$CONNS" ] || [ -n "$IDLE" ]; then
                 }
             }
         }
-        # The idle target is 10,000 connections in 100 MB: take the largest mgw-filter row,
-        # and scale it to 10,000 if that row is smaller.
-        bn = 0
+        # The idle target is 10,000 connections in 100 MB: take the largest row of each
+        # one-filter setup, and scale it to 10,000 if that row is smaller.
         while ((getline line < idle) > 0) {
             split(line, c, "\t")
-            if (c[1] == "mgw-filter" && c[2] + 0 > bn) { bn = c[2] + 0; base = c[3]; kb = c[5] }
+            if ((c[1] == "mgw-filter" || c[1] == "mgw-mux") && c[2] + 0 > bn[c[1]]) {
+                bn[c[1]] = c[2] + 0; base[c[1]] = c[3]; kb[c[1]] = c[5]
+            }
         }
-        if (bn > 0) {
-            mb = base + 10000 * kb / 1024
-            printf "   idle, mgw-filter (target: 10000 conns in <= 100 MB RSS): %.2f KB/conn, %.1f MB %s %s\n",
-                kb, mb, bn == 10000 ? "at 10000" : "projected from " bn, mb <= 100 ? "ok" : "MISS"
+        for (t = 1; t <= 2; t++) {
+            setup = t == 1 ? "mgw-filter" : "mgw-mux"
+            if (!(setup in bn)) continue
+            mb = base[setup] + 10000 * kb[setup] / 1024
+            printf "   idle, %-10s (target: 10000 conns in <= 100 MB RSS): %.2f KB/conn, %.1f MB %s %s\n",
+                setup, kb[setup], mb, bn[setup] == 10000 ? "at 10000" : "projected from " bn[setup], mb <= 100 ? "ok" : "MISS"
         }
     }' "$tsv"
 fi

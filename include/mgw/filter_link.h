@@ -33,6 +33,7 @@ struct mgw_filter_link {
     void *session_method;
     struct mgw_policy_decl decl; /* current declaration */
     int batching;                /* it takes EventBatch and sends Reply.batch */
+    int multiplexed;             /* it takes many sessions per stream (filter_mux.h) */
     grpc_connectivity_state state; /* a milter's (kind=milter): READY or TRANSIENT_FAILURE */
     struct event_base *base;       /* the loop the link and its streams run on */
     struct mgw_milter_probe *probe; /* kind=milter: address and reachability (milter_client.h) */

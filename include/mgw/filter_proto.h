@@ -124,6 +124,16 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
  */
 size_t mgw_proto_field_prefix(uint8_t *buf, uint32_t field, uint64_t len);
 
+/* ---- Multiplexed streams (Description.multiplexed) ---- */
+
+#define MGW_PROTO_EVENT_SESSION 3 /* Event.session */
+
+/* Write one varint field, number `field`, value `v` (at most MGW_PROTO_PREFIX_MAX bytes).
+ * After an already packed Event it sets Event.session: protobuf merges concatenated
+ * encodings field by field, so an Event packed once for every filter is tagged with a
+ * multiplexed stream's session without repacking or copying it. */
+size_t mgw_proto_varint_field(uint8_t *buf, uint32_t field, uint64_t v);
+
 /* The declaration a Description makes. Macro lists are copied into the scratch arena. */
 void mgw_proto_decl_from_description(const Miltergw__V1__Description *d,
                                      struct mgw_proto_scratch *s, struct mgw_policy_decl *out);

@@ -55,10 +55,27 @@ struct mgw_filter_stream_hooks {
     void (*flow)(struct mgw_filter_stream *st, int hold);
 };
 
-/* Every stream of one bridge, for shutdown. */
+struct mgw_filter_mux;
+
+/* Every stream of one bridge, for shutdown; and the carriers taking new members. */
 struct mgw_filter_streams {
     TAILQ_HEAD(, mgw_filter_stream) all;
+    TAILQ_HEAD(, mgw_filter_mux) carriers;
     int shutting_down;
+};
+
+/* A stream has its own call, or (a filter that declared `multiplexed`) is one session
+ * on a call shared with other MTA connections' sessions, its carrier (filter_mux.h). */
+enum mgw_stream_role {
+    MGW_STREAM_OWN,     /* its own call (or milter connection) */
+    MGW_STREAM_MEMBER,  /* a session on a carrier: no call of its own */
+    MGW_STREAM_CARRIER, /* the shared call: every Event it sends names its session */
+};
+
+/* An event waiting for the send slot; `session` is set on a carrier's (0: none). */
+struct mgw_stream_queued {
+    grpc_slice msg;
+    uint64_t session;
 };
 
 struct mgw_filter_stream {
@@ -70,6 +87,9 @@ struct mgw_filter_stream {
     int attached;              /* the MTA connection holds it */
     int reached;               /* the filter took a message: the call got through */
     struct mgw_owed_fifo owed; /* kept by the owner; its front's deadline is armed here */
+    /* Set by the owner before it breaks the stream: why (a metrics.h error kind), told to
+     * a multiplexed filter in the session's SessionEnd. */
+    const char *fail_reason;
 
     /* Private. */
     const struct mgw_filter_stream_hooks *hooks;
@@ -83,7 +103,10 @@ struct mgw_filter_stream {
     grpc_metadata_array md_initial, md_trailing;
     grpc_status_code status;
     grpc_slice status_details;
-    grpc_slice *queue; /* packed events waiting for the send slot */
+    enum mgw_stream_role role;
+    struct mgw_filter_mux *mux; /* a member's carrier while it is on one */
+    unsigned sessions;          /* a carrier's members: its max_queue is per session */
+    struct mgw_stream_queued *queue; /* packed events waiting for the send slot */
     size_t nqueue, capqueue;
     grpc_byte_buffer *sending;
     size_t queued_bytes;  /* in queue[] and sending */
@@ -112,6 +135,10 @@ void mgw_filter_stream_start(struct mgw_filter_stream *st);
 /* Queue one packed message, taking over the caller's reference; past max_queue the
  * stream fails ("queue_full") instead. */
 void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg);
+
+/* The same on a carrier, for the member whose session is `session` (filter_mux.c). */
+void mgw_filter_stream_send_tagged(struct mgw_filter_stream *st, grpc_slice msg,
+                                   uint64_t session);
 
 /* The owed FIFO's front changed: re-arm the deadline. */
 void mgw_filter_stream_rearm(struct mgw_filter_stream *st);

@@ -444,6 +444,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     b->phase_memory = phase_memory;
     bridge_find_phases(b, filters, n);
     TAILQ_INIT(&b->streams.all);
+    TAILQ_INIT(&b->streams.carriers);
     for (size_t i = 0; i < n; i++) {
         struct filter *f = &b->filters[i];
         char why[400];

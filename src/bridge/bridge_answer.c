@@ -182,6 +182,7 @@ void bridge_stream_fail(struct stream *st, const char *reason, const char *detai
         if (mgw_policy_refusal(k))
             content_refused(bs, stream_index(st), o, MGW_POLICY_FAILED, k, NULL);
     }
+    st->t.fail_reason = reason; /* a multiplexed filter is told why (SessionEnd) */
     mgw_filter_stream_break(&st->t);
     if (bs != NULL && bs->active) {
         answer_failed(bs, stream_index(st));

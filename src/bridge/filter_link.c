@@ -46,12 +46,13 @@ static void describe_done(struct mgw_grpc_tag *tag, int ok)
         memset(&f->decl_mem, 0, sizeof f->decl_mem);
         mgw_proto_decl_from_description(d, &f->decl_mem, &f->decl);
         f->batching = d->batches;
+        f->multiplexed = d->multiplexed;
         mgw_proto_scratch_free(&old);
         f->described = 1;
         log_info(0, "filter described", "filter=%s target=%s events=0x%" PRIx32
-                 " observe_only=0x%" PRIx32 " actions=0x%" PRIx32 " batches=%d",
+                 " observe_only=0x%" PRIx32 " actions=0x%" PRIx32 " batches=%d multiplexed=%d",
                  f->conf.name, f->conf.target, f->decl.events, f->decl.observe_only,
-                 f->decl.actions, f->batching);
+                 f->decl.actions, f->batching, f->multiplexed);
         protobuf_c_message_free_unpacked(&d->base, NULL);
         f->changed(f->arg);
     } else {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "mgw/filter_mux.h"
 #include "mgw/grpc_channel.h"
 #include "mgw/milter_client.h"
 #include "mgw/log.h"
@@ -78,7 +79,7 @@ static void free_if_done(struct mgw_filter_stream *st)
     if (st->sending != NULL)
         grpc_byte_buffer_destroy(st->sending);
     for (size_t i = 0; i < st->nqueue; i++)
-        grpc_slice_unref(st->queue[i]);
+        grpc_slice_unref(st->queue[i].msg);
     free(st->queue);
     mgw_owed_clear(&st->owed);
     grpc_metadata_array_destroy(&st->md_initial);
@@ -146,33 +147,60 @@ static void start_batch(struct mgw_filter_stream *st, const grpc_op *ops, size_t
  * as many as fit (the first always goes, whatever its size). */
 static size_t batch_size(const struct mgw_filter_stream *st)
 {
-    size_t k = 1, bytes = GRPC_SLICE_LENGTH(st->queue[0]);
+    size_t k = 1, bytes = GRPC_SLICE_LENGTH(st->queue[0].msg);
 
     if (!st->batching)
         return 1;
     while (k < st->nqueue && k < BATCH_MAX_EVENTS &&
-           bytes + GRPC_SLICE_LENGTH(st->queue[k]) <= BATCH_MAX_BYTES) {
-        bytes += GRPC_SLICE_LENGTH(st->queue[k]); /* a macro: its argument twice */
+           bytes + GRPC_SLICE_LENGTH(st->queue[k].msg) <= BATCH_MAX_BYTES) {
+        bytes += GRPC_SLICE_LENGTH(st->queue[k].msg); /* a macro: its argument twice */
         k++;
     }
     return k;
 }
 
+/* The Event.session field that tags a carrier's event (0: none, nothing written). */
+static size_t session_field(uint8_t *buf, uint64_t session)
+{
+    return session ? mgw_proto_varint_field(buf, MGW_PROTO_EVENT_SESSION, session) : 0;
+}
+
+/* One event alone: as packed, after its session field if it has one. */
+static grpc_byte_buffer *single_buffer(const struct mgw_filter_stream *st)
+{
+    uint8_t tag[MGW_PROTO_PREFIX_MAX];
+    size_t n = session_field(tag, st->queue[0].session);
+    grpc_slice parts[2];
+    grpc_byte_buffer *bb;
+
+    if (n == 0)
+        return grpc_raw_byte_buffer_create(&st->queue[0].msg, 1);
+    parts[0] = grpc_slice_from_copied_buffer((const char *)tag, n);
+    parts[1] = st->queue[0].msg;
+    bb = grpc_raw_byte_buffer_create(parts, 2);
+    grpc_slice_unref(parts[0]);
+    return bb;
+}
+
 /* One Event{batch: EventBatch{events: queue[0..take)}} on the wire: the events as they
- * were packed, each after its field prefix (filter_proto.h), no copy of their bytes. */
+ * were packed, each after its field prefix (filter_proto.h) and session field, no copy
+ * of their bytes. */
 static grpc_byte_buffer *batch_buffer(const struct mgw_filter_stream *st, size_t take)
 {
     grpc_slice *parts = mgw_xcalloc(2 * take + 1, sizeof *parts);
-    uint8_t pre[MGW_PROTO_PREFIX_MAX];
+    uint8_t pre[2 * MGW_PROTO_PREFIX_MAX];
     grpc_byte_buffer *bb;
     uint64_t inner = 0;
 
     for (size_t k = 0; k < take; k++) {
-        size_t len = GRPC_SLICE_LENGTH(st->queue[k]);
+        uint8_t tag[MGW_PROTO_PREFIX_MAX];
+        size_t t = session_field(tag, st->queue[k].session);
+        size_t len = GRPC_SLICE_LENGTH(st->queue[k].msg) + t;
         size_t n = mgw_proto_field_prefix(pre, MGW_PROTO_EVENT_BATCH_EVENTS, len);
 
-        parts[2 * k + 1] = grpc_slice_from_copied_buffer((const char *)pre, n);
-        parts[2 * k + 2] = st->queue[k];
+        memcpy(pre + n, tag, t);
+        parts[2 * k + 1] = grpc_slice_from_copied_buffer((const char *)pre, n + t);
+        parts[2 * k + 2] = st->queue[k].msg;
         inner += n + len;
     }
     parts[0] = grpc_slice_from_copied_buffer(
@@ -202,11 +230,11 @@ static void send_next(struct mgw_filter_stream *st)
         return;
     }
     take = batch_size(st);
-    st->sending = take > 1 ? batch_buffer(st, take) : grpc_raw_byte_buffer_create(st->queue, 1);
+    st->sending = take > 1 ? batch_buffer(st, take) : single_buffer(st);
     st->sending_len = 0;
     for (size_t k = 0; k < take; k++) {
-        st->sending_len += GRPC_SLICE_LENGTH(st->queue[k]);
-        grpc_slice_unref(st->queue[k]); /* the byte buffer holds its own references */
+        st->sending_len += GRPC_SLICE_LENGTH(st->queue[k].msg);
+        grpc_slice_unref(st->queue[k].msg); /* the byte buffer holds its own references */
     }
     st->nqueue -= take;
     memmove(st->queue, st->queue + take, st->nqueue * sizeof *st->queue);
@@ -255,13 +283,23 @@ static void flow_update(struct mgw_filter_stream *st)
 
 void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
 {
-    size_t len = GRPC_SLICE_LENGTH(msg);
-
-    if (is_milter(st)) {
+    if (is_milter(st))
         mgw_milter_stream_send(st, msg);
-        return;
-    }
-    if (st->queued_bytes + len > st->link->conf.max_queue) {
+    else if (st->role == MGW_STREAM_MEMBER && st->started)
+        mgw_filter_mux_send(st, msg);
+    else /* a member not yet on its carrier keeps its SessionStart until it joins */
+        mgw_filter_stream_send_tagged(st, msg, 0);
+}
+
+void mgw_filter_stream_send_tagged(struct mgw_filter_stream *st, grpc_slice msg,
+                                   uint64_t session)
+{
+    size_t len = GRPC_SLICE_LENGTH(msg);
+    /* A carrier's sessions each get the filter's max_queue (its back-pressure still
+     * starts at half of one). */
+    size_t limit = (size_t)st->link->conf.max_queue * (st->sessions ? st->sessions : 1);
+
+    if (st->queued_bytes + len > limit) {
         char detail[120];
 
         grpc_slice_unref(msg);
@@ -275,7 +313,7 @@ void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
         st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
         st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
     }
-    st->queue[st->nqueue++] = msg;
+    st->queue[st->nqueue++] = (struct mgw_stream_queued){msg, session};
     send_next(st);
     flow_update(st);
 }
@@ -407,6 +445,8 @@ struct mgw_filter_stream *mgw_filter_stream_open(size_t size, const struct mgw_f
     st->set = set;
     st->attached = 1;
     st->batching = link->batching;
+    st->role = link->multiplexed && link->conf.kind != MGW_FILTER_MILTER ? MGW_STREAM_MEMBER
+                                                                          : MGW_STREAM_OWN;
     grpc_metadata_array_init(&st->md_initial);
     grpc_metadata_array_init(&st->md_trailing);
     st->status_details = grpc_empty_slice();
@@ -429,6 +469,10 @@ void mgw_filter_stream_start(struct mgw_filter_stream *st)
     st->started = 1;
     if (is_milter(st)) {
         mgw_milter_stream_start(st);
+        return;
+    }
+    if (st->role == MGW_STREAM_MEMBER) {
+        mgw_filter_mux_join(st);
         return;
     }
     /* Fail fast: a channel known to be down gets no call and costs no waiting. */
@@ -463,6 +507,8 @@ void mgw_filter_stream_break(struct mgw_filter_stream *st)
         return;
     st->broken = 1;
     stop_timer(st);
+    if (st->role == MGW_STREAM_MEMBER)
+        mgw_filter_mux_leave(st, st->fail_reason ? st->fail_reason : "failed");
     if (st->call != NULL && !st->finished)
         grpc_call_cancel(st->call, NULL);
     mgw_milter_stream_close(st, 0);
@@ -481,6 +527,8 @@ void mgw_filter_stream_detach(struct mgw_filter_stream *st)
     st->attached = 0;
     stop_timer(st);
     mgw_milter_stream_close(st, 1);
+    if (st->role == MGW_STREAM_MEMBER && !st->broken)
+        mgw_filter_mux_leave(st, "");
     if (st->call != NULL && !st->finished && !st->broken) {
         st->close_wanted = 1;
         st->linger_due_ms = now_ms() + LINGER_MS;
@@ -520,7 +568,9 @@ void mgw_filter_streams_link_down(struct mgw_filter_streams *set,
     /* A failure may end its session, which detaches (and may free) that session's other
      * streams: hold every stream concerned first (as a batch would), then fail them. */
     TAILQ_FOREACH(st, &set->all, entry) {
-        if (st->link != link || !st->started || st->reached || st->broken || !st->attached)
+        /* A member's carrier is in the list itself. */
+        if (st->link != link || !st->started || st->reached || st->broken || !st->attached ||
+            st->role == MGW_STREAM_MEMBER)
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -543,6 +593,7 @@ void mgw_filter_streams_shutdown(struct mgw_filter_streams *set)
     struct mgw_filter_stream *st;
 
     set->shutting_down = 1;
+    mgw_filter_mux_shutdown(set);
     TAILQ_FOREACH(st, &set->all, entry) {
         mgw_milter_stream_close(st, 0);
         if (st->call != NULL && !st->finished)

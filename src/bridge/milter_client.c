@@ -404,9 +404,9 @@ static void conn_flush_queue(struct mgw_filter_stream *st)
     st->nqueue = 0;
     for (size_t i = 0; i < n; i++) {
         if (st->milter != NULL && conn_live(st->milter))
-            conn_event(st->milter, st->queue[i]);
+            conn_event(st->milter, st->queue[i].msg);
         else
-            grpc_slice_unref(st->queue[i]);
+            grpc_slice_unref(st->queue[i].msg);
     }
 }
 
@@ -630,7 +630,7 @@ void mgw_milter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
         st->capqueue = st->capqueue ? st->capqueue * 2 : 4;
         st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
     }
-    st->queue[st->nqueue++] = msg;
+    st->queue[st->nqueue++] = (struct mgw_stream_queued){msg, 0};
 }
 
 void mgw_milter_stream_close(struct mgw_filter_stream *st, int quit)

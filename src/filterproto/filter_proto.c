@@ -363,6 +363,13 @@ size_t mgw_proto_field_prefix(uint8_t *buf, uint32_t field, uint64_t len)
     return n + put_varint(buf + n, len);
 }
 
+size_t mgw_proto_varint_field(uint8_t *buf, uint32_t field, uint64_t v)
+{
+    size_t n = put_varint(buf, (uint64_t)field << 3); /* wire type 0: varint */
+
+    return n + put_varint(buf + n, v);
+}
+
 void mgw_proto_decl_default(struct mgw_policy_decl *out)
 {
     memset(out, 0, sizeof *out);

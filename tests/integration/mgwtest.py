@@ -9,8 +9,9 @@ Provides:
   PrivatePostfix  a throw-away Postfix instance (smtpd on a loopback port, milter configured,
                everything relayed to smtp-sink which dumps each transaction to a directory)
   milter frame helpers (frame(), optneg(), MilterConn) for raw-socket tests
-  main()       entry point of every test script: `--miltergw PATH` [`--test-filter PATH`],
-               unittest, exit status
+  main()       entry point of every test script: `--miltergw PATH` [`--test-filter PATH`]
+               [`--multiplexed`: every TestFilter declares multiplexed streams], unittest,
+               exit status
 
 Rules kept here so that tests stay short: loopback only, ports chosen at run time, no
 fixed sleeps (poll with a deadline), every child stopped by PID even on failure (finally +
@@ -47,6 +48,9 @@ MILTERTEST = shutil.which("miltertest") or "/usr/bin/miltertest"
 MILTERGW = None
 # Set by main() from --test-filter (or $MGW_TEST_FILTER): the mgw_test_filter binary.
 TEST_FILTER = None
+# Set by main() from --multiplexed: every TestFilter declares multiplexed streams, so a
+# script's tests run through the gateway's shared calls (filter_mux.h) unchanged.
+MULTIPLEXED = False
 
 # ---------------------------------------------------------------------------------------
 # Cleanup registry: everything started is undone at exit, on SIGTERM/SIGHUP too.
@@ -427,6 +431,8 @@ class TestFilter:
         self.log_path = os.path.join(self.tmpdir, "filter-%s.log" % name)
         self.record_path = os.path.join(self.tmpdir, "filter-%s.rec" % name) if record else None
         argv = [self.binary] + self.args
+        if MULTIPLEXED:
+            argv.append("--multiplexed")
         if self.record_path:
             argv += ["--record", self.record_path]
         self.proc = Proc(argv, self.log_path, name="mgw_test_filter[%s]" % name)
@@ -1206,13 +1212,16 @@ class MilterConn:
 
 def main(argv=None):
     """Parse --miltergw PATH (and unittest options), run the tests of __main__, exit."""
-    global MILTERGW, TEST_FILTER
+    global MILTERGW, TEST_FILTER, MULTIPLEXED
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--miltergw", default=os.environ.get("MILTERGW"),
                     help="path of the miltergw binary (or milter_recorder.py)")
     ap.add_argument("--test-filter", default=os.environ.get("MGW_TEST_FILTER"),
                     help="path of the mgw_test_filter binary (tests that use TestFilter)")
+    ap.add_argument("--multiplexed", action="store_true",
+                    help="every TestFilter declares multiplexed streams")
     args, rest = ap.parse_known_args(argv if argv is not None else sys.argv[1:])
+    MULTIPLEXED = args.multiplexed
     if args.test_filter:
         TEST_FILTER = os.path.abspath(args.test_filter)
     if not args.miltergw:

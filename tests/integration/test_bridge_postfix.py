@@ -20,6 +20,7 @@ Usage: /usr/bin/python3 test_bridge_postfix.py --miltergw PATH --test-filter PAT
 import os
 import re
 import signal
+import smtplib
 import socket
 import sys
 import time
@@ -764,6 +765,109 @@ class BridgeMisc(BridgeCase):
 # =========================================================================================
 # The bridge against a raw milter client: what no Postfix sends, but Sendmail or a
 # misbehaving filter may
+
+
+class BridgeMultiplexed(BridgeCase):
+    """A filter that declares multiplexed streams (filter.proto, Description.multiplexed):
+    SMTP connections that start together share one Session call, every event and reply
+    names its session, and each session keeps its own fate: one that misses a deadline ends
+    alone, while the call's failure fails them all."""
+
+    first_octet = 140
+
+    def connections(self, n):
+        """n SMTP connections to Postfix open at once (EHLO answered on each)."""
+        out = []
+        for i in range(n):
+            c = smtplib.SMTP(self.pf.host, self.pf.port, timeout=30, source_address=(self.ip, 0))
+            self.addCleanup(c.close)
+            self.assertEqual(c.ehlo("client%d.example" % i)[0], 250)
+            out.append(c)
+        return out
+
+    def send(self, c, subject, from_="sender@example.org", to="rcpt@example.com"):
+        """One message on an open connection; returns its queue id."""
+        msg, _, _ = make_message(subject, BODY)
+        self.assertEqual(c.mail(from_)[0], 250, self.context())
+        self.assertEqual(c.rcpt(to)[0], 250, self.context())
+        code, resp = c.data(msg)
+        self.assertEqual(code, 250, "%r\n%s" % (resp, self.context()))
+        return queue_id(resp.decode())
+
+    def test_1_connections_at_once_share_one_call(self):
+        f = self.filter("--multiplexed", "--add-header", "X-Mux:yes")
+        self.gateway(filter_arg("a", f))
+        conns = self.connections(4)
+        qids = [self.send(c, "mux %d" % i) for i, c in enumerate(conns)]
+        for c in conns:
+            c.quit()
+        for q in qids:
+            got = self.pf.wait_delivered_id(q, timeout=30)
+            self.assertIn(("X-Mux", "yes"), got.headers, q)
+        starts = f.wait_record("start", count=4)
+        self.assertEqual(len({r["session"] for r in starts}), 4, f.record_text())
+        self.assertEqual(len({r["call"] for r in starts}), 1, f.record_text())
+        # each session ended on its own (SessionEnd), and then the call
+        f.wait_record("close", count=4, how="end")
+        self.assertEqual(f.find("close", how="halfclose"), [], f.record_text())
+
+    def test_2_a_session_that_misses_its_deadline_ends_alone(self):
+        f = self.filter("--multiplexed", "--only-from", "slow@example.org", "--delay-at", "mail",
+                        "--delay-ms", "3000")
+        self.gateway(filter_arg("a", f, timeout="500ms"))
+        slow, fast = self.connections(2)
+        code, _ = slow.mail("slow@example.org")
+        self.assertEqual(code, 451, self.context())
+        rec = self.wait_gw_log(msg="filter failed", filter="a", reason="timeout")[0]
+        self.assertEqual(rec.get("event"), "MAIL", rec)
+        f.wait_record("close", how="end", reason="timeout")
+        # the other session, on the same call, goes on while the slow answer is still due
+        qid = self.send(fast, "fast")
+        fast.quit()
+        self.pf.wait_delivered_id(qid, timeout=30)
+        starts = f.find("start")
+        self.assertEqual(len({r["call"] for r in starts}), 1, f.record_text())
+        self.assertFalse(self.gw.has_log(msg="multiplexed stream failed"), self.context())
+        self.assertEqual(len(self.gw.find_log(msg="filter failed")), 1, self.context())
+
+    def test_3_the_call_failing_fails_every_session_on_it(self):
+        f = self.filter("--multiplexed", "--crash-at", "rcpt")
+        self.gateway(filter_arg("a", f))
+        a, b = self.connections(2)
+        self.assertEqual(a.mail("sender@example.org")[0], 250)
+        self.assertEqual(a.rcpt("rcpt@example.com")[0], 451, self.context())
+        self.assertEqual(f.wait_exit(10), TestFilter.CRASH_EXIT)
+        rec = self.wait_gw_log(msg="multiplexed stream failed", filter="a")[0]
+        self.assertEqual(rec.get("sessions"), "2", rec)
+        # the idle session failed with it: its next event gets the failure policy at once
+        t0 = time.monotonic()
+        self.assertEqual(b.mail("sender@example.org")[0], 451, self.context())
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(len(self.gw.find_log(msg="filter failed", filter="a")), 2, self.context())
+
+    def test_4_many_idle_connections_share_few_calls(self):
+        # 130 milter connections straight to the gateway, each answered CONNECT and HELO:
+        # at most 128 sessions on one call, so two calls or a few more on a slow machine.
+        f = self.filter("--multiplexed")
+        gw = self.gateway(filter_arg("a", f))
+        conns = []
+        try:
+            for _ in range(130):
+                c = mgwtest.MilterConn(gw.host, gw.port)
+                conns.append(c)
+                c.negotiate()
+                self.assertEqual(c.command(mgwtest.connect_frame())[0], "c")
+                self.assertEqual(c.command(frame("H", cstr("client.example")))[0], "c")
+            starts = f.wait_record("start", count=130)
+        finally:
+            for c in conns:
+                c.close()
+        calls = {}
+        for r in starts:
+            calls[r["call"]] = calls.get(r["call"], 0) + 1
+        self.assertLessEqual(max(calls.values()), 128, calls)
+        self.assertLess(len(calls), 20, calls)
+        f.wait_record("close", count=130, how="end")
 
 
 class BridgeRawMilter(unittest.TestCase):

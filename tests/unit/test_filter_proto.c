@@ -1735,6 +1735,53 @@ static void test_batches_are_packed_messages_behind_prefixes(void **state)
     miltergw__v1__reply__free_unpacked(rback, NULL);
 }
 
+/* A multiplexed stream tags each Event with its session by writing Event.session before
+ * the event as packed, alone or inside a batch element (filter_stream.c): it reads back as
+ * the event with `session` set, whatever the value's varint length. */
+static void test_session_field_tags_a_packed_event(void **state)
+{
+    static const uint64_t sessions[] = {1, 127, 128, 300000, UINT64_MAX};
+    uint8_t packed[64], wire[160], entry[128], inner[160];
+    Miltergw__V1__Event ev = MILTERGW__V1__EVENT__INIT;
+    Miltergw__V1__Helo helo = MILTERGW__V1__HELO__INIT;
+    size_t len;
+
+    (void)state;
+    assert_int_equal(protobuf_c_message_descriptor_get_field_by_name(
+                         &miltergw__v1__event__descriptor, "session")->id,
+                     MGW_PROTO_EVENT_SESSION);
+    ev.event_id = 9;
+    ev.event_case = MILTERGW__V1__EVENT__EVENT_HELO;
+    ev.helo = &helo;
+    helo.name = "client.example";
+    len = protobuf_c_message_pack(&ev.base, packed);
+    for (size_t i = 0; i < sizeof sessions / sizeof sessions[0]; i++) {
+        size_t t = mgw_proto_varint_field(wire, MGW_PROTO_EVENT_SESSION, sessions[i]);
+        size_t at, ilen;
+        Miltergw__V1__Event *back;
+
+        assert_true(t <= MGW_PROTO_PREFIX_MAX);
+        memcpy(wire + t, packed, len);
+        back = miltergw__v1__event__unpack(NULL, t + len, wire);
+        assert_non_null(back);
+        assert_true(back->session == sessions[i]);
+        assert_int_equal(back->event_id, 9);
+        assert_string_equal(back->helo->name, "client.example");
+        miltergw__v1__event__free_unpacked(back, NULL);
+
+        /* The same as a batch element: its length covers the tag. */
+        memcpy(entry, wire, t + len);
+        ilen = append(inner, 0, MGW_PROTO_EVENT_BATCH_EVENTS, entry, t + len);
+        at = append(wire, 0, MGW_PROTO_EVENT_BATCH, inner, ilen);
+        back = miltergw__v1__event__unpack(NULL, at, wire);
+        assert_non_null(back);
+        assert_true(back->session == 0);
+        assert_int_equal(back->batch->n_events, 1);
+        assert_true(back->batch->events[0]->session == sessions[i]);
+        miltergw__v1__event__free_unpacked(back, NULL);
+    }
+}
+
 /* filter.proto's EventType and Action enums spell the vocabulary tables' labels and keys
  * in capitals: the translation by number (event + 1, Action -> SMFIF_*) names the same
  * thing on both sides. */
@@ -1809,6 +1856,7 @@ int main(void)
         cmocka_unit_test(test_default_declaration_is_conservative),
         cmocka_unit_test(test_scratch_memory_is_aligned_and_reusable),
         cmocka_unit_test(test_batches_are_packed_messages_behind_prefixes),
+        cmocka_unit_test(test_session_field_tags_a_packed_event),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
