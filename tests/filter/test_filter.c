@@ -15,15 +15,21 @@
  *
  * Calls. Session streams, Describe and a generic catch-all are requested 16, 16 and 2 at a
  * time and re-requested as they arrive; the catch-all answers UNIMPLEMENTED, because the core
- * API would otherwise leave unknown methods hanging. Each session keeps one RECV_MESSAGE
+ * API would otherwise leave unknown methods hanging. Each stream keeps one RECV_MESSAGE
  * armed and at most one SEND_MESSAGE in flight (our own flags, never TOO_MANY_OPERATIONS);
  * when a reply is ready as the next receive is armed, both go in one
  * {SEND_MESSAGE, RECV_MESSAGE} batch (one completion per round trip).
  *
+ * Streams and connections. A stream (struct stream) is the gRPC call; a connection (struct
+ * conn) is one SMTP connection's session, which the per-connection flags act on. A
+ * per-connection stream carries one; with --multiplexed a stream carries many, told apart
+ * by Event.session, each ended by its Event.end.
+ *
  * Delays. The C core has no alarm (grpc_alarm is C++ only), and a sleeping thread would stall
- * every session. Instead replies wait in their session's FIFO with a due time, sessions whose
- * head is not due yet sit in a min-heap, and the CQ wait uses the earliest due time as its
- * deadline: GRPC_QUEUE_TIMEOUT means "some reply is due".
+ * every stream. Instead replies not due yet wait in their connection's FIFO with a due time,
+ * connections whose FIFO is not empty sit in a min-heap keyed by the head's due time, and
+ * the CQ wait uses the earliest due time as its deadline: GRPC_QUEUE_TIMEOUT means "some
+ * reply is due", and due replies move to their stream's queue of replies to send.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -54,7 +60,7 @@
 #define N_REQ           (N_REQ_SESSION + N_REQ_DESCRIBE + N_REQ_GENERIC)
 #define BOGUS_ID_OFFSET 1000000u
 #define CRASH_EXIT      70
-#define NO_HEAP         SIZE_MAX
+#define NO_HEAP         UINT32_MAX
 #define BATCH_MAX       64 /* replies sent as one message */
 
 enum tag_kind {
@@ -62,11 +68,11 @@ enum tag_kind {
     TAG_NEW_DESCRIBE, /* request_registered_call(Describe) */
     TAG_NEW_GENERIC,  /* request_call: any other method */
     TAG_UNARY_DONE,   /* the single batch answering Describe or UNIMPLEMENTED */
-    TAG_RECV,         /* session: {RECV_MESSAGE} (the first also sends initial metadata) */
-    TAG_SEND,         /* session: {SEND_MESSAGE} */
-    TAG_SENDRECV,     /* session: {SEND_MESSAGE, RECV_MESSAGE} */
-    TAG_CLOSE,        /* session: {RECV_CLOSE_ON_SERVER} */
-    TAG_STATUS,       /* session: {SEND_STATUS_FROM_SERVER} */
+    TAG_RECV,         /* stream: {RECV_MESSAGE} (the first also sends initial metadata) */
+    TAG_SEND,         /* stream: {SEND_MESSAGE} */
+    TAG_SENDRECV,     /* stream: {SEND_MESSAGE, RECV_MESSAGE} */
+    TAG_CLOSE,        /* stream: {RECV_CLOSE_ON_SERVER} */
+    TAG_STATUS,       /* stream: {SEND_STATUS_FROM_SERVER} */
     TAG_SHUTDOWN,     /* grpc_server_shutdown_and_notify */
     TAG_WATCH_SEND,   /* health Watch: {SEND_INITIAL_METADATA?, SEND_MESSAGE} */
     TAG_WATCH_CLOSE,  /* health Watch: {RECV_CLOSE_ON_SERVER} */
@@ -113,24 +119,58 @@ struct out {
     grpc_slice packed;
 };
 
-struct session {
+/* A FIFO of replies. */
+struct outq {
+    struct out *head, *tail;
+};
+
+struct stream;
+
+/*
+ * One SMTP connection's state: what the per-connection flags act on. A per-connection stream
+ * has exactly one (id 0, made with the stream); a multiplexed stream has one per
+ * Event.session, from the session's first event to its Event.end. Replies that are not due
+ * yet wait here rather than in the stream, so that one session's delay holds back no other
+ * session of its stream. Kept small: it is what an idle connection costs on a multiplexed
+ * stream (with its sid and a table slot or two), and idle connections are why the gateway
+ * multiplexes.
+ */
+struct conn {
+    uint64_t id;              /* Event.session; 0 on a per-connection stream */
+    struct stream *st;        /* the stream carrying it; borrowed */
+    char *sid;                /* SessionStart.session_id, owned; NULL until then */
+    char *echo_value;         /* --echo-header: the current message's SRC header, owned */
+    struct outq wait;         /* replies not due yet, in event order */
+    uint32_t echo_len;        /* header values are far below 4 GiB (max_message 1 GiB) */
+    uint32_t heap_idx;        /* in g.heap (keyed by wait.head->due) iff wait is not empty */
+    uint16_t events, observe; /* the declaration in force for this connection (stage bits) */
+    bool from_match;          /* --only-from: the current message's MAIL FROM is listed */
+    bool silent;              /* --never-answer: stop answering this connection */
+};
+_Static_assert(TF_NSTAGES <= 16, "stage masks fit in conn.events and conn.observe");
+
+/*
+ * One Session call: the transport. It keeps one RECV_MESSAGE armed and at most one
+ * SEND_MESSAGE in flight, and owns its connections' states, found by Event.session in an
+ * open-addressing table (linear probing, backward-shift deletion: no tombstones, so a
+ * stream whose sessions come and go never needs a rehash; at most 128 sessions per stream,
+ * so growing by doubling is all the resizing it needs).
+ */
+struct stream {
     struct tag t_recv, t_send, t_sendrecv, t_close, t_status;
     grpc_call *call;
     grpc_byte_buffer *recv_bb; /* RECV_MESSAGE target */
     grpc_byte_buffer *send_bb; /* the SEND_MESSAGE in flight */
     int cancelled;             /* RECV_CLOSE_ON_SERVER target */
     int outstanding;           /* batches started and not completed */
-    bool recv_armed, send_busy, recv_done, dead, status_started, silent, first_recv;
-    bool failed; /* --fail-at: end with --fail-status */
-    bool from_match; /* --only-from: the current message's MAIL FROM is listed */
-    char *echo_value;  /* --echo-header: the current message's SRC header, owned */
-    size_t echo_len;
-    struct out *head, *tail;
-    size_t heap_idx;
-    int64_t due;
-    unsigned events, observe; /* the declaration in force for this stream */
-    char *sid;                /* owned; NULL until SessionStart */
-    const char *in_batch;     /* while handling an EventBatch: its size, as text */
+    bool recv_armed, send_busy, recv_done, dead, status_started, first_recv;
+    bool failed;       /* --fail-at: end with --fail-status */
+    struct outq ready; /* replies due, sent in this order */
+    size_t n_waiting;  /* replies waiting in its connections' queues */
+    struct conn **tab; /* 1 << tab_bits slots, NULL = free; owns the conns */
+    unsigned tab_bits; /* 0 until the first connection state */
+    size_t n_conns;
+    const char *in_batch; /* while handling an EventBatch: its size, as text */
 };
 
 static struct {
@@ -139,10 +179,10 @@ static struct {
     void *m_session, *m_describe;
     struct request reqs[N_REQ];
     int pending_requests; /* request tags not yet completed */
-    int live;             /* sessions and unary answers not yet freed */
+    int live;             /* streams and unary answers not yet freed */
     bool shutdown_seen, cq_shutdown, cq_drained;
     int record_fd;
-    struct session **heap;
+    struct conn **heap; /* connections with waiting replies */
     size_t heap_len, heap_cap;
     struct tag shutdown_tag;
     struct watch *watches;
@@ -267,14 +307,18 @@ static void line_kv(const char *key, const char *value)
     line_esc(value ? value : "", value ? strlen(value) : 0);
 }
 
-static void line_start(uint64_t id, bool has_id, const char *kind, const struct session *s)
+/* "ID KIND session=SID", and on a multiplexed stream " mux=N" (Event.session): not a second
+ * "session=", which record readers take to be the SID. */
+static void line_start(uint64_t id, bool has_id, const char *kind, const struct conn *c)
 {
     line.len = 0;
     if (has_id)
         line_printf("%" PRIu64 " %s", id, kind);
     else
         line_printf("- %s", kind);
-    line_kv("session", s && s->sid ? s->sid : "-");
+    line_kv("session", c && c->sid ? c->sid : "-");
+    if (c && tf.multiplexed)
+        line_printf(" mux=%" PRIu64, c->id);
 }
 
 static void line_write(void)
@@ -310,13 +354,13 @@ static void record_args(char **args, size_t n)
         line_kv("arg", args[i]);
 }
 
-static void record_event(const struct session *s, const Miltergw__V1__Event *ev, const char *kind)
+static void record_event(const struct conn *c, const Miltergw__V1__Event *ev, const char *kind)
 {
     if (g.record_fd < 0)
         return;
-    line_start(ev->event_id, true, kind, s);
-    if (s->in_batch)
-        line_kv("batch", s->in_batch);
+    line_start(ev->event_id, true, kind, c);
+    if (c->st->in_batch)
+        line_kv("batch", c->st->in_batch);
     switch (ev->event_case) {
     case MILTERGW__V1__EVENT__EVENT_START: {
         const Miltergw__V1__SessionStart *st = ev->start;
@@ -367,28 +411,33 @@ static void record_event(const struct session *s, const Miltergw__V1__Event *ev,
     line_write();
 }
 
-/* ---- timer heap of sessions, keyed by the due time of their first queued reply ----------- */
+/* ---- timer heap of connections, keyed by the due time of their first waiting reply ------- */
+
+static int64_t heap_due(size_t i)
+{
+    return g.heap[i]->wait.head->due;
+}
 
 static void heap_swap(size_t a, size_t b)
 {
-    struct session *t = g.heap[a];
+    struct conn *t = g.heap[a];
     g.heap[a] = g.heap[b];
     g.heap[b] = t;
-    g.heap[a]->heap_idx = a;
-    g.heap[b]->heap_idx = b;
+    g.heap[a]->heap_idx = (uint32_t)a;
+    g.heap[b]->heap_idx = (uint32_t)b;
 }
 
 static void heap_fix(size_t i)
 {
-    while (i > 0 && g.heap[i]->due < g.heap[(i - 1) / 2]->due) {
+    while (i > 0 && heap_due(i) < heap_due((i - 1) / 2)) {
         heap_swap(i, (i - 1) / 2);
         i = (i - 1) / 2;
     }
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < g.heap_len && g.heap[l]->due < g.heap[m]->due)
+        if (l < g.heap_len && heap_due(l) < heap_due(m))
             m = l;
-        if (r < g.heap_len && g.heap[r]->due < g.heap[m]->due)
+        if (r < g.heap_len && heap_due(r) < heap_due(m))
             m = r;
         if (m == i)
             return;
@@ -397,122 +446,274 @@ static void heap_fix(size_t i)
     }
 }
 
-static void heap_remove(struct session *s)
+static void heap_remove(struct conn *c)
 {
-    size_t i = s->heap_idx;
-    if (i == NO_HEAP)
+    size_t i = c->heap_idx;
+    if (c->heap_idx == NO_HEAP)
         return;
-    s->heap_idx = NO_HEAP;
+    c->heap_idx = NO_HEAP;
     if (i != --g.heap_len) {
         g.heap[i] = g.heap[g.heap_len];
-        g.heap[i]->heap_idx = i;
+        g.heap[i]->heap_idx = (uint32_t)i;
         heap_fix(i);
     }
 }
 
-static void heap_set(struct session *s, int64_t due)
+/* Puts c in the heap, or moves it, after its first waiting reply changed. */
+static void heap_update(struct conn *c)
 {
-    s->due = due;
-    if (s->heap_idx == NO_HEAP) {
+    if (c->wait.head == NULL) {
+        heap_remove(c);
+        return;
+    }
+    if (c->heap_idx == NO_HEAP) {
         if (g.heap_len == g.heap_cap) {
             g.heap_cap = g.heap_cap ? 2 * g.heap_cap : 64;
             g.heap = realloc(g.heap, g.heap_cap * sizeof *g.heap);
             if (g.heap == NULL)
                 abort();
         }
-        s->heap_idx = g.heap_len;
-        g.heap[g.heap_len++] = s;
+        c->heap_idx = (uint32_t)g.heap_len;
+        g.heap[g.heap_len++] = c;
     }
-    heap_fix(s->heap_idx);
+    heap_fix(c->heap_idx);
 }
 
-/* ---- sessions ---------------------------------------------------------------------------- */
+/* ---- reply queues ------------------------------------------------------------------------ */
 
-static void pump(struct session *s);
-
-static bool session_batch(struct session *s, const grpc_op *ops, size_t n, struct tag *t)
+static void outq_push(struct outq *q, struct out *o)
 {
-    grpc_call_error e = grpc_call_start_batch(s->call, ops, n, t, NULL);
+    o->next = NULL;
+    if (q->tail)
+        q->tail->next = o;
+    else
+        q->head = o;
+    q->tail = o;
+}
+
+static struct out *outq_pop(struct outq *q)
+{
+    struct out *o = q->head;
+    q->head = o->next;
+    if (q->head == NULL)
+        q->tail = NULL;
+    return o;
+}
+
+/* Frees the queued replies; returns how many there were. */
+static size_t outq_drop(struct outq *q)
+{
+    size_t n = 0;
+    while (q->head) {
+        struct out *o = outq_pop(q);
+        grpc_slice_unref(o->packed);
+        free(o);
+        n++;
+    }
+    return n;
+}
+
+/* ---- connection states ------------------------------------------------------------------- */
+
+/* Fibonacci hashing: spreads ids that come in sequence, as a counter's would. */
+static size_t conn_hash(uint64_t id, unsigned bits)
+{
+    return (size_t)((id * UINT64_C(0x9e3779b97f4a7c15)) >> (64 - bits));
+}
+
+/* The slot holding id, or the free slot where it would go. */
+static size_t conn_slot(const struct stream *st, uint64_t id)
+{
+    size_t mask = ((size_t)1 << st->tab_bits) - 1, i = conn_hash(id, st->tab_bits);
+    while (st->tab[i] != NULL && st->tab[i]->id != id)
+        i = (i + 1) & mask;
+    return i;
+}
+
+static void conn_table_grow(struct stream *st)
+{
+    struct conn **old = st->tab;
+    size_t n = old ? (size_t)1 << st->tab_bits : 0;
+
+    st->tab_bits = old ? st->tab_bits + 1 : 1;
+    st->tab = xcalloc((size_t)1 << st->tab_bits, sizeof *st->tab);
+    for (size_t i = 0; i < n; i++)
+        if (old[i])
+            st->tab[conn_slot(st, old[i]->id)] = old[i];
+    free(old);
+}
+
+/* The state of connection `id` on st, made if it has none yet. */
+static struct conn *conn_get(struct stream *st, uint64_t id)
+{
+    if (st->tab) {
+        struct conn *c = st->tab[conn_slot(st, id)];
+        if (c)
+            return c;
+    }
+    if (st->tab == NULL || 2 * (st->n_conns + 1) > (size_t)1 << st->tab_bits)
+        conn_table_grow(st);
+    struct conn *c = xcalloc(1, sizeof *c);
+    c->id = id;
+    c->st = st;
+    c->heap_idx = NO_HEAP;
+    c->events = (uint16_t)tf.events;
+    c->observe = (uint16_t)tf.observe;
+    st->tab[conn_slot(st, id)] = c;
+    st->n_conns++;
+    return c;
+}
+
+static void conn_free(struct conn *c)
+{
+    heap_remove(c);
+    c->st->n_waiting -= outq_drop(&c->wait);
+    free(c->sid);
+    free(c->echo_value);
+    free(c);
+}
+
+/* Takes c out of its stream's table (backward shift: the entries after it that may sit
+ * nearer their home slot move back, so lookups never need tombstones) and frees it. */
+static void conn_remove(struct conn *c)
+{
+    struct stream *st = c->st;
+    size_t mask = ((size_t)1 << st->tab_bits) - 1, i = conn_slot(st, c->id), j = i;
+
+    st->tab[i] = NULL;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (st->tab[j] == NULL)
+            break;
+        size_t k = conn_hash(st->tab[j]->id, st->tab_bits);
+        /* tab[j] stays unless its home k is cyclically outside (i, j]. */
+        if (i < j ? (k <= i || k > j) : (k <= i && k > j)) {
+            st->tab[i] = st->tab[j];
+            st->tab[j] = NULL;
+            i = j;
+        }
+    }
+    st->n_conns--;
+    conn_free(c);
+}
+
+/* Moves c's waiting replies due by `now` to its stream's ready queue, in order. */
+static void conn_release(struct conn *c, int64_t now)
+{
+    while (c->wait.head && c->wait.head->due <= now) {
+        outq_push(&c->st->ready, outq_pop(&c->wait));
+        c->st->n_waiting--;
+    }
+    heap_update(c);
+}
+
+static void record_close(const struct conn *c, const char *how, const char *reason)
+{
+    if (g.record_fd < 0)
+        return;
+    line_start(0, false, "close", c);
+    line_kv("how", how);
+    if (reason && *reason)
+        line_kv("reason", reason);
+    line_write();
+}
+
+/* ---- streams ----------------------------------------------------------------------------- */
+
+static void pump(struct stream *st);
+
+static bool stream_batch(struct stream *st, const grpc_op *ops, size_t n, struct tag *t)
+{
+    grpc_call_error e = grpc_call_start_batch(st->call, ops, n, t, NULL);
     if (e != GRPC_CALL_OK) {
         /* A refused batch can leave the call unusable (GRPC_CORE.md 4.4): end it. */
         fprintf(stderr, "mgw_test_filter: start_batch(kind=%d) failed: %d\n", t->kind, e);
-        grpc_call_cancel(s->call, NULL);
-        s->dead = true;
+        grpc_call_cancel(st->call, NULL);
+        st->dead = true;
         return false;
     }
-    s->outstanding++;
+    st->outstanding++;
     return true;
 }
 
-static void drop_queue(struct session *s)
+/* A dead stream sends nothing more: drop every reply, ready or waiting. */
+static void stream_drop_replies(struct stream *st)
 {
-    while (s->head) {
-        struct out *o = s->head;
-        s->head = o->next;
-        grpc_slice_unref(o->packed);
-        free(o);
+    outq_drop(&st->ready);
+    for (size_t i = 0; st->n_waiting > 0 && i < ((size_t)1 << st->tab_bits); i++) {
+        struct conn *c = st->tab[i];
+        if (c && c->wait.head) {
+            st->n_waiting -= outq_drop(&c->wait);
+            heap_remove(c);
+        }
     }
-    s->tail = NULL;
 }
 
-static void session_free(struct session *s)
+static void stream_free(struct stream *st)
 {
-    heap_remove(s);
-    drop_queue(s);
-    if (s->recv_bb)
-        grpc_byte_buffer_destroy(s->recv_bb);
-    grpc_call_unref(s->call);
-    free(s->sid);
-    free(s->echo_value);
-    free(s);
+    for (size_t i = 0; st->tab && i < ((size_t)1 << st->tab_bits); i++)
+        if (st->tab[i])
+            conn_free(st->tab[i]);
+    free(st->tab);
+    outq_drop(&st->ready);
+    if (st->recv_bb)
+        grpc_byte_buffer_destroy(st->recv_bb);
+    grpc_call_unref(st->call);
+    free(st);
     g.live--;
 }
 
-static void session_new(grpc_call *call)
+static void stream_new(grpc_call *call)
 {
-    struct session *s = xcalloc(1, sizeof *s);
-    struct tag *tags[] = {&s->t_recv, &s->t_send, &s->t_sendrecv, &s->t_close, &s->t_status};
+    struct stream *st = xcalloc(1, sizeof *st);
+    struct tag *tags[] = {&st->t_recv, &st->t_send, &st->t_sendrecv, &st->t_close, &st->t_status};
     enum tag_kind kinds[] = {TAG_RECV, TAG_SEND, TAG_SENDRECV, TAG_CLOSE, TAG_STATUS};
     for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
-        *tags[i] = (struct tag){.kind = kinds[i], .owner = s};
-    s->call = call;
-    s->heap_idx = NO_HEAP;
-    s->events = tf.events;
-    s->observe = tf.observe;
-    s->first_recv = true;
+        *tags[i] = (struct tag){.kind = kinds[i], .owner = st};
+    st->call = call;
+    st->first_recv = true;
+    /* A per-connection stream is its connection: its state exists (and its close is
+     * recorded) even if no event ever comes, as before multiplexing. */
+    if (!tf.multiplexed)
+        conn_get(st, 0);
     g.live++;
 
     grpc_op close_op = {.op = GRPC_OP_RECV_CLOSE_ON_SERVER};
-    close_op.data.recv_close_on_server.cancelled = &s->cancelled;
-    session_batch(s, &close_op, 1, &s->t_close);
-    pump(s);
+    close_op.data.recv_close_on_server.cancelled = &st->cancelled;
+    stream_batch(st, &close_op, 1, &st->t_close);
+    pump(st);
 }
 
-static void enqueue(struct session *s, const Miltergw__V1__Reply *r, int64_t due)
+/* Queues reply r of connection c, to be sent at `due`: straight to the stream's ready queue
+ * when due already and nothing of c waits before it (replies of one connection keep their
+ * order; those of different connections need not). Packs r at once: its storage may go. */
+static void enqueue(struct conn *c, const Miltergw__V1__Reply *r, int64_t due, int64_t now)
 {
     struct out *o = xcalloc(1, sizeof *o);
     o->due = due;
     o->packed = pack_slice(&r->base);
-    if (s->tail)
-        s->tail->next = o;
-    else
-        s->head = o;
-    s->tail = o;
+    if (c->wait.head == NULL && due <= now) {
+        outq_push(&c->st->ready, o);
+        return;
+    }
+    outq_push(&c->wait, o);
+    c->st->n_waiting++;
+    if (c->wait.head == o)
+        heap_update(c);
 }
 
-/* The next message to send: the queue head alone, or (batches declared) every reply due
- * by now as one Reply{batch}, each element the reply as packed, after its field prefix. */
-static grpc_byte_buffer *take_due(struct session *s)
+/* The next message to send: the first ready reply alone, or (batches declared) up to
+ * BATCH_MAX of them as one Reply{batch}, each element the reply as packed, after its field
+ * prefix. Every element names its own session, so a batch may mix them. */
+static grpc_byte_buffer *take_due(struct stream *st)
 {
-    int64_t now = now_ns();
     grpc_slice parts[2 * BATCH_MAX + 1];
     uint8_t pre[MGW_PROTO_PREFIX_MAX];
     size_t k = 0, np = 1;
     grpc_byte_buffer *bb;
 
-    while (s->head && (k == 0 || (!tf.no_batches && k < BATCH_MAX && s->head->due <= now))) {
-        struct out *o = s->head;
-        s->head = o->next;
+    while (st->ready.head && (k == 0 || (!tf.no_batches && k < BATCH_MAX))) {
+        struct out *o = outq_pop(&st->ready);
         parts[np + 1] = o->packed;
         parts[np] = grpc_slice_from_copied_buffer(
             (const char *)pre, mgw_proto_field_prefix(pre, MGW_PROTO_REPLY_BATCH,
@@ -521,8 +722,6 @@ static grpc_byte_buffer *take_due(struct session *s)
         k++;
         free(o);
     }
-    if (s->head == NULL)
-        s->tail = NULL;
     if (k == 1) {
         bb = grpc_raw_byte_buffer_create(&parts[2], 1);
         grpc_slice_unref(parts[1]);
@@ -536,79 +735,77 @@ static grpc_byte_buffer *take_due(struct session *s)
     return bb;
 }
 
-/* Starts {SEND_MESSAGE(queue head)}, {RECV_MESSAGE} or both in one batch. */
-static void start_io(struct session *s, bool send, bool recv)
+/* Starts {SEND_MESSAGE(ready replies)}, {RECV_MESSAGE} or both in one batch. */
+static void start_io(struct stream *st, bool send, bool recv)
 {
     grpc_op ops[3];
     size_t n = 0;
     memset(ops, 0, sizeof ops);
-    if (recv && s->first_recv) {
+    if (recv && st->first_recv) {
         ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-        s->first_recv = false;
+        st->first_recv = false;
     }
     if (send) {
-        s->send_bb = take_due(s);
+        st->send_bb = take_due(st);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = s->send_bb;
+        ops[n++].data.send_message.send_message = st->send_bb;
     }
     if (recv) {
         ops[n].op = GRPC_OP_RECV_MESSAGE;
-        ops[n++].data.recv_message.recv_message = &s->recv_bb;
+        ops[n++].data.recv_message.recv_message = &st->recv_bb;
     }
-    struct tag *t = send && recv ? &s->t_sendrecv : send ? &s->t_send : &s->t_recv;
-    if (session_batch(s, ops, n, t)) {
+    struct tag *t = send && recv ? &st->t_sendrecv : send ? &st->t_send : &st->t_recv;
+    if (stream_batch(st, ops, n, t)) {
         /* A receive started while a send is in flight leaves that send busy. */
-        s->send_busy = s->send_busy || send;
-        s->recv_armed = s->recv_armed || recv;
+        st->send_busy = st->send_busy || send;
+        st->recv_armed = st->recv_armed || recv;
     } else if (send) {
-        grpc_byte_buffer_destroy(s->send_bb);
-        s->send_bb = NULL;
+        grpc_byte_buffer_destroy(st->send_bb);
+        st->send_bb = NULL;
     }
 }
 
 /*
- * Starts whatever the session can do now: arm the receive, send the next due reply (both in
- * one batch when possible), keep the timer in step with the queue head, send the status once
- * the client half-closed and the queue is empty, and free the session when all is done.
+ * Starts whatever the stream can do now: arm the receive, send the ready replies (with the
+ * receive in one batch when possible), send the status once the client half-closed and no
+ * reply is left, and free the stream when all is done. The connections' timers (the heap)
+ * move replies to `ready` when they fall due.
  */
-static void pump(struct session *s)
+static void pump(struct stream *st)
 {
-    bool want_recv = !s->recv_armed && !s->recv_done && !s->dead;
-    bool can_send = !s->send_busy && !s->dead && s->head && s->head->due <= now_ns();
+    bool want_recv = !st->recv_armed && !st->recv_done && !st->dead;
+    bool can_send = !st->send_busy && !st->dead && st->ready.head;
 
     /* A combined batch completes only when the next event arrives, so it may carry only the
-     * last queued reply: one behind it (e.g. the final answer after a PROGRESS) would wait
-     * for an event the gateway sends only after getting that answer. */
-    if (can_send && want_recv && s->head->next == NULL) {
-        start_io(s, true, true);
+     * last reply there is: one behind it, ready or waiting (e.g. the final answer after a
+     * PROGRESS, or another session's delayed answer), would wait for an event the gateway
+     * may send only after getting that answer. */
+    if (can_send && want_recv && st->ready.head->next == NULL && st->n_waiting == 0) {
+        start_io(st, true, true);
     } else {
         if (want_recv)
-            start_io(s, false, true);
-        if (can_send && !s->dead)
-            start_io(s, true, false);
+            start_io(st, false, true);
+        if (can_send && !st->dead)
+            start_io(st, true, false);
     }
-    if (s->dead)
-        drop_queue(s);
+    if (st->dead)
+        stream_drop_replies(st);
 
-    if (s->head && !s->send_busy)
-        heap_set(s, s->head->due);
-    else
-        heap_remove(s);
-
-    if ((s->recv_done || s->dead) && !s->head && !s->send_busy && !s->status_started) {
+    if ((st->recv_done || st->dead) && !st->ready.head && st->n_waiting == 0 && !st->send_busy &&
+        !st->status_started) {
         grpc_op op = {.op = GRPC_OP_SEND_STATUS_FROM_SERVER};
         static grpc_slice details;
         op.data.send_status_from_server.status = GRPC_STATUS_OK;
-        if (s->failed) {
+        if (st->failed) {
             details = grpc_slice_from_static_string(tf.fail_details);
             op.data.send_status_from_server.status = (grpc_status_code)tf.fail_code;
             op.data.send_status_from_server.status_details = &details;
         }
-        s->status_started = true;
-        session_batch(s, &op, 1, &s->t_status);
+        st->status_started = true;
+        stream_batch(st, &op, 1, &st->t_status);
     }
-    if (s->status_started && s->outstanding == 0)
-        session_free(s);
+    if (st->status_started && st->outstanding == 0)
+        stream_free(st);
 }
 
 static Miltergw__V1__Verdict decide(unsigned st, const Miltergw__V1__Event *ev)
@@ -635,7 +832,7 @@ static Miltergw__V1__Verdict decide(unsigned st, const Miltergw__V1__Event *ev)
     return MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
 }
 
-/* Stage of an event, or -1 for SessionStart, Abort and unknown kinds. */
+/* Stage of an event, or -1 for SessionStart, Abort, SessionEnd and unknown kinds. */
 static int event_stage(const Miltergw__V1__Event *ev, const char **kind)
 {
     static const struct {
@@ -655,6 +852,7 @@ static int event_stage(const Miltergw__V1__Event *ev, const char **kind)
         {MILTERGW__V1__EVENT__EVENT_EOM, TF_EOM, "eom"},
         {MILTERGW__V1__EVENT__EVENT_ABORT, -1, "abort"},
         {MILTERGW__V1__EVENT__EVENT_UNKNOWN, TF_UNKNOWN, "unknown"},
+        {MILTERGW__V1__EVENT__EVENT_END, -1, "end"},
     };
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
         if (map[i].c == ev->event_case) {
@@ -665,79 +863,101 @@ static int event_stage(const Miltergw__V1__Event *ev, const char **kind)
     return -1;
 }
 
-static void on_event(struct session *s, const Miltergw__V1__Event *ev)
+/*
+ * Event.end: the session is over. Its replies still waiting go out at once (they were in
+ * flight, so to speak; the gateway ignores replies for an ended session, and sending them
+ * checks that it does), then its state goes.
+ */
+static void on_end(struct conn *c, const Miltergw__V1__Event *ev)
+{
+    record_close(c, "end", ev->end ? ev->end->reason : NULL);
+    conn_release(c, INT64_MAX);
+    conn_remove(c);
+}
+
+static void on_event(struct stream *st, const Miltergw__V1__Event *ev)
 {
     const char *kind;
-    int st = event_stage(ev, &kind);
+    int stage = event_stage(ev, &kind);
+    /* A per-connection stream has one state whatever Event.session says; a multiplexed
+     * one given session 0 (a gateway that does not multiplex) treats it as one more key. */
+    struct conn *c = conn_get(st, tf.multiplexed ? ev->session : 0);
 
+    if (ev->event_case == MILTERGW__V1__EVENT__EVENT_END) {
+        on_end(c, ev);
+        return;
+    }
     if (ev->event_case == MILTERGW__V1__EVENT__EVENT_START) {
         const Miltergw__V1__Description *eff = ev->start->effective;
-        free(s->sid);
-        s->sid = strdup(ev->start->session_id);
+        free(c->sid);
+        c->sid = strdup(ev->start->session_id);
         if (eff) {
-            s->events = tf_stage_mask(eff->events, eff->n_events, true);
-            s->observe = tf_stage_mask(eff->observe_only, eff->n_observe_only, false) & s->events;
+            unsigned observe = tf_stage_mask(eff->observe_only, eff->n_observe_only, false);
+            c->events = (uint16_t)tf_stage_mask(eff->events, eff->n_events, true);
+            c->observe = (uint16_t)(observe & c->events);
         }
     }
-    record_event(s, ev, kind);
-    if (tf.echo_name && (st == TF_MAIL || ev->event_case == MILTERGW__V1__EVENT__EVENT_ABORT)) {
-        free(s->echo_value);
-        s->echo_value = NULL;
+    record_event(c, ev, kind);
+    if (tf.echo_name && (stage == TF_MAIL || ev->event_case == MILTERGW__V1__EVENT__EVENT_ABORT)) {
+        free(c->echo_value);
+        c->echo_value = NULL;
     }
-    if (tf.echo_name && st == TF_HEADER && strcasecmp(ev->header->name, tf.echo_src) == 0) {
-        free(s->echo_value);
-        s->echo_len = ev->header->value.len;
-        s->echo_value = xcalloc(1, s->echo_len + 1);
-        if (s->echo_len)
-            memcpy(s->echo_value, ev->header->value.data, s->echo_len);
+    if (tf.echo_name && stage == TF_HEADER && strcasecmp(ev->header->name, tf.echo_src) == 0) {
+        free(c->echo_value);
+        c->echo_len = (uint32_t)ev->header->value.len;
+        c->echo_value = xcalloc(1, (size_t)c->echo_len + 1);
+        if (c->echo_len)
+            memcpy(c->echo_value, ev->header->value.data, c->echo_len);
     }
-    if (st < 0)
+    if (stage < 0)
         return; /* SessionStart, Abort: never answered */
 
-    unsigned bit = TF_BIT((unsigned)st);
-    if (st == TF_MAIL && tf.n_only_from > 0) {
-        s->from_match = false;
+    unsigned bit = TF_BIT((unsigned)stage);
+    if (stage == TF_MAIL && tf.n_only_from > 0) {
+        c->from_match = false;
         for (size_t i = 0; i < tf.n_only_from; i++)
             if (tf_addr_match(ev->mail->address, tf.only_from[i]))
-                s->from_match = true;
+                c->from_match = true;
     }
     if (tf.crash_at & bit)
         _exit(CRASH_EXIT);
     if (tf.fail_at & bit) {
-        s->failed = s->dead = true;
+        /* The whole call, with every session on it: what a broken filter stream does. */
+        st->failed = st->dead = true;
         return;
     }
     if (tf.never_at & bit)
-        s->silent = true;
-    if (s->silent || !(s->events & bit) || (s->observe & bit))
+        c->silent = true;
+    if (c->silent || !(c->events & bit) || (c->observe & bit))
         return;
 
     /* --only-from: a message not from a listed sender gets plain CONTINUE, at once. */
-    bool applies = tf.n_only_from == 0 || s->from_match;
+    bool applies = tf.n_only_from == 0 || c->from_match;
     int64_t now = now_ns();
     Miltergw__V1__Reply r = MILTERGW__V1__REPLY__INIT;
-    if (applies && tf.progress && st == TF_EOM) {
+    r.session = ev->session;
+    if (applies && tf.progress && stage == TF_EOM) {
         r.event_id = ev->event_id;
         r.verdict = MILTERGW__V1__VERDICT__VERDICT_PROGRESS;
-        enqueue(s, &r, now);
+        enqueue(c, &r, now, now);
     }
     bool bogus = (tf.bogus_at & bit) || atomic_load(&g_ctl_bogus);
     r.event_id = ev->event_id + (bogus ? BOGUS_ID_OFFSET : 0);
-    r.verdict = applies ? decide((unsigned)st, ev) : MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
+    r.verdict = applies ? decide((unsigned)stage, ev) : MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
     if (tf.has_response && (r.verdict == MILTERGW__V1__VERDICT__VERDICT_REJECT ||
                             r.verdict == MILTERGW__V1__VERDICT__VERDICT_TEMPFAIL))
         r.response = &tf.response;
     Miltergw__V1__Modification *mods[TF_MAX_LIST + 1];
     Miltergw__V1__Modification echo = MILTERGW__V1__MODIFICATION__INIT;
     Miltergw__V1__AddHeader echo_hdr = MILTERGW__V1__ADD_HEADER__INIT;
-    if (applies && st == TF_EOM) {
+    if (applies && stage == TF_EOM) {
         memcpy(mods, tf.mod_ptrs, tf.n_mods * sizeof mods[0]);
         r.n_modifications = tf.n_mods;
         r.modifications = mods;
-        if (tf.echo_name && s->echo_value) {
+        if (tf.echo_name && c->echo_value) {
             echo_hdr.name = (char *)tf.echo_name;
-            echo_hdr.value.data = (uint8_t *)s->echo_value;
-            echo_hdr.value.len = s->echo_len;
+            echo_hdr.value.data = (uint8_t *)c->echo_value;
+            echo_hdr.value.len = c->echo_len;
             echo.modification_case = MILTERGW__V1__MODIFICATION__MODIFICATION_ADD_HEADER;
             echo.add_header = &echo_hdr;
             mods[r.n_modifications++] = &echo;
@@ -745,76 +965,76 @@ static void on_event(struct session *s, const Miltergw__V1__Event *ev)
     }
     int64_t delay = (applies && (tf.delay_at & bit)) ? (int64_t)tf.delay_ms * 1000000 : 0;
     delay += (int64_t)atomic_load(&g_ctl_delay_ms) * 1000000;
-    enqueue(s, &r, now + delay); /* packs r at once: the stack storage above may go */
-    if (st == TF_EOM && s->echo_value) {
-        free(s->echo_value);
-        s->echo_value = NULL;
+    enqueue(c, &r, now + delay, now);
+    if (stage == TF_EOM && c->echo_value) {
+        free(c->echo_value);
+        c->echo_value = NULL;
     }
 }
 
-static void on_recv(struct session *s, int ok)
+static void on_recv(struct stream *st, int ok)
 {
-    s->recv_armed = false;
-    if (!ok || s->recv_bb == NULL) {
+    st->recv_armed = false;
+    if (!ok || st->recv_bb == NULL) {
         /* A NULL message with ok=1 is also how an error (e.g. the client's cancel) ends. */
-        bool failed = !ok || grpc_call_failed_before_recv_message(s->call);
-        if (!s->recv_done && g.record_fd >= 0) {
-            line_start(0, false, "close", s);
-            line_kv("how", failed ? "cancelled" : "halfclose");
-            line_write();
-        }
-        s->recv_done = true;
+        bool failed = !ok || grpc_call_failed_before_recv_message(st->call);
+        /* Every connection still open ends with the call (on a multiplexed stream,
+         * normally none: each had its Event.end before the half-close). */
+        for (size_t i = 0; !st->recv_done && st->tab && i < ((size_t)1 << st->tab_bits); i++)
+            if (st->tab[i])
+                record_close(st->tab[i], failed ? "cancelled" : "halfclose", NULL);
+        st->recv_done = true;
         if (failed)
-            s->dead = true;
+            st->dead = true;
         return;
     }
     Miltergw__V1__Event *ev =
-        (Miltergw__V1__Event *)unpack_bb(&miltergw__v1__event__descriptor, s->recv_bb);
-    grpc_byte_buffer_destroy(s->recv_bb);
-    s->recv_bb = NULL;
+        (Miltergw__V1__Event *)unpack_bb(&miltergw__v1__event__descriptor, st->recv_bb);
+    grpc_byte_buffer_destroy(st->recv_bb);
+    st->recv_bb = NULL;
     if (ev == NULL) {
         fputs("mgw_test_filter: undecodable Event; ending the stream\n", stderr);
-        grpc_call_cancel_with_status(s->call, GRPC_STATUS_INVALID_ARGUMENT, "bad Event", NULL);
-        s->dead = true;
-        s->recv_done = true;
+        grpc_call_cancel_with_status(st->call, GRPC_STATUS_INVALID_ARGUMENT, "bad Event", NULL);
+        st->dead = true;
+        st->recv_done = true;
         return;
     }
     if (ev->event_case == MILTERGW__V1__EVENT__EVENT_BATCH) {
         char n[24];
 
         snprintf(n, sizeof n, "%zu", ev->batch->n_events);
-        s->in_batch = n;
+        st->in_batch = n;
         for (size_t i = 0; i < ev->batch->n_events; i++)
-            on_event(s, ev->batch->events[i]);
-        s->in_batch = NULL;
+            on_event(st, ev->batch->events[i]);
+        st->in_batch = NULL;
     } else {
-        on_event(s, ev);
+        on_event(st, ev);
     }
     protobuf_c_message_free_unpacked(&ev->base, NULL);
 }
 
-static void on_session_tag(struct tag *t, int ok)
+static void on_stream_tag(struct tag *t, int ok)
 {
-    struct session *s = t->owner;
-    s->outstanding--;
+    struct stream *st = t->owner;
+    st->outstanding--;
     switch (t->kind) {
-    case TAG_RECV: on_recv(s, ok); break;
+    case TAG_RECV: on_recv(st, ok); break;
     case TAG_SENDRECV:
     case TAG_SEND:
-        s->send_busy = false;
-        grpc_byte_buffer_destroy(s->send_bb);
-        s->send_bb = NULL;
+        st->send_busy = false;
+        grpc_byte_buffer_destroy(st->send_bb);
+        st->send_bb = NULL;
         if (t->kind == TAG_SENDRECV)
-            on_recv(s, ok);
+            on_recv(st, ok);
         else if (!ok)
-            s->dead = true;
+            st->dead = true;
         break;
     default: /* TAG_CLOSE, TAG_STATUS: nothing to do but count */
-        if (t->kind == TAG_CLOSE && s->cancelled)
-            s->dead = true;
+        if (t->kind == TAG_CLOSE && st->cancelled)
+            st->dead = true;
         break;
     }
-    pump(s);
+    pump(st);
 }
 
 /* ---- unary answers ----------------------------------------------------------------------- */
@@ -1018,7 +1238,7 @@ static void on_new_call(struct request *r, int ok)
     grpc_metadata_array_destroy(&r->md); /* we read no metadata */
     if (ok) {
         switch (r->tag.kind) {
-        case TAG_NEW_SESSION: session_new(r->call); break;
+        case TAG_NEW_SESSION: stream_new(r->call); break;
         case TAG_NEW_DESCRIBE: describe(r->call, r->payload); break;
         default:
             if (grpc_slice_str_cmp(r->details.method, "/grpc.health.v1.Health/Watch") == 0)
@@ -1045,10 +1265,10 @@ static void on_new_call(struct request *r, int ok)
 static void fire_timers(void)
 {
     int64_t now = now_ns();
-    while (g.heap_len > 0 && g.heap[0]->due <= now) {
-        struct session *s = g.heap[0];
-        heap_remove(s);
-        pump(s);
+    while (g.heap_len > 0 && heap_due(0) <= now) {
+        struct stream *st = g.heap[0]->st;
+        conn_release(g.heap[0], now); /* leaves it nothing due: the loop moves on */
+        pump(st);
     }
 }
 
@@ -1060,7 +1280,7 @@ static void run(void)
             g.cq_shutdown = true;
         }
         gpr_timespec deadline =
-            g.heap_len ? ns_to_timespec(g.heap[0]->due) : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+            g.heap_len ? ns_to_timespec(heap_due(0)) : gpr_inf_future(GPR_CLOCK_MONOTONIC);
         /* A health change comes from the signal thread: open watches look every 50 ms. */
         if (g.watches != NULL && gpr_time_cmp(deadline, ns_to_timespec(now_ns() + 50000000)) > 0)
             deadline = ns_to_timespec(now_ns() + 50000000);
@@ -1079,7 +1299,7 @@ static void run(void)
             case TAG_SHUTDOWN: g.shutdown_seen = true; break;
             case TAG_WATCH_SEND:
             case TAG_WATCH_CLOSE: on_watch_tag(t, ev.success); break;
-            default: on_session_tag(t, ev.success); break;
+            default: on_stream_tag(t, ev.success); break;
             }
         }
         fire_timers();

@@ -71,6 +71,9 @@ struct tf_opts {
     unsigned actions; /* bit (1 << Miltergw__V1__Action) */
     bool rcpt_rej;
     bool leadspc;
+    /* --multiplexed: one Session stream carries many connections (Event.session). Per-
+     * connection flags act per connection; --fail-at ends the whole stream. */
+    bool multiplexed;
 
     /* Verdicts per stage. */
     unsigned accept_at, reject_at, tempfail_at, discard_at;

@@ -69,6 +69,10 @@ static const char usage_text[] =
     "                          NAMES separated by commas, e.g. mail:i,{mail_addr}\n"
     "  --rcpt-rej              also want recipients the MTA rejected\n"
     "  --leadspc               want header values with their leading space\n"
+    "  --multiplexed           declare multiplexed streams: one Session stream carries the\n"
+    "                          sessions of many connections (Event.session), each ended by\n"
+    "                          its Event.end; every reply names its event's session. The\n"
+    "                          flags below act per connection (session), except where said\n"
     "Verdicts (everything else is answered CONTINUE, EOM included):\n"
     "  --accept-at LIST        ACCEPT at these stages\n"
     "  --reject-at LIST        REJECT at these stages\n"
@@ -101,9 +105,11 @@ static const char usage_text[] =
     "  --no-batches            declare no batches: get every event alone and send every\n"
     "                          reply alone (by default replies due together go as one)\n"
     "  --never-answer LIST     at the first such event stop answering for the rest of the\n"
-    "                          stream (keep receiving and recording)\n"
-    "  --crash-at LIST         _exit(70) when such an event arrives (after recording it)\n"
-    "  --fail-at LIST          end the stream with --fail-status when such an event arrives\n"
+    "                          connection (keep receiving and recording)\n"
+    "  --crash-at LIST         _exit(70) when such an event arrives (after recording it):\n"
+    "                          the whole process, every stream and session\n"
+    "  --fail-at LIST          end the stream with --fail-status when such an event arrives:\n"
+    "                          the whole stream, with --multiplexed every session on it\n"
     "  --fail-status CODE:TEXT the status of --fail-at (default 13:test filter failed)\n"
     "  --bogus-reply           answer every event with an event_id it never got (id+1000000)\n"
     "  --bogus-at LIST         the same, only at these stages\n"
@@ -119,12 +125,17 @@ static const char usage_text[] =
     "  -h, --help\n"
     "\n"
     "Record lines (one write(2) each, O_APPEND; safe to share a file between filters):\n"
-    "  ID KIND session=SID DETAILS... m.MACRO=VALUE...\n"
+    "  ID KIND session=SID [mux=N] DETAILS... m.MACRO=VALUE...\n"
     "  KIND and DETAILS: start filter= gateway= mta_version= mta_actions= mta_protocol=\n"
     "  version= actions= protocol= leadspc= | connect host= family= addr= port= | helo name=\n"
     "  | mail addr= arg=... | rcpt addr= rejected=0|1 arg=... | data | header name= value=\n"
     "  | eoh | body len= data= | eom | abort | unknown cmd=\n"
-    "  and, with ID \"-\": describe gateway= filter=, close how=halfclose|cancelled.\n"
+    "  and, with ID \"-\": describe gateway= filter=, close how=halfclose|cancelled|end\n"
+    "  [reason=R].\n"
+    "  With --multiplexed, lines of a session also have mux=N (its Event.session), its\n"
+    "  Event.end is recorded as close how=end (reason=R if the gateway gave up on it), and\n"
+    "  when a stream ends, each session still open on it gets close how=halfclose|cancelled.\n"
+    "  Otherwise a stream is one connection: its end is its close how=halfclose|cancelled.\n"
     "  Values: bytes outside 0x21-0x7e, and backslash, are written as \\xHH.\n";
 
 static void usage_error(const char *fmt, const char *arg)
@@ -395,6 +406,7 @@ enum {
     O_ONLY_FROM,
     O_CONTROL,
     O_ECHO_HEADER,
+    O_MULTIPLEXED,
 };
 
 static const struct option long_opts[] = {
@@ -442,6 +454,7 @@ static const struct option long_opts[] = {
     {"only-from", required_argument, NULL, O_ONLY_FROM},
     {"control", required_argument, NULL, O_CONTROL},
     {"echo-header", required_argument, NULL, O_ECHO_HEADER},
+    {"multiplexed", no_argument, NULL, O_MULTIPLEXED},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -566,6 +579,7 @@ void tf_opts_parse(int argc, char **argv)
         case O_MACROS: add_macros(optarg); break;
         case O_RCPT_REJ: tf.rcpt_rej = true; break;
         case O_LEADSPC: tf.leadspc = true; break;
+        case O_MULTIPLEXED: tf.multiplexed = true; break;
         case O_ACCEPT: tf.accept_at |= parse_stage_list(optarg, "--accept-at"); break;
         case O_REJECT: tf.reject_at |= parse_stage_list(optarg, "--reject-at"); break;
         case O_TEMPFAIL: tf.tempfail_at |= parse_stage_list(optarg, "--tempfail-at"); break;
@@ -688,6 +702,7 @@ void tf_describe(Miltergw__V1__Description *d, Miltergw__V1__EventType *events,
     d->rejected_recipients = tf.rcpt_rej;
     d->header_leading_space = tf.leadspc;
     d->batches = !tf.no_batches;
+    d->multiplexed = tf.multiplexed;
 }
 
 const char *tf_stage_name(unsigned st)
