@@ -106,6 +106,7 @@ struct mgw_filter_stream {
     enum mgw_stream_role role;
     struct mgw_filter_mux *mux; /* a member's carrier while it is on one */
     unsigned sessions;          /* a carrier's members: its max_queue is per session */
+    int lingering; /* a detached member still owed replies: held on its carrier */
     struct mgw_stream_queued *queue; /* packed events waiting for the send slot */
     size_t nqueue, capqueue;
     grpc_byte_buffer *sending;
@@ -157,6 +158,11 @@ void mgw_filter_stream_detach(struct mgw_filter_stream *st);
  * waiting. */
 void mgw_filter_streams_link_down(struct mgw_filter_streams *set,
                                   const struct mgw_filter_link *link);
+
+/* A member was handed a reply, or taken off its carrier: one that lingers after its MTA
+ * connection let go (it still owed replies) leaves once it owes none or is off its
+ * carrier, and is freed. Call it with the member held. */
+void mgw_filter_stream_settle(struct mgw_filter_stream *st);
 
 /* For the milter transport (milter_client.c), which keeps the rest of this contract:
  * fail through the owner's hook (once), report its output buffer as the queue (for

@@ -102,7 +102,10 @@ static void deliver(struct mgw_filter_mux *c, Miltergw__V1__Reply *r)
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
+    mgw_filter_stream_hold(m); /* what the reply leads to may free it */
     m->hooks->reply(m, r);
+    mgw_filter_stream_settle(m);
+    mgw_filter_stream_release(m);
 }
 
 /* A message from the filter: one reply, or a batch whose elements may name different
@@ -292,8 +295,16 @@ void mgw_filter_mux_shutdown(struct mgw_filter_streams *set)
     for (size_t i = 0; i < n; i++) {
         struct mgw_filter_mux *c = (struct mgw_filter_mux *)carriers[i];
 
-        for (size_t k = 0; k < c->nmembers; k++)
-            c->members[k]->mux = NULL;
+        struct mgw_filter_stream **members = c->members;
+        size_t nm = c->nmembers;
+
+        c->members = NULL; /* retire() frees the array: the members are settled first */
+        c->nmembers = c->cap = 0;
+        for (size_t k = 0; k < nm; k++) {
+            members[k]->mux = NULL;
+            mgw_filter_stream_settle(members[k]); /* a lingering one is freed */
+        }
+        free(members);
         retire(c);
     }
     free(carriers);

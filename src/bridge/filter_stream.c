@@ -101,6 +101,15 @@ static void batch_done(struct mgw_filter_stream *st)
     free_if_done(st);
 }
 
+/* A lingering member's hold (see detach) ends: it is freed if nothing else holds it. */
+static void end_linger(struct mgw_filter_stream *st)
+{
+    if (st->lingering) {
+        st->lingering = 0;
+        batch_done(st);
+    }
+}
+
 /* Arm the timer for the nearest deadline (owed reply, send in flight, linger once
  * detached), or stop it. */
 void mgw_filter_stream_rearm(struct mgw_filter_stream *st)
@@ -422,9 +431,14 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     } else if (st->sending != NULL && st->send_due_ms != 0 && st->send_due_ms <= now) {
         fail(st, "timeout", "the filter took no event within timeout");
     } else if (st->linger_due_ms != 0 && st->linger_due_ms <= now) {
-        /* The filter never ended the half-closed stream. */
+        /* The filter never ended the half-closed stream, or never answered a lingering
+         * member. */
         if (st->call != NULL && !st->finished)
             grpc_call_cancel(st->call, NULL);
+        if (st->lingering) {
+            mgw_filter_mux_leave(st, "");
+            end_linger(st); /* last: it may free the stream */
+        }
     } else {
         mgw_filter_stream_rearm(st); /* woke early: a deadline moved */
     }
@@ -501,6 +515,14 @@ void mgw_filter_stream_start(struct mgw_filter_stream *st)
     send_next(st);
 }
 
+void mgw_filter_stream_settle(struct mgw_filter_stream *st)
+{
+    if (!st->lingering || (st->mux != NULL && mgw_owed_front(&st->owed) != NULL))
+        return;
+    mgw_filter_mux_leave(st, "");
+    end_linger(st);
+}
+
 void mgw_filter_stream_break(struct mgw_filter_stream *st)
 {
     if (st->broken)
@@ -519,6 +541,7 @@ void mgw_filter_stream_break(struct mgw_filter_stream *st)
         if (st->attached)
             st->hooks->flow(st, 0);
     }
+    end_linger(st); /* last: it may free the stream */
 }
 
 void mgw_filter_stream_detach(struct mgw_filter_stream *st)
@@ -527,8 +550,19 @@ void mgw_filter_stream_detach(struct mgw_filter_stream *st)
     st->attached = 0;
     stop_timer(st);
     mgw_milter_stream_close(st, 1);
-    if (st->role == MGW_STREAM_MEMBER && !st->broken)
-        mgw_filter_mux_leave(st, "");
+    if (st->role == MGW_STREAM_MEMBER && !st->broken) {
+        if (st->mux != NULL && mgw_owed_front(&st->owed) != NULL) {
+            /* It still owes replies (a shadow filter's are still logged, its deadlines
+             * still hold): it stays on its carrier, held, until it owes none (settle),
+             * fails, or lingers too long, as a stream of its own would half-close. */
+            st->lingering = 1;
+            st->batches++;
+            st->linger_due_ms = now_ms() + LINGER_MS;
+            mgw_filter_stream_rearm(st);
+        } else {
+            mgw_filter_mux_leave(st, "");
+        }
+    }
     if (st->call != NULL && !st->finished && !st->broken) {
         st->close_wanted = 1;
         st->linger_due_ms = now_ms() + LINGER_MS;

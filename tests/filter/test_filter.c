@@ -170,6 +170,7 @@ struct stream {
     struct conn **tab; /* 1 << tab_bits slots, NULL = free; owns the conns */
     unsigned tab_bits; /* 0 until the first connection state */
     size_t n_conns;
+    unsigned serial;      /* this process's Session calls, counted from 1 */
     const char *in_batch; /* while handling an EventBatch: its size, as text */
 };
 
@@ -180,6 +181,7 @@ static struct {
     struct request reqs[N_REQ];
     int pending_requests; /* request tags not yet completed */
     int live;             /* streams and unary answers not yet freed */
+    unsigned calls;       /* Session calls so far */
     bool shutdown_seen, cq_shutdown, cq_drained;
     int record_fd;
     struct conn **heap; /* connections with waiting replies */
@@ -307,8 +309,8 @@ static void line_kv(const char *key, const char *value)
     line_esc(value ? value : "", value ? strlen(value) : 0);
 }
 
-/* "ID KIND session=SID", and on a multiplexed stream " mux=N" (Event.session): not a second
- * "session=", which record readers take to be the SID. */
+/* "ID KIND session=SID", and on a multiplexed stream " mux=N call=C" (Event.session: not a
+ * second "session=", which record readers take to be the SID; the call carrying it). */
 static void line_start(uint64_t id, bool has_id, const char *kind, const struct conn *c)
 {
     line.len = 0;
@@ -318,7 +320,7 @@ static void line_start(uint64_t id, bool has_id, const char *kind, const struct 
         line_printf("- %s", kind);
     line_kv("session", c && c->sid ? c->sid : "-");
     if (c && tf.multiplexed)
-        line_printf(" mux=%" PRIu64, c->id);
+        line_printf(" mux=%" PRIu64 " call=%u", c->id, c->st->serial);
 }
 
 static void line_write(void)
@@ -672,6 +674,7 @@ static void stream_new(grpc_call *call)
         *tags[i] = (struct tag){.kind = kinds[i], .owner = st};
     st->call = call;
     st->first_recv = true;
+    st->serial = ++g.calls;
     /* A per-connection stream is its connection: its state exists (and its close is
      * recorded) even if no event ever comes, as before multiplexing. */
     if (!tf.multiplexed)
