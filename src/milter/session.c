@@ -1,16 +1,17 @@
 /*
  * session.c - the MTA side: one milter protocol state machine per connection.
  *
- * Bytes arrive in a bufferevent; session_drain() takes whole frames out of it through
- * the codec, at most DRAIN_BATCH per wakeup so one busy MTA connection cannot starve the
- * others (libuv, memcached). Each command is checked against the state machine, macros are
- * stored, and events go to the backend. While an event that the MTA expects an answer to
- * is at the backend, reading stops: the MTA may not send anything before that answer, and
- * stopping bounds memory against one that does.
+ * Bytes are read into an input buffer (session_on_readable()); session_drain() takes whole
+ * frames out of it through the codec, at most DRAIN_BATCH per wakeup so one busy MTA
+ * connection cannot starve the others (libuv, memcached). Each command is checked against
+ * the state machine, macros are stored, and events go to the backend. While an event that
+ * the MTA expects an answer to is at the backend, no further frame is handled (the MTA
+ * may not send one before that answer); reading goes on up to one maximal frame and some
+ * slack, which bounds memory against an MTA that does.
  *
  * Everything answering one event - modifications and final reply - is encoded into one
- * buffer and handed to libevent with one bufferevent_write(), which becomes one write(2):
- * libmilter's separate small writes cost ~40 ms per modified message through Nagle.
+ * buffer and sent with one send(2) (session_write()): libmilter's separate small writes
+ * cost ~40 ms per modified message through Nagle.
  *
  * It does not: accept connections (listener.c), talk gRPC (the backend), or decide
  * verdicts (the backend and its merge policy). It only keeps what it sends legal for the
@@ -24,6 +25,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <netinet/in.h>
@@ -48,6 +50,8 @@
 #define DRAIN_BATCH 64
 /* Room for one whole maximal frame plus slack, so reading never stalls mid-frame. */
 #define READ_SLACK 65536
+/* One read(2) takes at most this much (see read_more()). */
+#define READ_MAX 65536
 /* How long a closing session may take to flush its last answer to the MTA. */
 #define LINGER_MS 5000
 /* An answer scratch buffer bigger than this (a replaced body) is freed once sent, so a
@@ -67,7 +71,9 @@ struct mgw_session {
     struct mgw_backend *backend; /* the one current at adopt: reload does not swap it */
     uint64_t sid;
     char peer[64];
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* its output only: reading is read_more()'s */
+    struct event *read_ev;   /* the socket readable, or the idle timeout */
+    int reading;             /* read_ev is pending */
     struct event *resume_ev; /* re-enters session_drain() after a batch or async answer */
     struct mgw_milter_decoder dec;
     enum mgw_session_state state;
@@ -108,6 +114,7 @@ struct mgw_server {
     void (*empty_cb)(void *);
     void *empty_arg;
     int draining;
+    uint8_t *rbuf; /* READ_MAX bytes: where each session's read(2) lands first */
 };
 
 /* Every server of the process (one per worker loop, workers.h) draws session ids from one
@@ -131,6 +138,9 @@ static void sid_seed(void)
 static void session_drain(struct mgw_session *s);
 static void session_release_event(struct mgw_session *s);
 static void session_read_on(struct mgw_session *s);
+static void read_update(struct mgw_session *s);
+static void read_arm(struct mgw_session *s);
+static void session_on_event(struct bufferevent *bev, short what, void *arg);
 static void session_free(struct mgw_session *s);
 
 static const char *const state_names[] = {
@@ -157,11 +167,8 @@ static int state_in_message(enum mgw_session_state st)
  * milter_default_action=accept. A dead MTA host is found by TCP keepalive. */
 static void idle_timer_arm(struct mgw_session *s)
 {
-    struct timeval tv = {s->idle_ms / 1000, (s->idle_ms % 1000) * 1000};
-
-    if (s->idle_ms == 0)
-        return;
-    bufferevent_set_timeouts(s->bev, state_in_message(s->state) ? NULL : &tv, NULL);
+    if (s->idle_ms != 0 && s->reading)
+        read_arm(s);
 }
 
 static void session_enter_state(struct mgw_session *s, enum mgw_session_state to)
@@ -208,7 +215,7 @@ static void session_close(struct mgw_session *s, enum mgw_log_level level, const
         s->bsession = NULL;
     }
     s->awaiting = 0;
-    bufferevent_disable(s->bev, EV_READ);
+    read_update(s);
     out = bufferevent_get_output(s->bev);
     if (evbuffer_get_length(out) > 0) {
         /* session_on_write() frees once the output is drained; the timeout bounds it. */
@@ -506,10 +513,7 @@ static void session_read_on(struct mgw_session *s)
 {
     if (s->awaiting || s->flow_stopped || s->state == MGW_SESSION_CLOSING)
         return;
-    /* After an EOF libevent turned reading off: the held event ends the session once
-     * the frames before it are handled; reading again would report the EOF first. */
-    if (s->held_event == 0)
-        bufferevent_enable(s->bev, EV_READ);
+    read_update(s);
     /* Frames may already wait in the input buffer; the socket will not signal them. */
     if (!s->in_drain)
         event_active(s->resume_ev, EV_TIMEOUT, 0);
@@ -524,7 +528,7 @@ static void session_on_flow(void *arg, int stop)
     log_debug(s->sid, stop ? "reading paused" : "reading resumed", "reason=backend");
     s->flow_stopped = stop;
     if (stop)
-        bufferevent_disable(s->bev, EV_READ);
+        read_update(s);
     else
         session_read_on(s);
 }
@@ -879,14 +883,81 @@ static void session_drain(struct mgw_session *s)
     }
     if (starved && s->held_event != 0)
         session_release_event(s);
+    if (!s->dead)
+        read_update(s); /* frames taken out make room again */
     s->in_drain--;
     if (s->dead && s->in_drain == 0 && s->guard == 0)
         session_free(s);
 }
 
-static void session_on_read(struct bufferevent *bev, void *arg)
+/* ---- the socket ---- */
+
+static size_t read_limit(const struct mgw_session *s)
 {
-    session_drain(arg);
+    return s->dec.max_frame + MGW_MILTER_HDR_LEN + READ_SLACK;
+}
+
+/* The idle timeout rides on the read event: it runs out only while reading is on, and
+ * restarts at every read, as the bufferevent's read timeout did. */
+static void read_arm(struct mgw_session *s)
+{
+    struct timeval tv = {s->idle_ms / 1000, (s->idle_ms % 1000) * 1000};
+
+    if (s->idle_ms != 0 && !state_in_message(s->state)) {
+        event_add(s->read_ev, &tv);
+    } else {
+        event_add(s->read_ev, NULL); /* a pending event keeps its timer: removed below */
+        event_remove_timer(s->read_ev);
+    }
+}
+
+/* Reading is on unless the session is closing, the backend holds it (back-pressure), an
+ * EOF or error waits to be acted on (session_on_event()), or the input holds a maximal
+ * frame and more. An answer owed does not stop it (see forward()). */
+static void read_update(struct mgw_session *s)
+{
+    int want = s->state != MGW_SESSION_CLOSING && !s->flow_stopped && s->held_event == 0 &&
+               evbuffer_get_length(bufferevent_get_input(s->bev)) < read_limit(s);
+
+    if (want == s->reading)
+        return;
+    s->reading = want;
+    if (want)
+        read_arm(s);
+    else
+        event_del(s->read_ev);
+}
+
+/*
+ * The socket is readable (or idle too long). Reading is ours, not the bufferevent's:
+ * libevent 2.1's evbuffer_read() asks the socket how much it holds (ioctl FIONREAD) before
+ * every read and then reads at most 4 KiB, so a 100 KB message cost 32 ioctl and readv
+ * pairs (strace). One read(2) of up to READ_MAX into the loop's buffer, appended to the
+ * input, does it in a few; the copy is what evbuffer_pullup() did for frames that spanned
+ * 4 KiB reads. The loop's buffer, not the input's, takes the read: an input chain sized for
+ * READ_MAX would stay with every connection that keeps part of a frame.
+ */
+static void session_on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct mgw_session *s = arg;
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t room = read_limit(s) - evbuffer_get_length(in);
+    ssize_t n;
+
+    if (what & EV_TIMEOUT) {
+        session_on_event(s->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, s);
+        return;
+    }
+    n = read(fd, s->srv->rbuf, room < READ_MAX ? room : READ_MAX);
+    if (n > 0) {
+        if (evbuffer_add(in, s->srv->rbuf, (size_t)n) != 0)
+            mgw_panic("session: out of memory for %zd bytes read", n);
+        session_drain(s);
+    } else if (n == 0) {
+        session_on_event(s->bev, BEV_EVENT_READING | BEV_EVENT_EOF, s);
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        session_on_event(s->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, s);
+    }
 }
 
 static void session_on_resume(evutil_socket_t fd, short what, void *arg)
@@ -921,12 +992,11 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
          * waiting for us, not idle: the idle timer starts again. An end of the connection
          * waits until the answer is out and the frames read before it are handled, as if
          * it had been read only then. */
-        if (what & BEV_EVENT_TIMEOUT) {
-            bufferevent_enable(bev, EV_READ);
+        if (what & BEV_EVENT_TIMEOUT)
             return;
-        }
         s->held_event = what;
         s->held_errno = EVUTIL_SOCKET_ERROR();
+        read_update(s); /* reading again would report the EOF first */
         return;
     }
     if (what & BEV_EVENT_EOF) {
@@ -969,6 +1039,7 @@ static void session_free(struct mgw_session *s)
         s->backend->ops->session_close(s->bsession);
     backend_unref(s->backend, srv);
     macros_clear(s, 0, MGW_STAGE_COUNT - 1);
+    event_free(s->read_ev);
     bufferevent_free(s->bev);
     event_free(s->resume_ev);
     free(s->wbuf);
@@ -1017,18 +1088,21 @@ int mgw_server_adopt(struct mgw_server *srv, evutil_socket_t fd, const char *pee
     evutil_make_socket_closeonexec(fd);
 
     s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    s->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, session_on_readable, s);
     s->resume_ev = event_new(srv->base, -1, 0, session_on_resume, s);
-    if (s->bev == NULL || s->resume_ev == NULL)
+    if (s->bev == NULL || s->read_ev == NULL || s->resume_ev == NULL)
         mgw_panic("session: libevent allocation failed");
-    bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, s->dec.max_frame + MGW_MILTER_HDR_LEN + READ_SLACK);
+    bufferevent_setcb(s->bev, NULL, session_on_write, session_on_event, s);
+    /* A socket bufferevent keeps its input's end frozen except inside its own reads;
+     * ours append to it instead. */
+    evbuffer_unfreeze(bufferevent_get_input(s->bev), 0);
     s->idle_ms = srv->cfg.idle_timeout_ms;
-    idle_timer_arm(s);
     TAILQ_INSERT_TAIL(&srv->sessions, s, link);
     srv->nsessions++;
     mgw_metrics_session_opened();
     log_debug(s->sid, "session opened", "peer=%s worker=%u", s->peer, srv->worker);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(s->bev, EV_WRITE);
+    read_update(s);
     return 0;
 }
 
@@ -1042,6 +1116,7 @@ struct mgw_server *mgw_server_new(struct event_base *base, const struct mgw_serv
     srv->cfg = *cfg;
     srv->backend = backend;
     TAILQ_INIT(&srv->sessions);
+    srv->rbuf = mgw_xmalloc(READ_MAX);
     return srv;
 }
 
@@ -1123,6 +1198,7 @@ struct mgw_server *mgw_server_free(struct mgw_server *srv)
         return NULL;
     srv->empty_cb = NULL;
     mgw_server_close_all(srv, "shutdown");
+    free(srv->rbuf);
     free(srv);
     return NULL;
 }
