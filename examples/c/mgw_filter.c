@@ -399,6 +399,7 @@ static void describe_build(const struct mgw_filter *f)
     d->rejected_recipients = f->rejected_recipients;
     d->batches = true; /* this library takes EventBatch (session_recv); replies go one by one */
     d->header_leading_space = f->header_leading_space;
+    d->multiplexed = f->multiplexed; /* mgw_session.c keeps a session per Event.session */
     mgw_g.answer = mgw_answer_mask(mgw_g.events, d->n_events, mgw_g.observe, d->n_observe_only);
 }
 

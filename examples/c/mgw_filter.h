@@ -8,9 +8,10 @@
  * callback that sees every event of a Session stream and fills in the answer, and call
  * mgw_filter_run(). The library then
  *   - answers Describe from the struct, and UNIMPLEMENTED for any other method;
- *   - runs one Session stream per SMTP connection, calls on_event() for each event in order
- *     and sends exactly one reply for each event that needs one (subscribed to and not
- *     observe-only, as SessionStart.effective says), in order, with its event_id;
+ *   - runs one Session stream per SMTP connection (or, with `multiplexed`, one for many:
+ *     see below), calls on_event() for each event of a session in order and sends exactly
+ *     one reply for each event that needs one (subscribed to and not observe-only, as
+ *     SessionStart.effective says), in order, with its event_id;
  *   - also serves the standard gRPC health service (grpc.health.v1.Health/Check: SERVING,
  *     NOT_SERVING once stopping) and server reflection (grpc.reflection.v1alpha and v1,
  *     enough for `grpcurl list` and `grpcurl describe miltergw.v1.Filter`);
@@ -29,6 +30,28 @@
  * With `session_threads`, each session instead gets a thread of its own that runs its
  * callbacks, in order, while the gRPC workers keep receiving: callbacks may then block
  * (libmilter's model), and mgw_session_progress() keeps the gateway waiting meanwhile.
+ *
+ * Multiplexed streams (`multiplexed`, off by default). Describe then declares
+ * `multiplexed: true` and the gateway sends the sessions of many SMTP connections (up to
+ * 128) on one Session stream, each event naming its session (filter.proto, "multiplexed
+ * streams"). The library keeps a `struct mgw_session` per session, so for the callback
+ * nothing changes: each session has its own state, id and answer mask, its callbacks run
+ * in order and never concurrently, MGW_START comes first, and on_close is called once at
+ * its end - its SessionEnd, or the end of the stream for a session still open then - after
+ * its last on_event. Replies carry their session. If the gateway gave up on a session
+ * (SessionEnd with a reason: it ignores any answer now) or the stream breaks, events not
+ * yet handed to on_event are dropped, as on a cancelled stream without the option; on
+ * half-close (and a SessionEnd without reason) the session's queued events run first.
+ * Threads then work per session, not per stream:
+ *   - with session_threads, each session has its thread as above: a callback that blocks
+ *     holds back only its own session; the others' replies go out meanwhile;
+ *   - without, callbacks of different sessions on one stream run in parallel on different
+ *     workers when their events arrive in different messages from the gateway; one worker
+ *     runs, session after session, the events that arrive together in one EventBatch, so
+ *     a callback that blocks may also delay sessions whose events came in its batch, and
+ *     with one thread every session. Callbacks that block want session_threads.
+ * A gateway that does not know the option sends Event.session 0 on per-connection streams:
+ * each stream is then one session that ends with it, as without the option.
  *
  * What it does not do: TLS, asynchronous answers (a reply is ready when on_event returns).
  * It serves grpc.health.v1 (Check and Watch) and server reflection beside the filter.
@@ -57,7 +80,7 @@ enum mgw_event {
     MGW_BODY,
     MGW_EOM,
     MGW_UNKNOWN,
-    MGW_START, /* SessionStart: first on every stream, never answered */
+    MGW_START, /* SessionStart: first of every session, never answered */
     MGW_ABORT, /* the current message is abandoned: forget its state; never answered */
 };
 #define MGW_EVENT_BIT(e)  (1u << (e)) /* for mgw_filter.events / observe_only */
@@ -74,7 +97,7 @@ enum mgw_verdict {
     MGW_SKIP = MILTERGW__V1__VERDICT__VERDICT_SKIP,
 };
 
-struct mgw_session; /* one Session stream (one SMTP connection) */
+struct mgw_session; /* one SMTP connection: its Session stream, or its part of a multiplexed one */
 struct mgw_reply;   /* the answer to one event, being built */
 
 /*
@@ -112,6 +135,9 @@ struct mgw_filter {
     /* On stop: health says NOT_SERVING, new Session calls get UNAVAILABLE, and open
      * sessions have this many seconds to end before they are cancelled (0: at once). */
     unsigned drain_seconds;
+    /* Take many connections' sessions on one Session stream (Description.multiplexed; see
+     * "Multiplexed streams" above). */
+    bool multiplexed;
 };
 
 /*
@@ -135,6 +161,9 @@ void *mgw_session_state(struct mgw_session *s);
 const char *mgw_session_id(const struct mgw_session *s);
 /* mgw_filter.arg. */
 void *mgw_session_arg(const struct mgw_session *s);
+/* For logs: a number for the Session stream carrying the session, counted from 1 in this
+ * process. With `multiplexed`, sessions that share a stream share it. */
+unsigned long mgw_session_stream(const struct mgw_session *s);
 
 /* The kind of an event. */
 enum mgw_event mgw_event_kind(const Miltergw__V1__Event *ev);

@@ -7,8 +7,9 @@
  *   - mgw_filter.c, the server: setup, the workers and their completion queue, new calls,
  *     the unary answers (Describe, health Check, UNIMPLEMENTED), health Watch, the drain
  *     and shutdown;
- *   - mgw_session.c, the streams: a Session (or reflection) call from its first batch to
- *     its last, on_event, replies in order, session threads;
+ *   - mgw_session.c, the streams and their sessions: a Session (or reflection) call from
+ *     its first batch to its last, the session (or, multiplexed, sessions) it carries,
+ *     on_event, replies in order, session threads;
  *   - mgw_reply.c, the events and replies the callback reads and builds (protobuf-c only).
  * The server hands each stream its completions (mgw_session_tag); a completion's tag says
  * which kind of batch it was and whose.

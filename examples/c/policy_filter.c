@@ -2,13 +2,18 @@
  * policy_filter.c - example miltergw filter: one small mail policy, chosen on the command line.
  * SPDX-License-Identifier: Apache-2.0
  *
- * usage: policy_filter [--listen HOST:PORT] [--threads N] POLICY [ARGS...]
+ * usage: policy_filter [OPTIONS] POLICY [ARGS...]
+ *   --listen HOST:PORT, --threads N, --session-threads: how it serves (mgw_filter.h);
+ *   --multiplexed: many connections per Session stream; then it prints a line when each
+ *     session starts and ends, naming its stream;
+ *   --delay-mail ADDR MS: a message from ADDR waits MS ms at MAIL FROM (a slow check).
  * Prints "port=N" once listening (port 0 picks one); exits 0 on SIGTERM/SIGINT.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "mgw_filter.h"
 
@@ -38,6 +43,9 @@ static const struct policy {
 };
 static const struct policy *policy;
 static char *arg1, *arg2;
+static const char *delay_addr; /* --delay-mail */
+static long delay_ms;
+static int log_sessions; /* --multiplexed: show which stream carries each session */
 
 /* Per session. Everything but Connect's macros is about the current message. */
 struct session {
@@ -89,11 +97,44 @@ static void forget_message(struct session *st)
     st->hit = 0, st->rcpt[0] = '\0', st->n = st->n_conn;
 }
 
+/* Stands for a slow check (a DNS lookup, a scanner). With --session-threads only this
+ * session waits; each second a PROGRESS restarts the gateway's deadline. */
+static void delay(struct mgw_session *s)
+{
+    if (log_sessions) {
+        printf("delay session=%s stream=%lu ms=%ld\n", mgw_session_id(s), mgw_session_stream(s),
+               delay_ms);
+        fflush(stdout);
+    }
+    for (long left = delay_ms; left > 0; left -= 1000) {
+        long ms = left < 1000 ? left : 1000;
+        struct timespec t = {ms / 1000, ms % 1000 * 1000000L};
+        while (nanosleep(&t, &t) != 0)
+            ;
+        if (left > 1000)
+            mgw_session_progress(s); /* -1 without session threads: then the gateway waits */
+    }
+}
+
+static void on_close(struct mgw_session *s)
+{
+    if (log_sessions) {
+        printf("end session=%s stream=%lu\n", mgw_session_id(s), mgw_session_stream(s));
+        fflush(stdout);
+    }
+}
+
 static void on_event(struct mgw_session *s, const Miltergw__V1__Event *ev, struct mgw_reply *r)
 {
     struct session *st = mgw_session_state(s);
     enum mgw_event kind = mgw_event_kind(ev);
 
+    if (kind == MGW_START && log_sessions) {
+        printf("start session=%s stream=%lu\n", mgw_session_id(s), mgw_session_stream(s));
+        fflush(stdout);
+    }
+    if (kind == MGW_MAIL && delay_addr && addr_eq(ev->mail->address, delay_addr))
+        delay(s);
     if (kind == MGW_ABORT || kind == MGW_MAIL) { /* a new message, or none */
         forget_message(st);
         if (kind == MGW_ABORT)
@@ -145,19 +186,29 @@ int main(int argc, char **argv)
     struct mgw_filter f = {.listen = "127.0.0.1:50051",
                            .name = "c-policy-example",
                            .on_event = on_event,
+                           .on_close = on_close,
                            .state_size = sizeof(struct session),
                            .print_port = 1};
-    int i = 1;
-    for (; i + 1 < argc && strncmp(argv[i], "--", 2) == 0; i += 2)
-        if (strcmp(argv[i], "--listen") == 0)
-            f.listen = argv[i + 1];
-        else if (strcmp(argv[i], "--threads") == 0)
-            f.threads = (unsigned)atoi(argv[i + 1]);
-    for (size_t k = 0; i < argc && k < sizeof policies / sizeof policies[0]; k++)
+    int i = 1, bad = 0;
+    for (; i < argc && !bad && strncmp(argv[i], "--", 2) == 0; i++)
+        if (strcmp(argv[i], "--multiplexed") == 0)
+            f.multiplexed = true, log_sessions = 1;
+        else if (strcmp(argv[i], "--session-threads") == 0)
+            f.session_threads = true;
+        else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
+            f.listen = argv[++i];
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            f.threads = (unsigned)atoi(argv[++i]);
+        else if (strcmp(argv[i], "--delay-mail") == 0 && i + 2 < argc)
+            delay_addr = argv[i + 1], delay_ms = atol(argv[i + 2]), i += 2;
+        else
+            bad = 1;
+    for (size_t k = 0; !bad && i < argc && k < sizeof policies / sizeof policies[0]; k++)
         if (strcmp(argv[i], policies[k].name) == 0 && argc - i - 1 == policies[k].nargs)
             policy = &policies[k];
     if (policy == NULL) {
-        fputs("usage: policy_filter [--listen HOST:PORT] [--threads N] POLICY [ARGS...]\n"
+        fputs("usage: policy_filter [--listen HOST:PORT] [--threads N] [--session-threads]\n"
+              "         [--multiplexed] [--delay-mail ADDR MS] POLICY [ARGS...]\n"
               "POLICY: accept | reject-subject WORD | tempfail-rcpt ADDR | addheader NAME VALUE\n"
               "  | rewrite-body TEXT | quarantine REASON | chgfrom ADDR | addrcpt ADDR\n"
               "  | delrcpt ADDR | discard | macros\n",
@@ -170,6 +221,10 @@ int main(int argc, char **argv)
         sprintf(arg1, "%s\r\n", argv[i + 1]);
     }
     f.events = policy->events, f.observe_only = policy->observe_only, f.actions = policy->actions;
+    if (delay_addr) { /* the MTA must wait for that answer */
+        f.events |= EV(MAIL);
+        f.observe_only &= ~EV(MAIL);
+    }
     if (IS("macros")) { /* Postfix replaces its default lists with these */
         f.macros[MGW_CONNECT] = "j {daemon_name} {daemon_addr} v _";
         f.macros[MGW_MAIL] = "{mail_addr} {mail_host} {mail_mailer}";

@@ -5,7 +5,10 @@ Every policy of the example is checked on its outcome: the SMTP client's reply (
 transcript or smtplib), the delivered message and envelope (smtp-sink dump), the hold
 queue (postqueue -j) and Postfix's maillog (milter-discard, milter-hold). A last test drives
 many concurrent milter sessions straight at miltergw to exercise the example's helper library
-(mgw_filter.c) with several worker threads.
+(mgw_filter.c) with several worker threads. Multiplexed runs the example with --multiplexed
+(mgw_filter.multiplexed): SMTP connections open at once share one Session stream, each
+session with its own state and verdicts, a blocking session (session threads) holding back
+no other, and every open session ending when the filter stops.
 
 One private Postfix for the whole file. Each test gets its own 127.0.0.N source address and
 miltergw port (Postfix picks the milter by client address through a cidr smtpd_milter_maps),
@@ -70,10 +73,10 @@ class ExampleCase(unittest.TestCase):
     def _stop_processes(self):
         mgwtest.stop_gateway_and(self.gw, self.ex.proc if self.ex is not None else None, "policy_filter")
 
-    def start(self, *policy_args):
+    def start(self, *policy_args, gw_args=()):
         self.ex = Example(policy_args, self.dir)
-        self.gw = mgwtest.Miltergw(args=["--filter", "ex=" + self.ex.target], tmpdir=self.dir,
-                                   port=self.gw_port)
+        self.gw = mgwtest.Miltergw(args=["--filter", "ex=" + self.ex.target] + list(gw_args),
+                                   tmpdir=self.dir, port=self.gw_port)
 
     def context(self):
         return "\n\n".join([
@@ -300,6 +303,193 @@ class Policies(ExampleCase):
         finally:
             for c in conns:
                 c.close()
+
+
+class Multiplexed(ExampleCase):
+    """policy_filter --multiplexed behind miltergw with one worker loop, so that SMTP
+    connections share a Session call. miltergw makes a session's part of the call at the
+    first event the filter gets, and a call takes sessions for about a second: each test
+    has its connections reach the filter together (their DATA at once, Postfix holding back
+    the events it needs no answer for until then). The example prints "start", "end" (and
+    "delay") lines naming each session and its stream (mgw_session_stream())."""
+
+    serving = ()  # more options for the example, before the policy
+
+    def start(self, *policy_args):
+        super().start("--multiplexed", *self.serving, *policy_args, gw_args=("--workers", "1"))
+
+    def connections(self, n):
+        """n SMTP connections to Postfix open at once (EHLO answered on each)."""
+        out = []
+        for i in range(n):
+            c = smtplib.SMTP(self.pf.host, self.pf.port, timeout=30, source_address=(self.ip, 0))
+            self.addCleanup(c.close)
+            self.assertEqual(c.ehlo("client%d.example" % i)[0], 250)
+            out.append(c)
+        return out
+
+    def envelopes(self, conns, senders, rcpts):
+        """MAIL FROM on every connection, then RCPT TO on every one."""
+        for c, a in zip(conns, senders):
+            self.assertEqual(c.mail(a)[0], 250, self.context())
+        for c, a in zip(conns, rcpts):
+            self.assertEqual(c.rcpt(a)[0], 250, self.context())
+
+    def data_at_once(self, conns, subjects):
+        """Every connection's DATA at the same time: [(code, text)]."""
+        results = [None] * len(conns)
+        go = threading.Barrier(len(conns))
+
+        def data(i):
+            try:
+                go.wait(10)
+                results[i] = _txt(conns[i].data(make_message(subjects[i], BODY)[0]))
+            except Exception as e:  # reported by the caller, without hanging the others
+                results[i] = (0, repr(e))
+
+        threads = [threading.Thread(target=data, args=(i,)) for i in range(len(conns))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return results
+
+    def lines(self, what):
+        """[(session id, stream)] of the example's "WHAT session=ID stream=N" lines."""
+        rx = re.compile(r"^%s session=(\S+) stream=(\d+)" % what, re.M)
+        return rx.findall(self.ex.proc.log_text())
+
+    def wait_lines(self, what, count):
+        return wait_for(lambda: len(self.lines(what)) >= count and self.lines(what), 15,
+                        lambda: "%d %r lines; output:\n%s" % (count, what, self.ex.proc.log_tail()))
+
+    def one_stream(self, n):
+        """The n sessions started so far (n distinct ids) share one stream."""
+        starts = self.wait_lines("start", n)
+        self.assertEqual(len({sid for sid, _ in starts}), n, starts)
+        self.assertEqual(len({stream for _, stream in starts}), 1,
+                         "sessions on several streams: %r\n%s" % (starts, self.context()))
+        return starts
+
+    def test_1_connections_share_a_stream_each_with_its_own_state(self):
+        # `macros` keeps per-session state (Connect's macros, the message's).
+        self.start("macros")
+        conns = self.connections(4)
+        senders = ["s%d@example.org" % i for i in range(4)]
+        rcpts = ["r%d@example.com" % i for i in range(4)]
+        self.envelopes(conns, senders, rcpts)
+        results = self.data_at_once(conns, ["mux %d" % i for i in range(4)])
+        for i, (code, text) in enumerate(results):
+            self.assertEqual(code, 250, "connection %d: %s\n%s" % (i, text, self.context()))
+            got = self.pf.wait_delivered_id(queue_id(text), timeout=30)
+            added = [(k, v) for k, v in got.headers if k.startswith("X-Macro-")]
+            d = dict(added)
+            self.assertEqual(len(d), len(added), "duplicate macro headers: %r" % added)
+            self.assertEqual((d.get("X-Macro-mail_addr"), d.get("X-Macro-rcpt_addr"), d.get("X-Macro-i")),
+                             (senders[i], rcpts[i], queue_id(text)),
+                             "connection %d: %r\n%s" % (i, added, self.context()))
+            self.assertEqual(d.get("X-Macro-j"), "mgwtest.localdomain", added)
+        starts = self.one_stream(4)
+        # A session ends at its own SessionEnd (on_close), while the stream goes on.
+        self.assertEqual(self.lines("end"), [])
+        conns[0].quit()
+        ends = self.wait_lines("end", 1)
+        self.assertIn(ends[0], starts)
+        self.assertEqual(len(self.lines("end")), 1, self.ex.proc.log_tail())
+        for c in conns[1:]:
+            c.quit()
+        self.assertEqual(sorted(self.wait_lines("end", 4)), sorted(starts))
+
+    def test_2_with_worker_threads_sessions_keep_their_own_verdicts(self):
+        # Half of the messages carry the forbidden word: each session's Subject flag (set
+        # at HEADER, read at EOM) must stay its own while four workers run the sessions.
+        self.start("--threads", "4", "reject-subject", "forbidden")
+        conns = self.connections(6)
+        self.envelopes(conns, ["sender@example.org"] * 6, ["rcpt@example.com"] * 6)
+        subjects = ["FoRbIdDeN number %d" % i if i % 2 == 0 else "clean number %d" % i for i in range(6)]
+        for i, (code, text) in enumerate(self.data_at_once(conns, subjects)):
+            if i % 2 == 0:
+                self.assertEqual((code, text), (550, "5.7.1 Subject contains forbidden word"),
+                                 "%r\n%s" % (subjects[i], self.context()))
+            else:
+                self.assertEqual(code, 250, "%r: %s\n%s" % (subjects[i], text, self.context()))
+                got = self.pf.wait_delivered_id(queue_id(text), timeout=30)
+                self.assertEqual(got.header("Subject"), subjects[i])
+        self.one_stream(6)
+        for c in conns:
+            c.quit()
+        self.wait_lines("end", 6)
+
+    def test_3_a_blocking_session_holds_back_no_other(self):
+        # With session threads, slow's callback sleeps 5 s at MAIL FROM; fast, on the same
+        # stream, sends a whole message meanwhile.
+        self.blocking_session("--session-threads")
+
+    def test_4_with_worker_threads_a_blocking_session_holds_back_no_other(self):
+        # The same without session threads: the other worker runs fast's session.
+        self.blocking_session("--threads", "2")
+
+    def blocking_session(self, *serving):
+        self.start(*serving, "--delay-mail", "slow@example.org", "5000", "addheader", "X-Mux", "yes")
+        slow, fast = self.connections(2)
+        out = {}
+
+        def slow_mail():
+            t0 = time.monotonic()
+            try:
+                out["code"] = slow.mail("slow@example.org")[0]
+            except Exception as e:
+                out["code"] = repr(e)
+            out["secs"] = time.monotonic() - t0
+
+        t = threading.Thread(target=slow_mail)
+        t.start()
+        self.addCleanup(t.join, 30)
+        self.wait_lines("delay", 1)  # its callback is blocked now
+        t0 = time.monotonic()
+        self.envelopes([fast], ["fast@example.org"], ["rcpt@example.com"])
+        code, text = _txt(fast.data(make_message("fast", BODY)[0]))
+        fast_secs = time.monotonic() - t0
+        self.assertEqual(code, 250, "%s\n%s" % (text, self.context()))
+        self.assertTrue(t.is_alive(), "slow's MAIL FROM was answered after %r s, before the fast "
+                        "message was through (%.1f s)\n%s" % (out.get("secs"), fast_secs, self.context()))
+        self.assertLess(fast_secs, 4, self.context())
+        self.one_stream(2)
+        got = self.pf.wait_delivered_id(queue_id(text), timeout=30)
+        self.assertIn(("X-Mux", "yes"), got.headers)
+        t.join(30)
+        self.assertEqual(out.get("code"), 250, "%r\n%s" % (out, self.context()))
+        self.assertGreater(out["secs"], 4.5, out)
+        self.assertEqual(slow.rcpt("rcpt@example.com")[0], 250, self.context())
+        code, text = _txt(slow.data(make_message("slow", BODY)[0]))
+        self.assertEqual(code, 250, "%s\n%s" % (text, self.context()))
+        got = self.pf.wait_delivered_id(queue_id(text), timeout=30)
+        self.assertIn(("X-Mux", "yes"), got.headers)
+        fast.quit()
+        slow.quit()
+        self.wait_lines("end", 2)
+
+    def test_5_stopping_the_filter_ends_every_open_session(self):
+        # Three connections still open when the example gets SIGTERM: its stream is
+        # cancelled, and each session on it ends (on_close) before a clean exit.
+        self.start("addheader", "X-Mux", "yes")
+        conns = self.connections(3)
+        self.envelopes(conns, ["sender@example.org"] * 3, ["rcpt@example.com"] * 3)
+        for i, (code, text) in enumerate(self.data_at_once(conns, ["open %d" % i for i in range(3)])):
+            self.assertEqual(code, 250, "%s\n%s" % (text, self.context()))
+        starts = self.one_stream(3)
+        self.assertEqual(self.lines("end"), [])
+        self.assertEqual(self.ex.proc.stop(), 0, self.ex.proc.log_tail())
+        self.assertEqual(sorted(self.lines("end")), sorted(starts), self.ex.proc.log_tail())
+
+    def test_6_concurrent_sessions(self):
+        # Policies.test_12 (40 milter connections straight at miltergw, three messages
+        # each, then SIGTERM with the streams open) on multiplexed streams.
+        Policies.test_12_concurrent_sessions(self)
+
+    def test_7_concurrent_sessions_with_session_threads(self):
+        self.serving = ("--session-threads",)
+        Policies.test_12_concurrent_sessions(self)
 
 
 class Unimplemented(unittest.TestCase):
