@@ -124,6 +124,16 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
  */
 size_t mgw_proto_field_prefix(uint8_t *buf, uint32_t field, uint64_t len);
 
+/*
+ * A message from a filter: one reply, or a batch of them (Description.batches). Hands
+ * each reply to `one`, in order, as if it had come alone (`one` takes it over; it returns
+ * nonzero to take no more, e.g. once the stream broke), and frees the rest. Returns NULL,
+ * or why the message is out of contract: a batch from a filter that did not declare
+ * batches, one with fields of its own, a batch inside a batch.
+ */
+const char *mgw_proto_reply_split(Miltergw__V1__Reply *r, int batching,
+                                  int (*one)(void *arg, Miltergw__V1__Reply *r), void *arg);
+
 /* ---- Multiplexed streams (Description.multiplexed) ---- */
 
 #define MGW_PROTO_EVENT_SESSION 3 /* Event.session */

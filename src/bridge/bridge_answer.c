@@ -327,32 +327,20 @@ static void reply_one(struct stream *st, Miltergw__V1__Reply *r)
         bridge_event_check(bs);
 }
 
-/* A message from the filter: one reply, or a batch of them (Description.batches), each
- * taken over and handled in order as if it had come alone. */
+static int take_one(void *arg, Miltergw__V1__Reply *r)
+{
+    struct stream *st = arg;
+
+    reply_one(st, r);
+    return st->t.broken; /* nothing more is taken from a failed stream */
+}
+
+/* A message from the filter: one reply, or a batch of them, each handled in order as if
+ * it had come alone (filter_proto.h). */
 void bridge_on_reply(struct stream *st, Miltergw__V1__Reply *r)
 {
-    const char *why = NULL;
+    const char *why = mgw_proto_reply_split(r, st->t.batching, take_one, st);
 
-    if (r->n_batch == 0) {
-        reply_one(st, r);
-        return;
-    }
-    if (!st->t.batching)
-        why = "a batch of replies from a filter that did not declare batches";
-    else if (r->event_id != 0 || r->verdict != 0 || r->response != NULL || r->n_modifications)
-        why = "a batch of replies with fields of its own";
-    for (size_t i = 0; why == NULL && i < r->n_batch; i++) {
-        Miltergw__V1__Reply *one = r->batch[i];
-
-        r->batch[i] = NULL; /* now ours: protobuf-c frees NULL elements as nothing */
-        if (one->n_batch > 0) {
-            protobuf_c_message_free_unpacked(&one->base, NULL);
-            why = "a batch inside a batch";
-            break;
-        }
-        reply_one(st, one);
-    }
-    protobuf_c_message_free_unpacked(&r->base, NULL);
     if (why != NULL)
         bridge_stream_fail(st, "out_of_contract", why);
 }

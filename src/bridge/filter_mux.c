@@ -85,59 +85,40 @@ static void carrier_fail(struct mgw_filter_mux *c, const char *reason, const cha
 }
 
 /* One reply, to the member it names. A reply for a session that has left (its deadline
- * passed, the MTA connection ended) is late, not wrong. */
-static void deliver(struct mgw_filter_mux *c, Miltergw__V1__Reply *r)
+ * passed, the MTA connection ended) is late, not wrong. Returns nonzero once the carrier
+ * broke: nothing more is taken from it. */
+static int deliver(void *arg, Miltergw__V1__Reply *r)
 {
+    struct mgw_filter_mux *c = arg;
     struct mgw_filter_stream *m;
 
     if (r->session == 0) {
         protobuf_c_message_free_unpacked(&r->base, NULL);
         carrier_fail(c, "out_of_contract", "a reply without its session on a multiplexed stream");
-        return;
+        return 1;
     }
     m = member_of(c, r->session);
     if (m == NULL) {
         log_debug(r->session, "late reply ignored", "filter=%s event_id=%" PRIu64,
                   c->t.link->conf.name, r->event_id);
         protobuf_c_message_free_unpacked(&r->base, NULL);
-        return;
+        return 0;
     }
     mgw_filter_stream_hold(m); /* what the reply leads to may free it */
     m->hooks->reply(m, r);
     mgw_filter_stream_settle(m);
     mgw_filter_stream_release(m);
+    return c->t.broken;
 }
 
 /* A message from the filter: one reply, or a batch whose elements may name different
  * sessions, each delivered alone (the members see no batch). */
 static void carrier_reply(struct mgw_filter_stream *t, Miltergw__V1__Reply *r)
 {
-    struct mgw_filter_mux *c = (struct mgw_filter_mux *)t;
-    const char *why = NULL;
+    const char *why = mgw_proto_reply_split(r, t->batching, deliver, t);
 
-    if (r->n_batch == 0) {
-        deliver(c, r);
-        return;
-    }
-    if (!t->batching)
-        why = "a batch of replies from a filter that did not declare batches";
-    else if (r->event_id != 0 || r->verdict != 0 || r->response != NULL ||
-             r->n_modifications || r->session != 0)
-        why = "a batch of replies with fields of its own";
-    for (size_t i = 0; why == NULL && i < r->n_batch && !t->broken; i++) {
-        Miltergw__V1__Reply *one = r->batch[i];
-
-        r->batch[i] = NULL; /* now ours: protobuf-c frees NULL elements as nothing */
-        if (one->n_batch > 0) {
-            protobuf_c_message_free_unpacked(&one->base, NULL);
-            why = "a batch inside a batch";
-            break;
-        }
-        deliver(c, one);
-    }
-    protobuf_c_message_free_unpacked(&r->base, NULL);
     if (why != NULL)
-        carrier_fail(c, "out_of_contract", why);
+        carrier_fail((struct mgw_filter_mux *)t, "out_of_contract", why);
 }
 
 /* Every member fails with the carrier's reason. Each is held (as a batch would hold it)

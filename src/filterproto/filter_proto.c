@@ -702,3 +702,32 @@ int mgw_proto_reply_answer(const Miltergw__V1__Reply *r, uint8_t cmd,
     }
     return 0;
 }
+
+const char *mgw_proto_reply_split(Miltergw__V1__Reply *r, int batching,
+                                  int (*one)(void *arg, Miltergw__V1__Reply *r), void *arg)
+{
+    const char *why = NULL;
+
+    if (r->n_batch == 0) {
+        one(arg, r);
+        return NULL;
+    }
+    if (!batching)
+        why = "a batch of replies from a filter that did not declare batches";
+    else if (r->event_id != 0 || r->verdict != 0 || r->response != NULL ||
+             r->n_modifications || r->session != 0)
+        why = "a batch of replies with fields of its own";
+    for (size_t i = 0; why == NULL && i < r->n_batch; i++) {
+        Miltergw__V1__Reply *e = r->batch[i];
+
+        r->batch[i] = NULL; /* now ours: protobuf-c frees NULL elements as nothing */
+        if (e->n_batch > 0) {
+            protobuf_c_message_free_unpacked(&e->base, NULL);
+            why = "a batch inside a batch";
+        } else if (one(arg, e) != 0) {
+            break;
+        }
+    }
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return why;
+}

@@ -1701,6 +1701,18 @@ def smtp_transaction(s, mail_from, rcpts, msg):
     return res
 
 
+def smtp_connections(test, host, port, n, source_ip):
+    """n SMTP connections to host:port open at once, from source_ip, EHLO answered on each
+    (checked with test's assertions); each is closed at test's cleanup."""
+    out = []
+    for i in range(n):
+        c = smtplib.SMTP(host, port, timeout=30, source_address=(source_ip, 0))
+        test.addCleanup(c.close)
+        test.assertEqual(c.ehlo("client%d.example" % i)[0], 250)
+        out.append(c)
+    return out
+
+
 def smtp_session_at(host, port, messages, helo="client.example", timeout=60, source_ip=None):
     """Several transactions in ONE SMTP session: [(from, [rcpts], message bytes)] ->
     [smtp_transaction() result, plus "t": time.monotonic() when it was over]. QUIT at the

@@ -20,7 +20,6 @@ Usage: /usr/bin/python3 test_bridge_postfix.py --miltergw PATH --test-filter PAT
 import os
 import re
 import signal
-import smtplib
 import socket
 import sys
 import time
@@ -781,13 +780,7 @@ class BridgeMultiplexed(BridgeCase):
 
     def connections(self, n):
         """n SMTP connections to Postfix open at once (EHLO answered on each)."""
-        out = []
-        for i in range(n):
-            c = smtplib.SMTP(self.pf.host, self.pf.port, timeout=30, source_address=(self.ip, 0))
-            self.addCleanup(c.close)
-            self.assertEqual(c.ehlo("client%d.example" % i)[0], 250)
-            out.append(c)
-        return out
+        return mgwtest.smtp_connections(self, self.pf.host, self.pf.port, n, self.ip)
 
     def send(self, c, subject, from_="sender@example.org", to="rcpt@example.com"):
         """One message on an open connection; returns its queue id."""

@@ -320,13 +320,7 @@ class Multiplexed(ExampleCase):
 
     def connections(self, n):
         """n SMTP connections to Postfix open at once (EHLO answered on each)."""
-        out = []
-        for i in range(n):
-            c = smtplib.SMTP(self.pf.host, self.pf.port, timeout=30, source_address=(self.ip, 0))
-            self.addCleanup(c.close)
-            self.assertEqual(c.ehlo("client%d.example" % i)[0], 250)
-            out.append(c)
-        return out
+        return mgwtest.smtp_connections(self, self.pf.host, self.pf.port, n, self.ip)
 
     def envelopes(self, conns, senders, rcpts):
         """MAIL FROM on every connection, then RCPT TO on every one."""

@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1782,6 +1783,86 @@ static void test_session_field_tags_a_packed_event(void **state)
     }
 }
 
+/* ---- A filter's message split into replies ---- */
+
+struct taken {
+    uint64_t ids[8];
+    int n, stop_after;
+};
+
+static int take(void *arg, Miltergw__V1__Reply *r)
+{
+    struct taken *t = arg;
+
+    t->ids[t->n++] = r->event_id;
+    miltergw__v1__reply__free_unpacked(r, NULL);
+    return t->n == t->stop_after;
+}
+
+/* A Reply with `n` elements (ids 1..n; element `nested` itself a batch, 0 for none),
+ * packed and unpacked as from the wire, so that every part is separately allocated. */
+static Miltergw__V1__Reply *batch_of(int n, int nested, uint64_t own_id)
+{
+    Miltergw__V1__Reply el[4], inner = MILTERGW__V1__REPLY__INIT, *elp[4], *innerp = &inner;
+    Miltergw__V1__Reply r = MILTERGW__V1__REPLY__INIT;
+    uint8_t buf[256];
+
+    for (int i = 0; i < n; i++) {
+        miltergw__v1__reply__init(&el[i]);
+        el[i].event_id = (uint64_t)i + 1;
+        el[i].verdict = MILTERGW__V1__VERDICT__VERDICT_CONTINUE;
+        elp[i] = &el[i];
+    }
+    if (nested) {
+        inner.event_id = 99;
+        el[nested - 1].n_batch = 1;
+        el[nested - 1].batch = &innerp;
+    }
+    r.event_id = own_id;
+    r.n_batch = (size_t)n;
+    r.batch = elp;
+    return miltergw__v1__reply__unpack(NULL, protobuf_c_message_pack(&r.base, buf), buf);
+}
+
+/* Each reply is handed over in order, as if alone; what is out of contract says why and
+ * the rest is freed (ASan checks that nothing leaks or is freed twice). */
+static void test_replies_of_a_batch_are_handed_over_one_by_one(void **state)
+{
+    static const struct {
+        const char *name;
+        int n, nested, batching, stop_after;
+        uint64_t own_id;
+        int want_n;
+        const char *want_why; /* a word of it, or NULL */
+    } rows[] = {
+        {"single reply", 0, 0, 0, 0, 7, 1, NULL},
+        {"batch of three", 3, 0, 1, 0, 0, 3, NULL},
+        {"batch, filter did not declare batches", 3, 0, 0, 0, 0, 0, "declare"},
+        {"batch with an id of its own", 2, 0, 1, 0, 5, 0, "fields of its own"},
+        {"batch inside a batch, second element", 3, 2, 1, 0, 0, 1, "inside"},
+        {"receiver stops after the first", 3, 0, 1, 1, 0, 1, NULL},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        struct taken t = {.stop_after = rows[i].stop_after};
+        Miltergw__V1__Reply *r = batch_of(rows[i].n, rows[i].nested, rows[i].own_id);
+        const char *why;
+
+        assert_non_null(r);
+        why = mgw_proto_reply_split(r, rows[i].batching, take, &t);
+        if (t.n != rows[i].want_n)
+            fail_msg("%s: %d replies handed over, want %d", rows[i].name, t.n, rows[i].want_n);
+        for (int k = 0; k < t.n; k++)
+            if (t.ids[k] != (rows[i].n ? (uint64_t)k + 1 : rows[i].own_id))
+                fail_msg("%s: reply %d has id %" PRIu64, rows[i].name, k, t.ids[k]);
+        if ((why == NULL) != (rows[i].want_why == NULL) ||
+            (why != NULL && strstr(why, rows[i].want_why) == NULL))
+            fail_msg("%s: why %s, want %s", rows[i].name, why ? why : "(none)",
+                     rows[i].want_why ? rows[i].want_why : "(none)");
+    }
+}
+
 /* filter.proto's EventType and Action enums spell the vocabulary tables' labels and keys
  * in capitals: the translation by number (event + 1, Action -> SMFIF_*) names the same
  * thing on both sides. */
@@ -1857,6 +1938,7 @@ int main(void)
         cmocka_unit_test(test_scratch_memory_is_aligned_and_reusable),
         cmocka_unit_test(test_batches_are_packed_messages_behind_prefixes),
         cmocka_unit_test(test_session_field_tags_a_packed_event),
+        cmocka_unit_test(test_replies_of_a_batch_are_handed_over_one_by_one),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
