@@ -2,7 +2,7 @@
 """soak.py - fault-and-soak run of miltergw behind a real private Postfix.
 
     tools/soak.py --miltergw PATH --test-filter PATH [--duration 60] [--clients 6]
-                  [--seed N] [--json OUT]
+                  [--seed N] [--multiplexed] [--json OUT]
 
 Many concurrent SMTP clients send uniquely tokened messages through a private Postfix
 (mgwtest.PrivatePostfix, relaying to smtp-sink) -> miltergw -> three filters, all
@@ -158,14 +158,14 @@ class CFilter(SoakFilter):
     """mgw_test_filter: every event, --echo-header X-Soak-C:X-Soak-Token, refuses the
     recipient refuse-c@ with 553, runtime delay/bogus toggles through --control + SIGUSR1."""
 
-    def __init__(self, binary, tmpdir):
+    def __init__(self, binary, tmpdir, multiplexed=False):
         self.control_path = os.path.join(tmpdir, "c-filter.control")
         mgwtest.write_file(self.control_path, "delay-ms=0 bogus=0\n")
         super().__init__("c", lambda port: [
             binary, "--listen", "127.0.0.1:%d" % port, "--name", "soak-c",
             "--echo-header", "X-Soak-C:X-Soak-Token", "--reject-rcpt", "refuse-c@" + DOMAIN,
             "--code", "553", "--xcode", "5.7.1", "--text", "soak c rejects",
-            "--control", self.control_path], tmpdir)
+            "--control", self.control_path] + (["--multiplexed"] if multiplexed else []), tmpdir)
         self.delay_ms = 0
         self.bogus = 0
 
@@ -763,6 +763,9 @@ def main():
     ap.add_argument("--on-error", choices=("tempfail", "accept"), default="tempfail",
                     help="filters' on_error (default tempfail); accept is a self-check of the "
                          "reconciliation: faults then let unfiltered mail through, and the run must fail")
+    ap.add_argument("--multiplexed", action="store_true",
+                    help="the C filter declares multiplexed streams (its faults then hit every "
+                         "session sharing a call)")
     ap.add_argument("--json", help="write the results as JSON to this file")
     o = ap.parse_args()
     if not o.miltergw or not o.test_filter:
@@ -779,7 +782,8 @@ def main():
     os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
     os.environ.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
     T0 = time.monotonic()
-    log("soak: seed=%d duration=%ss clients=%d miltergw=%s", seed, o.duration, o.clients, o.miltergw)
+    log("soak: seed=%d duration=%ss clients=%d multiplexed=%s miltergw=%s", seed, o.duration,
+        o.clients, "yes" if o.multiplexed else "no", o.miltergw)
     try:
         return run(o, seed)
     except KeyboardInterrupt:
@@ -801,7 +805,7 @@ def run(o, seed):
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
                        stdin=subprocess.DEVNULL, timeout=300)
 
-    cf = CFilter(os.path.abspath(o.test_filter), tmp)
+    cf = CFilter(os.path.abspath(o.test_filter), tmp, o.multiplexed)
     py = SoakFilter("py", lambda port: [mgwtest.PYTHON, os.path.join(HERE, "soak", "soak_filter.py"),
                                         "--listen", "127.0.0.1:%d" % port, "--name", "py"],
                     tmp, env=dict(os.environ, MILTERGW_STUBS=stubs))

@@ -44,7 +44,8 @@ class FilterServicer(object):
 
     def Session(self, request_iterator, context):
         """One bidirectional stream per SMTP connection, kept open across the messages of that
-        connection. The gateway sends events, the filter sends replies.
+        connection (or, for a filter that declared `multiplexed`, one stream for the sessions
+        of many connections). The gateway sends events, the filter sends replies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
