@@ -563,7 +563,7 @@ if [ -n "$CONNS" ] || [ -n "$IDLE" ]; then
     FNR == 1 { next }
     {
         k = $1 SUBSEP $2 SUBSEP $3
-        rate[k] = $4; p50[k] = $5; gw[k] = $9
+        rate[k] = $4; p50[k] = $5; gw[k] = $9; cpu[k] = $7; ev[k] = $11
         if (!(($2) in seen_shape)) { seen_shape[$2] = 1; shapes[++ns] = $2 }
         if (!(($2, $3) in seen_n)) { seen_n[$2, $3] = 1; ns_n[$2]++; conns[$2, ns_n[$2]] = $3 }
     }
@@ -615,6 +615,23 @@ if [ -n "$CONNS" ] || [ -n "$IDLE" ]; then
                     }
                     if (lo != "")
                         printf "   %-10s %-12s %.2f-%.2f us %s\n", s, setup, lo, hi, hi <= 10 ? "ok" : "MISS"
+                }
+            }
+            # What the filters add: the gateway CPU above that of mgw-null, per answered event,
+            # at each connection count (mgw-null pays the milter side; a filter adds the rest).
+            print "   gateway CPU per answered event above mgw-null (what the filters add), by conns:"
+            for (i = 1; i <= ns; i++) {
+                s = shapes[i]
+                for (t = 1; t <= 4; t++) {
+                    setup = t == 1 ? "mgw-filter" : t == 2 ? "mgw-3filters" : t == 3 ? "mgw-mux" : "mgw-3mux"
+                    nf = (t == 2 || t == 4) ? 3 : 1; line = ""
+                    for (j = 1; j <= ns_n[s]; j++) {
+                        n = conns[s, j]; k = setup SUBSEP s SUBSEP n; z = "mgw-null" SUBSEP s SUBSEP n
+                        if (!(k in cpu) || !(z in cpu) || ev[k] <= 0) continue
+                        line = line sprintf(" %s:%.1f", n, (cpu[k] - cpu[z]) / (ev[k] * nf))
+                    }
+                    if (line != "")
+                        printf "   %-10s %-12s%s us\n", s, setup, line
                 }
             }
         }
