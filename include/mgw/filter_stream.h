@@ -7,7 +7,11 @@
  * then only what was queued, the SessionStart, waits). At most one SEND_MESSAGE is in
  * flight, with an outbound queue behind it, bounded in bytes (max_queue): a filter that
  * declared batches gets what queued up meanwhile as one EventBatch, built from the events
- * as packed. One RECV_MESSAGE is always armed, RECV_STATUS from the start. One timer
+ * as packed. RECV_STATUS is armed from the start, and one RECV_MESSAGE while replies are
+ * owed (a carrier's: always); a stream of its own that owes none receives again with its
+ * next send that owes one, in the same batch when the MTA then waits for that reply (no
+ * send completion of its own, and re-arming's flow-control update goes out with the
+ * event: filter_stream.c, send_next). One timer
  * covers the nearest deadline: the oldest owed reply (owed.h, kept by the bridge), the
  * send in flight (a filter that takes no event within its timeout, e.g. a channel stuck
  * connecting, fails too), and, once detached, the linger of a half-closed stream.
@@ -113,6 +117,9 @@ struct mgw_filter_stream {
     size_t queued_bytes;  /* in queue[] and sending */
     size_t sending_len;   /* of `sending`, taken at the start: gRPC empties the buffer */
     uint64_t send_due_ms; /* deadline of the send in flight; 0 = none */
+    /* A stream of its own keeps no receive armed while it owes no reply (recv_idle); the
+     * next send that owes one carries it (sending_recv when in the same batch). */
+    int recv_idle, sending_recv;
     int initial_sent, close_wanted, close_sent, finished;
     int flow_held;
     struct event_base *base;

@@ -46,6 +46,9 @@ int mgw_owed_push(struct mgw_owed_fifo *q, const struct mgw_owed *o);
 /* The oldest entry, or NULL when empty; valid until the next push or pop. */
 struct mgw_owed *mgw_owed_front(struct mgw_owed_fifo *q);
 
+/* The newest entry, or NULL when empty; valid until the next push or pop. */
+const struct mgw_owed *mgw_owed_back(const struct mgw_owed_fifo *q);
+
 /* Remove the oldest entry into *out (may be NULL); returns 0, or MGW_EINVAL when empty. */
 int mgw_owed_pop(struct mgw_owed_fifo *q, struct mgw_owed *out);
 

@@ -152,6 +152,8 @@ static void start_batch(struct mgw_filter_stream *st, const grpc_op *ops, size_t
     st->batches++;
 }
 
+static void recv_arm(struct mgw_filter_stream *st);
+
 /* How many queued events the next send carries: one, or for a filter that takes batches
  * as many as fit (the first always goes, whatever its size). */
 static size_t batch_size(const struct mgw_filter_stream *st)
@@ -224,7 +226,7 @@ static grpc_byte_buffer *batch_buffer(const struct mgw_filter_stream *st, size_t
 
 static void send_next(struct mgw_filter_stream *st)
 {
-    grpc_op ops[2];
+    grpc_op ops[3];
     size_t n = 0, take;
 
     if (!st->started || st->sending != NULL || st->broken || st->finished)
@@ -239,6 +241,21 @@ static void send_next(struct mgw_filter_stream *st)
         return;
     }
     take = batch_size(st);
+    /* A reply will come to what this send carries, and none is being received: the
+     * receive goes with the send when the MTA then waits for that reply, so nothing else
+     * follows on this stream until it comes (one completion, after the reply, instead of
+     * the send's own, which gRPC reports through its completion-queue thread: two thread
+     * wakeups per waited event less, and the flow-control update that re-arming a
+     * receive writes goes out with the event). Otherwise the receive is armed alone
+     * first: a filter may hold a content event's reply until it has seen more, and the
+     * events behind this send must not wait for it. */
+    if (st->recv_idle && mgw_owed_back(&st->owed) != NULL) {
+        st->recv_idle = 0;
+        if (take == st->nqueue && mgw_owed_back(&st->owed)->kind == MGW_OWED_WAITED)
+            st->sending_recv = 1;
+        else
+            recv_arm(st);
+    }
     st->sending = take > 1 ? batch_buffer(st, take) : single_buffer(st);
     st->sending_len = 0;
     for (size_t k = 0; k < take; k++) {
@@ -270,7 +287,15 @@ static void send_next(struct mgw_filter_stream *st)
         ops[n].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
         n++;
     }
-    st->send_due_ms = now_ms() + st->link->conf.timeout_ms;
+    if (st->sending_recv) {
+        /* Done when the reply is in: the owed reply's deadline bounds it, not the send's
+         * (which would wrongly cut an end of message allowed eom_timeout). */
+        ops[n].op = GRPC_OP_RECV_MESSAGE;
+        ops[n].data.recv_message.recv_message = &st->recv_buf;
+        n++;
+    } else {
+        st->send_due_ms = now_ms() + st->link->conf.timeout_ms;
+    }
     start_batch(st, ops, n, &st->send_tag);
     mgw_filter_stream_rearm(st);
 }
@@ -327,12 +352,20 @@ void mgw_filter_stream_send_tagged(struct mgw_filter_stream *st, grpc_slice msg,
     flow_update(st);
 }
 
+static void recv_done(struct mgw_filter_stream *st, int ok);
+
 static void on_send(struct mgw_grpc_tag *tag, int ok)
 {
     struct mgw_filter_stream *st = STREAM_OF(tag, send_tag);
 
     /* The batch count stays up (our hold) until we are done: what we call may end the
      * MTA session and detach the stream, which must not free it under us. */
+    if (st->sending_recv) {
+        /* The reply first: it may leave the stream owing nothing (receive idle), which
+         * the next send below then sees. */
+        st->sending_recv = 0;
+        recv_done(st, ok);
+    }
     st->queued_bytes -= st->sending_len;
     grpc_byte_buffer_destroy(st->sending);
     st->sending = NULL;
@@ -365,12 +398,12 @@ static void recv_arm(struct mgw_filter_stream *st)
     start_batch(st, &op, 1, &st->recv_tag);
 }
 
-static void on_recv(struct mgw_grpc_tag *tag, int ok)
+/* A receive completed (alone or with a send): hand the reply over, receive again while
+ * more replies are owed. */
+static void recv_done(struct mgw_filter_stream *st, int ok)
 {
-    struct mgw_filter_stream *st = STREAM_OF(tag, recv_tag);
     grpc_byte_buffer *bb = st->recv_buf;
 
-    /* This batch's count is our hold until the end (see on_send). */
     st->recv_buf = NULL;
     /* The filter's initial metadata, if any, came with the first completion; nothing reads
      * it, so its array is not kept for the call's life (0.17 KB per call measured with
@@ -391,10 +424,25 @@ static void on_recv(struct mgw_grpc_tag *tag, int ok)
             fail(st, "out_of_contract", "reply does not parse as miltergw.v1.Reply");
         else
             st->hooks->reply(st, r);
-        if (!st->finished && !st->set->shutting_down)
-            recv_arm(st);
+        /* A carrier always receives (its members owe what it demultiplexes); a stream of
+         * its own only while it owes a reply, or its next send would wait behind this
+         * one's flow-control update. A reply nobody owes then waits in gRPC until the
+         * next event's receive, and is refused there as out of contract. */
+        if (!st->finished && !st->set->shutting_down) {
+            if (st->role == MGW_STREAM_OWN && mgw_owed_front(&st->owed) == NULL)
+                st->recv_idle = 1;
+            else
+                recv_arm(st);
+        }
     }
-    batch_done(st);
+}
+
+static void on_recv(struct mgw_grpc_tag *tag, int ok)
+{
+    struct mgw_filter_stream *st = STREAM_OF(tag, recv_tag);
+
+    recv_done(st, ok);
+    batch_done(st); /* this batch's count was our hold until here (see on_send) */
 }
 
 static void on_status(struct mgw_grpc_tag *tag, int ok)

@@ -46,6 +46,11 @@ struct mgw_owed *mgw_owed_front(struct mgw_owed_fifo *q)
     return q->len > 0 ? at(q, 0) : NULL;
 }
 
+const struct mgw_owed *mgw_owed_back(const struct mgw_owed_fifo *q)
+{
+    return q->len > 0 ? at(q, q->len - 1) : NULL;
+}
+
 int mgw_owed_pop(struct mgw_owed_fifo *q, struct mgw_owed *out)
 {
     struct mgw_owed *o = mgw_owed_front(q);

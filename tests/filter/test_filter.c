@@ -969,6 +969,8 @@ static void on_event(struct stream *st, const Miltergw__V1__Event *ev)
     int64_t delay = (applies && (tf.delay_at & bit)) ? (int64_t)tf.delay_ms * 1000000 : 0;
     delay += (int64_t)atomic_load(&g_ctl_delay_ms) * 1000000;
     enqueue(c, &r, now + delay, now);
+    if (tf.twice_at & bit)
+        enqueue(c, &r, now + delay, now);
     if (stage == TF_EOM && c->echo_value) {
         free(c->echo_value);
         c->echo_value = NULL;

@@ -77,7 +77,7 @@ struct tf_opts {
 
     /* Verdicts per stage. */
     unsigned accept_at, reject_at, tempfail_at, discard_at;
-    unsigned never_at, crash_at, bogus_at, delay_at, fail_at;
+    unsigned never_at, crash_at, bogus_at, delay_at, fail_at, twice_at;
     int fail_code;            /* --fail-status: grpc status code ending the stream */
     const char *fail_details; /* ... and its details (unescaped) */
     bool skip_body;

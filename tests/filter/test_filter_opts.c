@@ -113,6 +113,8 @@ static const char usage_text[] =
     "  --fail-status CODE:TEXT the status of --fail-at (default 13:test filter failed)\n"
     "  --bogus-reply           answer every event with an event_id it never got (id+1000000)\n"
     "  --bogus-at LIST         the same, only at these stages\n"
+    "  --twice-at LIST         answer such events twice (the second reply is one no event\n"
+    "                          is owed)\n"
     "  --control FILE          on SIGUSR1 read FILE (words, all optional): delay-ms=N adds\n"
     "                          N ms to every final answer from then on (0: none), bogus=1\n"
     "                          answers every event with a wrong event_id (0: off),\n"
@@ -401,6 +403,7 @@ enum {
     O_FAIL_STATUS,
     O_BOGUS,
     O_BOGUS_AT,
+    O_TWICE_AT,
     O_TLS_CERT,
     O_TLS_KEY,
     O_TLS_CLIENT_CA,
@@ -449,6 +452,7 @@ static const struct option long_opts[] = {
     {"fail-status", required_argument, NULL, O_FAIL_STATUS},
     {"bogus-reply", no_argument, NULL, O_BOGUS},
     {"bogus-at", required_argument, NULL, O_BOGUS_AT},
+    {"twice-at", required_argument, NULL, O_TWICE_AT},
     {"tls-cert", required_argument, NULL, O_TLS_CERT},
     {"tls-key", required_argument, NULL, O_TLS_KEY},
     {"tls-client-ca", required_argument, NULL, O_TLS_CLIENT_CA},
@@ -631,6 +635,7 @@ void tf_opts_parse(int argc, char **argv)
         }
         case O_BOGUS: tf.bogus_at = TF_ALL_STAGES; break;
         case O_BOGUS_AT: tf.bogus_at |= parse_stage_list(optarg, "--bogus-at"); break;
+        case O_TWICE_AT: tf.twice_at |= parse_stage_list(optarg, "--twice-at"); break;
         case O_TLS_CERT: tf.tls_cert = optarg; break;
         case O_TLS_KEY: tf.tls_key = optarg; break;
         case O_TLS_CLIENT_CA: tf.tls_client_ca = optarg; break;

@@ -510,6 +510,18 @@ class BridgeFailure(BridgeCase):
         rec = self.wait_gw_log(msg="filter failed", filter="a", reason="out_of_contract")[0]
         self.assertEqual(rec.get("event"), "RCPT", rec)
 
+    def test_6a_answered_twice_fails_at_the_next_event(self):
+        # The second answer to MAIL is owed to nothing: the stream fails as out of
+        # contract by the next event (the gateway may receive it only with that event's
+        # reply), which then gets the default on_error, tempfail.
+        f = self.filter("--twice-at", "mail")
+        self.gateway(filter_arg("a", f))
+        msg, _, _ = make_message("answered twice", BODY)
+        res = self.session([("sender@example.org", ["rcpt@example.com"], msg)])[0]
+        self.assertEqual(res["mail"][0], 250, res)
+        self.assertEqual(res["rcpt"][0][0], 451, "%r\n%s" % (res, self.context()))
+        self.wait_gw_log(msg="filter failed", filter="a", reason="out_of_contract")
+
     def test_7_eom_uses_eom_timeout(self):
         # 1 s at end of message: beyond `timeout` (300ms) but within `eom_timeout` (2s)
         f = self.filter("--delay-at", "eom", "--delay-ms", "1000", "--add-header", "X-Slow:yes")

@@ -27,6 +27,7 @@ static void test_fifo_order_survives_wrapping_and_growth(void **state)
 
     (void)state;
     assert_null(mgw_owed_front(&q));
+    assert_null(mgw_owed_back(&q));
     assert_int_equal(mgw_owed_pop(&q, &o), MGW_EINVAL);
     /* Push 3, pop 2, repeatedly: the head walks round the ring while it grows. */
     for (int round = 0; round < 200; round++) {
@@ -34,6 +35,7 @@ static void test_fifo_order_survives_wrapping_and_growth(void **state)
             struct mgw_owed e = entry(next_in++, MGW_OWED_WAITED);
 
             assert_int_equal(mgw_owed_push(&q, &e), 0);
+            assert_int_equal(mgw_owed_back(&q)->id, e.id);
         }
         for (int k = 0; k < 2; k++) {
             assert_int_equal(mgw_owed_front(&q)->id, next_out);
@@ -41,6 +43,7 @@ static void test_fifo_order_survives_wrapping_and_growth(void **state)
             assert_int_equal(o.id, next_out);
             assert_int_equal(o.due_ms, 1000 + next_out);
             next_out++;
+            assert_int_equal(mgw_owed_back(&q)->id, next_in - 1);
         }
     }
     assert_int_equal(q.len, 200);
