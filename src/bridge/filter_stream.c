@@ -357,10 +357,11 @@ static void recv_done(struct mgw_filter_stream *st, int ok);
 static void on_send(struct mgw_grpc_tag *tag, int ok)
 {
     struct mgw_filter_stream *st = STREAM_OF(tag, send_tag);
+    int with_recv = st->sending_recv;
 
     /* The batch count stays up (our hold) until we are done: what we call may end the
      * MTA session and detach the stream, which must not free it under us. */
-    if (st->sending_recv) {
+    if (with_recv) {
         /* The reply first: it may leave the stream owing nothing (receive idle), which
          * the next send below then sees. */
         st->sending_recv = 0;
@@ -370,14 +371,16 @@ static void on_send(struct mgw_grpc_tag *tag, int ok)
     grpc_byte_buffer_destroy(st->sending);
     st->sending = NULL;
     st->send_due_ms = 0;
-    if (!ok) {
-        fail(st, "stream_broken", "send failed");
-    } else {
+    if (ok) {
         st->reached = 1;
         send_next(st);
         mgw_filter_stream_rearm(st);
         flow_update(st);
+    } else if (!with_recv) {
+        fail(st, "stream_broken", "send failed");
     }
+    /* A batch that failed with its receive is the call's end (our own cancel too, once
+     * detached): its status says why, as for a receive alone (on_status). */
     batch_done(st);
 }
 
