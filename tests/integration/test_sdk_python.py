@@ -140,6 +140,8 @@ class Stack:
             path = converted(milter, self.tmp)
         if mode != "direct":
             env["PYTHONPATH"] = installed_sdk()
+        if mode == "gateway-mux":  # the unchanged milter, its connections on shared streams
+            env["MILTERGW_MULTIPLEXED"] = "1"
         self.gw = self.pf = self.milter = None
         try:
             self.milter = MilterProc([mgwtest.PYTHON, path, sock] + list(args), self.tmp,
@@ -147,7 +149,9 @@ class Stack:
             if mode == "direct":
                 spec = "inet:127.0.0.1:%d" % self.port
             else:
-                self.gw = mgwtest.Miltergw(args=["--filter", "py=127.0.0.1:%d" % self.port],
+                # multiplexed: one worker loop, so that connections at once share a stream
+                loops = ["--workers", "1"] if mode == "gateway-mux" else []
+                self.gw = mgwtest.Miltergw(args=["--filter", "py=127.0.0.1:%d" % self.port] + loops,
                                            tmpdir=self.tmp)
                 spec = self.gw.spec
             self.pf = mgwtest.PrivatePostfix(spec, extra_main_cf=pf_extra)
@@ -375,6 +379,18 @@ class PolicyDirect(PolicyMixin, unittest.TestCase):
 
 class PolicyGateway(PolicyMixin, unittest.TestCase):
     mode = "gateway"
+
+
+class PolicyGatewayMux(PolicyMixin, unittest.TestCase):
+    """The same milter, unchanged, run with MILTERGW_MULTIPLEXED=1: the gateway gives it the
+    sessions of many connections on one stream; every verdict and modification, and a
+    blocked callback holding back only its own connection, come out the same."""
+    mode = "gateway-mux"
+
+    def test_the_gateway_multiplexes(self):
+        described = self.st.gw.find_log(msg="filter described")
+        self.assertTrue(described, self.st.gw.log_text())
+        self.assertEqual({r.get("multiplexed") for r in described}, {"1"})
 
 
 # ------------------------------------------------------------------------------------------

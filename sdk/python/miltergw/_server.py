@@ -6,6 +6,7 @@ service miltergw.v1.Filter (proto/miltergw/v1/filter.proto).
 - describe(): the Description, from a probe instance's negotiate() (decorators, flags,
   setsymlist).
 - Session: one SMTP connection: Events in, callbacks called in order, Replies out.
+- Demux: a multiplexed stream's sessions (Milter.multiplexed), each on a thread of its own.
 - verdict_for(): a callback's return code -> Reply verdict.
 - grpc_target(): pymilter socket names -> a gRPC listen address.
 - run() / stop(): the server (sync grpc.server; each Session stream's callbacks run on a
@@ -64,6 +65,10 @@ STAGES = {M.M_CONNECT: E.EVENT_TYPE_CONNECT, M.M_HELO: E.EVENT_TYPE_HELO,
           M.M_DATA: E.EVENT_TYPE_DATA, M.M_EOH: E.EVENT_TYPE_EOH, M.M_EOM: E.EVENT_TYPE_EOM}
 MACRO_KINDS = ["connect", "helo", "mail", "rcpt", "data", "eoh", "eom"]  # in SMTP order
 MESSAGE_KINDS = MACRO_KINDS[2:]
+
+# The answer to every event of a connection past max_sessions on a multiplexed stream.
+REFUSED = pb.SmtpResponse(code=451, enhanced_status="4.3.2",
+                          lines=["too many connections for this milter, try again later"])
 
 RC_VERDICT = {M.CONTINUE: pb.VERDICT_CONTINUE, M.REJECT: pb.VERDICT_REJECT,
               M.DISCARD: pb.VERDICT_DISCARD, M.ACCEPT: pb.VERDICT_ACCEPT,
@@ -174,10 +179,13 @@ def describe(name, factory=None, flags=None):
     rc = m.negotiate(opts)
     m._setctx(None)
     if rc == M.ALL_OPTS:  # the registered flags, every event answered
-        return protocol_to_description(name, flags & M.CURR_ACTS, M.P_SKIP, ctx.symlists)
-    if rc != M.CONTINUE:
+        d = protocol_to_description(name, flags & M.CURR_ACTS, M.P_SKIP, ctx.symlists)
+    elif rc == M.CONTINUE:
+        d = protocol_to_description(name, opts[0] & M.CURR_ACTS, opts[1], ctx.symlists)
+    else:
         raise M.error("negotiate returned %r" % (rc,))
-    return protocol_to_description(name, opts[0] & M.CURR_ACTS, opts[1], ctx.symlists)
+    d.multiplexed = bool(M.multiplexed)
+    return d
 
 
 # ------------------------------------------------------------------------------------------
@@ -344,6 +352,8 @@ class Session:
         self.in_message = False
         self.skipping = False  # body() returned SKIP: no more body() calls this message
         self.failed = False  # the callback raised: pymilter's reply for the exception policy
+        # Past max_sessions on a multiplexed stream: no instance, every answer TEMPFAIL.
+        self.refused = False
 
     def progress(self):
         if self.current is not None:
@@ -360,6 +370,8 @@ class Session:
             return None
 
     def _start(self, start):
+        if self.refused:
+            return
         factory = self.factory or M.factory
         flags = M._flags if self.flags is None else self.flags
         eff = start.effective
@@ -448,6 +460,11 @@ class Session:
             ctx.stage, ctx.reply = None, None
             return
         answer = KIND_TYPE.get(kind) not in self.silent
+        if self.refused:
+            if answer:
+                self.emit(pb.Reply(event_id=ev.event_id, verdict=pb.VERDICT_TEMPFAIL,
+                                   response=REFUSED))
+            return
         ctx.stage, ctx.reply, ctx.mods, ctx.body = kind, None, [], None
         self.current = ev.event_id if answer else None
         self.failed = False
@@ -495,6 +512,77 @@ class Session:
             self.m = None
 
 
+class Demux:
+    """A multiplexed stream (filter.proto Description.multiplexed): its events routed by
+    Event.session to one Session each, run in order on a thread of its own as a stream of
+    its own would be; the replies, named back with Reply.session, out through emit. A
+    session ends with its SessionEnd, or with the stream (close). The same interface as
+    Session."""
+
+    # Sessions open on every multiplexed stream of the process, against M.max_sessions.
+    _open = 0
+    _lock = threading.Lock()
+
+    def __init__(self, emit, factory=None, flags=None, name="milter"):
+        self.emit = emit
+        self.factory, self.flags, self.name = factory, flags, name
+        self.sessions = {}  # Event.session -> its queue, while open
+        self.threads = []  # every session's, ended ones too (at most 128 on a stream)
+
+    def event(self, ev):
+        """On the stream's reading thread, in stream order."""
+        if ev.WhichOneof("event") == "batch":  # its events may name different sessions
+            for e in ev.batch.events:
+                self.event(e)
+            return
+        sid = ev.session
+        if ev.WhichOneof("event") == "end":
+            q = self.sessions.pop(sid, None)
+            if q is not None:
+                q.put(None)
+            return
+        q = self.sessions.get(sid)
+        if q is None:
+            q = self.sessions[sid] = self._open_session(sid)
+        q.put(ev)
+
+    def _open_session(self, sid):
+        def emit(reply):
+            reply.session = sid
+            self.emit(reply)
+        session = Session(emit, factory=self.factory, flags=self.flags, name=self.name)
+        with Demux._lock:
+            session.refused = Demux._open >= M.max_sessions
+            if not session.refused:
+                Demux._open += 1
+        if session.refused:
+            _warn("session %d: past max_sessions (%d): answered TEMPFAIL" % (sid, M.max_sessions))
+        q = queue.Queue()
+
+        def work():
+            try:
+                for ev in iter(q.get, None):
+                    session.event(ev)
+            finally:
+                session.close()
+                if not session.refused:
+                    with Demux._lock:
+                        Demux._open -= 1
+        t = threading.Thread(target=work, name="milter-session", daemon=True)
+        t.start()
+        self.threads.append(t)
+        return q
+
+    def close(self):
+        """The stream is over: every session still open ends, and this returns once every
+        session's close() has run."""
+        for q in self.sessions.values():
+            q.put(None)
+        self.sessions = {}
+        for t in self.threads:
+            t.join()
+
+
 # ------------------------------------------------------------------------------------------
 # gRPC
 
@@ -512,9 +600,9 @@ class FilterServicer(pb_grpc.FilterServicer):
 
     def Session(self, request_iterator, context):
         out = queue.Queue()
-        session = Session(out.put, name=self.name)
+        session = (Demux if M.multiplexed else Session)(out.put, name=self.name)
 
-        def work():  # this stream's callbacks, in order, on this thread
+        def work():  # this stream's events in order: callbacks (or, multiplexed, routing)
             try:
                 for ev in request_iterator:
                     session.event(ev)

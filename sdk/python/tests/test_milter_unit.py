@@ -482,6 +482,105 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(list(first), [])
 
 
+class Gated(Milter.Base):
+    """Per instance: its hello names, in order; a hello "wait" blocks until `gate` is set."""
+    gate = None
+    closed = []
+
+    def __init__(self):
+        self.seen = []
+
+    def hello(self, name):
+        self.seen.append(name)
+        if name == "wait":
+            type(self).gate.wait(30)
+        return Milter.REJECT if name == "no" else Milter.CONTINUE
+
+    def close(self):
+        type(self).closed.append(tuple(self.seen))
+
+
+class DemuxTest(unittest.TestCase):
+    """A multiplexed stream's sessions (Milter.multiplexed), fed by hand."""
+
+    def setUp(self):
+        import queue
+        import threading
+        Gated.gate, Gated.closed = threading.Event(), []
+        self.out = queue.Queue()
+        self.d = S.Demux(self.out.put, factory=Gated, name="gated")
+        self.addCleanup(self.d.close)
+        self.eff = S.describe("gated", Gated)
+
+    def start(self, sid):
+        self.d.event(pb.Event(session=sid, start=pb.SessionStart(effective=self.eff)))
+
+    def hello(self, sid, eid, name):
+        self.d.event(pb.Event(session=sid, event_id=eid, helo=pb.Helo(name=name)))
+
+    def replies(self, n):
+        return [self.out.get(timeout=10) for _ in range(n)]
+
+    def test_describes_multiplexed_when_asked(self):
+        self.assertFalse(S.describe("x", Gated).multiplexed)
+        old, Milter.multiplexed = Milter.multiplexed, True
+        try:
+            self.assertTrue(S.describe("x", Gated).multiplexed)
+        finally:
+            Milter.multiplexed = old
+
+    def test_sessions_get_their_own_instance_in_order_and_replies_name_them(self):
+        self.start(7)
+        self.start(9)
+        self.hello(7, 1, "a")
+        self.hello(9, 1, "no")
+        self.hello(7, 2, "b")
+        got = sorted((r.session, r.event_id, r.verdict) for r in self.replies(3))
+        self.assertEqual(got, [(7, 1, pb.VERDICT_CONTINUE), (7, 2, pb.VERDICT_CONTINUE),
+                               (9, 1, pb.VERDICT_REJECT)])
+        # A session ends with its SessionEnd (close() called); the stream with the rest.
+        self.d.event(pb.Event(session=9, end=pb.SessionEnd(reason="")))
+        self.d.close()
+        self.assertEqual(sorted(Gated.closed), [("a", "b"), ("no",)])
+
+    def test_a_blocked_session_holds_back_only_itself(self):
+        self.start(1)
+        self.start(2)
+        self.hello(1, 1, "wait")
+        self.hello(1, 2, "after")
+        self.hello(2, 1, "other")
+        r = self.replies(1)[0]
+        self.assertEqual((r.session, r.event_id), (2, 1))
+        Gated.gate.set()
+        self.assertEqual([(r.session, r.event_id) for r in self.replies(2)], [(1, 1), (1, 2)])
+
+    def test_batches_may_mix_sessions(self):
+        self.start(3)
+        self.start(4)
+        self.d.event(pb.Event(batch=pb.EventBatch(events=[
+            pb.Event(session=4, event_id=5, helo=pb.Helo(name="x")),
+            pb.Event(session=3, event_id=6, helo=pb.Helo(name="y"))])))
+        got = sorted((r.session, r.event_id) for r in self.replies(2))
+        self.assertEqual(got, [(3, 6), (4, 5)])
+
+    def test_past_max_sessions_every_answer_is_tempfail(self):
+        old, Milter.max_sessions = Milter.max_sessions, 1
+        self.addCleanup(setattr, Milter, "max_sessions", old)
+        self.start(1)
+        self.start(2)  # one too many: no instance, answered TEMPFAIL 451 4.3.2
+        self.hello(2, 1, "x")
+        r = self.replies(1)[0]
+        self.assertEqual((r.session, r.verdict, r.response.code, r.response.enhanced_status),
+                         (2, pb.VERDICT_TEMPFAIL, 451, "4.3.2"))
+        self.d.event(pb.Event(session=1, end=pb.SessionEnd(reason="")))
+        self.d.close()
+        self.assertEqual(Gated.closed, [()])  # only the instance that was made
+        # Its slot is free again.
+        self.start(5)
+        self.hello(5, 1, "z")
+        self.assertEqual(self.replies(1)[0].verdict, pb.VERDICT_CONTINUE)
+
+
 class StubsTest(unittest.TestCase):
     def test_generated_stubs_are_current(self):
         r = subprocess.run([sys.executable, os.path.join(SDK, "generate_stubs.py"), "--check"],

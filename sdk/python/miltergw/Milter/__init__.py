@@ -26,6 +26,7 @@ filter's Description; those marked @noreply are its observe-only events; the act
 requests. Each SMTP connection (one gRPC Session stream) gets its own instance from
 `factory()`, and its callbacks run in order on a thread of their own.
 """
+import os
 import re
 import threading
 from functools import wraps
@@ -464,6 +465,14 @@ stop_timeout = 5.0
 # threads of its own created on demand; one more is refused (RESOURCE_EXHAUSTED) and the
 # gateway applies the filter's on_error to that connection. Set before runmilter.
 max_sessions = 1000
+# Take the SMTP connections on few gRPC streams (filter.proto Description.multiplexed): the
+# gateway then opens a stream per up to 128 connections instead of one each, which saves it
+# about 12 KB per idle connection and both sides a stream's work per connection. Nothing
+# changes for the milter: each connection still gets its own instance, its callbacks in
+# order on a thread of its own. max_sessions then counts connections: one more has every
+# event answered TEMPFAIL (451 4.3.2). Set before runmilter, or run an unchanged milter
+# with MILTERGW_MULTIPLEXED=1 in its environment.
+multiplexed = os.environ.get("MILTERGW_MULTIPLEXED", "") not in ("", "0")
 _diag = [0, 0]  # instances created, instances closed
 
 
