@@ -981,8 +981,8 @@ class BridgeRawMilter(unittest.TestCase):
 
     def test_6_a_filter_still_answering_when_the_mta_leaves_is_no_failure(self):
         # "d" discards at MAIL, which answers the MTA at once; the MTA leaves while "a" is
-        # still working on MAIL. Its stream lingers, then is cancelled (after 5 s): that is
-        # not "a" failing, and nothing is logged as one.
+        # still working on MAIL. Its stream (or session) lingers, then ends after 5 s: that
+        # is not "a" failing, and nothing is logged as one.
         gw, fs = self.start([("d", ["--discard-at", "mail"]),
                              ("a", ["--delay-at", "mail", "--delay-ms", "8000"])])
         with mgwtest.MilterConn(gw.host, gw.port) as c:
@@ -990,7 +990,8 @@ class BridgeRawMilter(unittest.TestCase):
             self.assertEqual(c.command(frame("M", cstr("<s@example.org>")))[0], "d")
             fs["a"].wait_record("mail")
             c.send(frame("Q"))
-        fs["a"].wait_record("close", how="cancelled", timeout=15)
+        # cancelled (its own stream), or a SessionEnd (multiplexed)
+        fs["a"].wait_record("close", timeout=15)
         gw.stop()  # every completion is in by the time it exits
         self.assertEqual(gw.find_log(msg="filter failed"), [], gw.proc.log_tail())
 
