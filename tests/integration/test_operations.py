@@ -781,13 +781,19 @@ class OpsLoadBalancing(OpsCase):
             on_one = len(f1.find("start"))
 
             # The gateway's picker follows the health stream asynchronously: wait until new
-            # sessions land on filter two (the event), then every later one must.
+            # sessions land on filter two (the event), then every later one must. One probe
+            # per worker loop (connections go to the loops in turn): with multiplexed
+            # streams each loop has its own open call, which takes new sessions for up to
+            # a second whichever filter it is on, so every loop's must be on two.
+            loops = int(gw.find_log(msg="started")[0]["workers"])
+
             def lands_on_two():
                 before = len(f2.find("start"))
-                s = "drain probe %d" % len(subjects)
-                subjects.append(s)
-                self.assertDeliveredReply(self.send_one(s))
-                return len(f2.find("start")) > before
+                for _ in range(loops):
+                    s = "drain probe %d" % len(subjects)
+                    subjects.append(s)
+                    self.assertDeliveredReply(self.send_one(s))
+                return len(f2.find("start")) == before + loops
             wait_for(lands_on_two, 20, lambda: "a new session on filter two\n" + self.context())
             on_one = len(f1.find("start"))
             after = ["drain after %d" % i for i in range(6)]
