@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright the miltergw authors.
 //
-// Example miltergw filter (grpc-js): node filter.js [--listen HOST:PORT] POLICY [ARGS...]
+// Example miltergw filter (grpc-js): node filter.js [--listen HOST:PORT] [--multiplexed] POLICY [ARGS...]
 // Policies: see README.md. The proto is loaded at run time from ../../proto ($MILTERGW_PROTO_DIR).
 // Also serves grpc.health.v1.Health and server reflection (std_services.js).
 'use strict';
@@ -120,11 +120,17 @@ class Stream {
 
 function main(argv) {
   let listen = '127.0.0.1:50051';
-  if (argv[0] === '--listen') [listen, argv] = [argv[1], argv.slice(2)];
+  let multiplexed = false; // take many SMTP connections per stream (Description.multiplexed)
+  for (;;) {
+    if (argv[0] === '--listen') [listen, argv] = [argv[1], argv.slice(2)];
+    else if (argv[0] === '--multiplexed') [multiplexed, argv] = [true, argv.slice(1)];
+    else break;
+  }
   const [policy, ...args] = argv;
   if (!Object.hasOwn(POLICIES, policy) || args.length !== POLICIES[policy][0]) {
     const list = Object.entries(POLICIES).map(([p, v]) => `${p} (${v[0]} args)`).join(', ');
-    console.error(`usage: filter.js [--listen HOST:PORT] POLICY [ARGS...]\nPOLICY: ${list}`);
+    console.error('usage: filter.js [--listen HOST:PORT] [--multiplexed] POLICY [ARGS...]\n' +
+      `POLICY: ${list}`);
     process.exit(2);
   }
   const [, events, observeOnly, actions] = POLICIES[policy];
@@ -135,12 +141,20 @@ function main(argv) {
       observe_only: types(observeOnly), actions: actions.map((a) => 'ACTION_' + a),
       macros: policy !== 'macros' ? [] :
         Object.entries(MACROS).map(([stage, names]) => ({ stage: 'EVENT_TYPE_' + stage, names })),
+      multiplexed,
     }),
     Session: (call) => { // replies in event order: answer each event as it comes
-      const stream = new Stream(policy, args);
+      // The state of each SMTP connection by its Event.session: one per stream ("0"), or
+      // with --multiplexed many, each ended by its SessionEnd
+      const streams = new Map();
       call.on('data', (e) => {
-        const reply = stream.handle(e);
-        if (reply) call.write(reply);
+        if (e.event === 'end') {
+          streams.delete(e.session);
+          return;
+        }
+        if (!streams.has(e.session)) streams.set(e.session, new Stream(policy, args));
+        const reply = streams.get(e.session).handle(e);
+        if (reply) call.write({ ...reply, session: e.session }); // named back when multiplexed
       });
       call.on('end', () => call.end()); // the gateway half-closed: the connection is over
       call.on('error', () => {}); // cancelled by the gateway

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: Apache-2.0
 # Copyright the miltergw authors.
-"""Example miltergw filter (grpc.aio): filter.py [--listen HOST:PORT] POLICY [ARGS...].
+"""Example miltergw filter (grpc.aio): filter.py [--listen HOST:PORT] [--multiplexed] POLICY [ARGS...].
 Policies: see README.md. Generated stubs are imported from $MILTERGW_STUBS (default ./gen).
 Also serves grpc.health.v1.Health and server reflection (std_services.py)."""
 import argparse
@@ -121,29 +121,39 @@ class Stream:
 
 
 class Filter(pb_grpc.FilterServicer):
-    def __init__(self, policy, args):
-        self.policy, self.args = policy, args
+    def __init__(self, policy, args, multiplexed=False):
+        self.policy, self.args, self.multiplexed = policy, args, multiplexed
 
     async def Describe(self, request, context):
         _, events, observe_only, actions = POLICIES[self.policy]
         macros = [pb.MacroRequest(stage=s, names=n) for s, n in MACROS.items()]
         return pb.Description(name="example-py-" + self.policy, version="1.0", events=events,
                               observe_only=observe_only, actions=actions,
-                              macros=macros if self.policy == "macros" else [])
+                              macros=macros if self.policy == "macros" else [],
+                              multiplexed=self.multiplexed)
 
     async def Session(self, request_iterator, context):
-        stream = Stream(self.policy, self.args)
+        # The state of each SMTP connection by its Event.session: one per stream (session
+        # 0), or with --multiplexed many, each ended by its SessionEnd
+        streams = {}
         async for ev in request_iterator:  # replies in event order: answer each in turn
+            if ev.WhichOneof("event") == "end":
+                streams.pop(ev.session, None)
+                continue
+            stream = streams.get(ev.session)
+            if stream is None:
+                stream = streams[ev.session] = Stream(self.policy, self.args)
             reply = stream.handle(ev)
             if reply is not None:
+                reply.session = ev.session  # a multiplexed stream's replies name it back
                 yield reply
 
 
-async def serve(listen, policy, args):
+async def serve(listen, policy, args, multiplexed=False):
     # grpc.aio, not the thread-pool server (it needs one thread per open stream); no
     # SO_REUSEPORT, so that a port already in use is an error, not a second server
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_FilterServicer_to_server(Filter(policy, args), server)
+    pb_grpc.add_FilterServicer_to_server(Filter(policy, args, multiplexed), server)
     health = std_services.add_to_server(server, ["miltergw.v1.Filter"])
     port = server.add_insecure_port(listen)  # RuntimeError if it cannot listen
     stop = std_services.stop_on_signals()  # before port=N: a signal then must stop it
@@ -156,12 +166,14 @@ async def serve(listen, policy, args):
 def main():
     ap = argparse.ArgumentParser(description="Example miltergw filter service.")
     ap.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any free)")
+    ap.add_argument("--multiplexed", action="store_true",
+                    help="take many SMTP connections per stream (Description.multiplexed)")
     ap.add_argument("policy", choices=POLICIES)
     ap.add_argument("args", nargs="*", metavar="ARG")
     o = ap.parse_args()
     if len(o.args) != POLICIES[o.policy][0]:
         ap.error("%s takes %d argument(s)" % (o.policy, POLICIES[o.policy][0]))
-    asyncio.run(serve(o.listen, o.policy, o.args))
+    asyncio.run(serve(o.listen, o.policy, o.args, o.multiplexed))
 
 
 if __name__ == "__main__":

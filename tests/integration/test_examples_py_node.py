@@ -122,10 +122,13 @@ class ExamplesMixin:
     prepare() (class level) and filter_argv(listen, policy, args)."""
 
     lang = None
+    # --multiplexed: the filter takes many connections per stream; miltergw then runs one
+    # worker loop, so that connections at the same time share one
+    multiplexed = False
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = mgwtest.make_tmpdir("ex-" + cls.lang)
+        cls.tmp = mgwtest.make_tmpdir("ex-" + cls.lang + ("-mux" if cls.multiplexed else ""))
         cls.prepare()
         cls.runs = 0
         cls.filter_port = mgwtest.free_port()
@@ -137,7 +140,8 @@ class ExamplesMixin:
         try:
             # miltergw listens only once the filter answered Describe: filter first
             cls.filt = cls.start_filter("accept")
-            cls.gw = mgwtest.Miltergw(args=["--filter", "ex=127.0.0.1:%d" % cls.filter_port],
+            loops = ["--workers", "1"] if cls.multiplexed else []
+            cls.gw = mgwtest.Miltergw(args=["--filter", "ex=127.0.0.1:%d" % cls.filter_port] + loops,
                                       tmpdir=cls.tmp, port=cls.gw_port)
         except BaseException:
             cls.tearDownClass()
@@ -160,6 +164,8 @@ class ExamplesMixin:
     def start_filter(cls, policy, *args, listen=None):
         cls.runs += 1
         argv = cls.filter_argv(listen or "127.0.0.1:%d" % cls.filter_port, policy, list(args))
+        if cls.multiplexed:
+            argv[-1 - len(args):-1 - len(args)] = ["--multiplexed"]  # before POLICY
         return ExampleFilter(argv, cls.tmp, "%s-%02d-%s" % (cls.lang, cls.runs, policy),
                              env=cls.filter_env())
 
@@ -334,8 +340,15 @@ class ExamplesMixin:
             self.assertEqual(macros["rcpt_addr"], last_rcpt)
             self.assertEqual(macros["i"], qid)
 
+    def test_declares_what_it_was_told(self):
+        self.use("accept")
+        described = self.gw.find_log(msg="filter described")
+        self.assertEqual(described[-1].get("multiplexed"), "1" if self.multiplexed else "0",
+                         described[-1])
+
     def test_concurrent_sessions(self):
-        # one stream per SMTP connection, served at the same time; state kept per stream
+        # SMTP connections served at the same time (a stream each, or sharing streams when
+        # multiplexed); state kept per connection
         self.use("reject-subject", "forbidden")
         n, results, errors = 12, {}, []
 
@@ -440,8 +453,17 @@ class NodeExamples(ExamplesMixin, unittest.TestCase):
         return [NODE, os.path.join(NODE_DIR, "filter.js"), "--listen", listen, policy] + args
 
 
+class PythonExamplesMux(PythonExamples):
+    multiplexed = True
+
+
+class NodeExamplesMux(NodeExamples):
+    multiplexed = True
+
+
 if NODE is None:
     NodeExamples = unittest.skip("node is not installed: the Node example is not tested")(NodeExamples)
+    NodeExamplesMux = unittest.skip("node is not installed: the Node example is not tested")(NodeExamplesMux)
 
 
 if __name__ == "__main__":
