@@ -65,6 +65,9 @@ struct mgw_filter_mux;
 struct mgw_filter_streams {
     TAILQ_HEAD(, mgw_filter_stream) all;
     TAILQ_HEAD(, mgw_filter_mux) carriers;
+    /* Carriers whose first event waits for the end of the loop's turn (send_soon). */
+    TAILQ_HEAD(, mgw_filter_stream) flushing;
+    struct event *flush_ev; /* made at the first such wait */
     int shutting_down;
 };
 
@@ -126,6 +129,8 @@ struct mgw_filter_stream {
     struct event *timer; /* NULL while no deadline is armed */
     struct mgw_milter_conn *milter; /* kind=milter: its connection (milter_client.h) */
     TAILQ_ENTRY(mgw_filter_stream) entry;
+    int flush_pending; /* in the set's flushing list, held (batches) until flushed */
+    TAILQ_ENTRY(mgw_filter_stream) flush_entry;
 };
 
 /* A detached-from-nothing stream, no call yet, of `size` >= sizeof(struct
@@ -178,6 +183,9 @@ void mgw_filter_stream_fail(struct mgw_filter_stream *st, const char *reason, co
 void mgw_filter_stream_set_queued(struct mgw_filter_stream *st, size_t bytes);
 void mgw_filter_stream_hold(struct mgw_filter_stream *st);
 void mgw_filter_stream_release(struct mgw_filter_stream *st);
+
+/* An empty set. */
+void mgw_filter_streams_init(struct mgw_filter_streams *set);
 
 /* Shutdown: no batch starts from now on; every call is cancelled. */
 void mgw_filter_streams_shutdown(struct mgw_filter_streams *set);

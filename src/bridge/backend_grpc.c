@@ -443,8 +443,7 @@ struct mgw_bridge *mgw_bridge_new(struct event_base *base, const struct mgw_filt
     b->backend.impl = b;
     b->phase_memory = phase_memory;
     bridge_find_phases(b, filters, n);
-    TAILQ_INIT(&b->streams.all);
-    TAILQ_INIT(&b->streams.carriers);
+    mgw_filter_streams_init(&b->streams);
     for (size_t i = 0; i < n; i++) {
         struct filter *f = &b->filters[i];
         char why[400];

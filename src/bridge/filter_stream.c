@@ -325,6 +325,42 @@ void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
         mgw_filter_stream_send_tagged(st, msg, 0);
 }
 
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct mgw_filter_streams *set = arg;
+    struct mgw_filter_stream *st;
+
+    while ((st = TAILQ_FIRST(&set->flushing)) != NULL) {
+        TAILQ_REMOVE(&set->flushing, st, flush_entry);
+        st->flush_pending = 0;
+        send_next(st);
+        batch_done(st); /* the hold taken in send_soon */
+    }
+}
+
+/* A carrier with nothing in flight sends at the end of the loop's turn, not at once: the
+ * events of every session whose MTA input the loop handles in this turn then go in one
+ * send (one sendmsg, one completion) instead of the first alone and the rest after its
+ * completion. The turn ends within microseconds; a stream of its own has no other
+ * session to wait for and sends at once. */
+static void send_soon(struct mgw_filter_stream *st)
+{
+    struct mgw_filter_streams *set = st->set;
+
+    if (st->role != MGW_STREAM_CARRIER || st->sending != NULL || set->shutting_down) {
+        send_next(st);
+        return;
+    }
+    if (st->flush_pending)
+        return;
+    st->flush_pending = 1;
+    st->batches++; /* held until flushed: it may be detached meanwhile */
+    TAILQ_INSERT_TAIL(&set->flushing, st, flush_entry);
+    if (set->flush_ev == NULL)
+        set->flush_ev = event_new(st->base, -1, 0, on_flush, set);
+    event_active(set->flush_ev, EV_TIMEOUT, 0);
+}
+
 void mgw_filter_stream_send_tagged(struct mgw_filter_stream *st, grpc_slice msg,
                                    uint64_t session)
 {
@@ -348,7 +384,7 @@ void mgw_filter_stream_send_tagged(struct mgw_filter_stream *st, grpc_slice msg,
         st->queue = mgw_xrealloc(st->queue, st->capqueue * sizeof *st->queue);
     }
     st->queue[st->nqueue++] = (struct mgw_stream_queued){msg, session};
-    send_next(st);
+    send_soon(st);
     flow_update(st);
 }
 
@@ -673,11 +709,29 @@ void mgw_filter_streams_link_down(struct mgw_filter_streams *set,
     free(held);
 }
 
+void mgw_filter_streams_init(struct mgw_filter_streams *set)
+{
+    memset(set, 0, sizeof *set);
+    TAILQ_INIT(&set->all);
+    TAILQ_INIT(&set->carriers);
+    TAILQ_INIT(&set->flushing);
+}
+
 void mgw_filter_streams_shutdown(struct mgw_filter_streams *set)
 {
     struct mgw_filter_stream *st;
 
     set->shutting_down = 1;
+    /* Nothing is sent from now on: what waited for the end of the turn lets go. */
+    while ((st = TAILQ_FIRST(&set->flushing)) != NULL) {
+        TAILQ_REMOVE(&set->flushing, st, flush_entry);
+        st->flush_pending = 0;
+        batch_done(st);
+    }
+    if (set->flush_ev != NULL) {
+        event_free(set->flush_ev);
+        set->flush_ev = NULL;
+    }
     mgw_filter_mux_shutdown(set);
     TAILQ_FOREACH(st, &set->all, entry) {
         mgw_milter_stream_close(st, 0);
