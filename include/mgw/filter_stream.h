@@ -5,7 +5,9 @@
  *
  * The call is made at start (the bridge starts it before the filter's first event; until
  * then only what was queued, the SessionStart, waits). At most one SEND_MESSAGE is in
- * flight, with an outbound queue behind it, bounded in bytes (max_queue): a filter that
+ * flight, with an outbound queue behind it, bounded in bytes (max_queue); a carrier with
+ * nothing in flight sends at the end of the loop's turn, so that what the turn's sessions
+ * queued goes as one (filter_stream.c, send_soon). A filter that
  * declared batches gets what queued up meanwhile as one EventBatch, built from the events
  * as packed. RECV_STATUS is armed from the start, and one RECV_MESSAGE while replies are
  * owed (a carrier's: always); a stream of its own that owes none receives again with its
