@@ -7,9 +7,8 @@
  * then only what was queued, the SessionStart, waits). At most one SEND_MESSAGE is in
  * flight, with an outbound queue behind it, bounded in bytes (max_queue); a carrier with
  * nothing in flight sends at the end of the loop's turn, so that what the turn's sessions
- * queued goes as one (filter_stream.c, send_soon). A filter that
- * declared batches gets what queued up meanwhile as one EventBatch, built from the events
- * as packed. RECV_STATUS is armed from the start, and one RECV_MESSAGE while replies are
+ * queued goes as one (filter_stream.c, send_soon). A filter that declared batches gets
+ * what queued up meanwhile as one EventBatch, built from the events as packed. RECV_STATUS is armed from the start, and one RECV_MESSAGE while replies are
  * owed (a carrier's: always); a stream of its own that owes none receives again with its
  * next send that owes one, in the same batch when the MTA then waits for that reply (no
  * send completion of its own, and re-arming's flow-control update goes out with the
