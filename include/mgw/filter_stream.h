@@ -8,16 +8,17 @@
  * flight, with an outbound queue behind it, bounded in bytes (max_queue); a carrier with
  * nothing in flight sends at the end of the loop's turn, so that what the turn's sessions
  * queued goes as one (filter_stream.c, send_soon). A filter that declared batches gets
- * what queued up meanwhile as one EventBatch, built from the events as packed. RECV_STATUS is armed from the start, and one RECV_MESSAGE while replies are
- * owed (a carrier's: always); a stream of its own that owes none receives again with its
- * next send that owes one, in the same batch when the MTA then waits for that reply (no
- * send completion of its own, and re-arming's flow-control update goes out with the
- * event: filter_stream.c, send_next). One timer
- * covers the nearest deadline: the oldest owed reply (owed.h, kept by the bridge), the
- * send in flight (a filter that takes no event within its timeout, e.g. a channel stuck
- * connecting, fails too), and, once detached, the linger of a half-closed stream.
- * Back-pressure: a non-shadow stream more than half its max_queue behind asks its owner
- * to hold the MTA connection's reading until it is back under a quarter.
+ * what queued up meanwhile as one EventBatch, built from the events as packed. RECV_STATUS
+ * is armed from the start, and one RECV_MESSAGE while replies are owed (a carrier's:
+ * always); a stream of its own that owes none receives again with its next send that owes
+ * one, in the same batch when the MTA then waits for that reply (no send completion of its
+ * own, and re-arming's flow-control update goes out with the event: filter_stream.c,
+ * send_next). One timer covers the nearest deadline: the oldest owed reply (owed.h, kept
+ * by the bridge), the send in flight (a filter that takes no event within its timeout,
+ * e.g. a channel stuck connecting, fails too), and, once detached, the linger of a
+ * half-closed stream. Back-pressure: a non-shadow stream more than half its max_queue
+ * behind asks its owner to hold the MTA connection's reading until it is back under a
+ * quarter.
  *
  * Lifetime: completions arrive in any order, so the stream counts its outstanding
  * batches and frees itself once it is detached and the count is 0. The owner's own state
