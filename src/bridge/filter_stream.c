@@ -228,6 +228,7 @@ static void send_next(struct mgw_filter_stream *st)
 {
     grpc_op ops[3];
     size_t n = 0, take;
+    const struct mgw_owed *last;
 
     if (!st->started || st->sending != NULL || st->broken || st->finished)
         return;
@@ -241,6 +242,7 @@ static void send_next(struct mgw_filter_stream *st)
         return;
     }
     take = batch_size(st);
+    last = mgw_owed_back(&st->owed);
     /* A reply will come to what this send carries, and none is being received: the
      * receive goes with the send when the MTA then waits for that reply, so nothing else
      * follows on this stream until it comes (one completion, after the reply, instead of
@@ -249,9 +251,9 @@ static void send_next(struct mgw_filter_stream *st)
      * receive writes goes out with the event). Otherwise the receive is armed alone
      * first: a filter may hold a content event's reply until it has seen more, and the
      * events behind this send must not wait for it. */
-    if (st->recv_idle && mgw_owed_back(&st->owed) != NULL) {
+    if (st->recv_idle && last != NULL) {
         st->recv_idle = 0;
-        if (take == st->nqueue && mgw_owed_back(&st->owed)->kind == MGW_OWED_WAITED)
+        if (take == st->nqueue && last->kind == MGW_OWED_WAITED)
             st->sending_recv = 1;
         else
             recv_arm(st);
@@ -325,16 +327,27 @@ void mgw_filter_stream_send(struct mgw_filter_stream *st, grpc_slice msg)
         mgw_filter_stream_send_tagged(st, msg, 0);
 }
 
+/* The next carrier waiting for the end of the turn, taken off the list (still held: the
+ * caller ends the hold send_soon took with batch_done), or NULL. */
+static struct mgw_filter_stream *flush_take(struct mgw_filter_streams *set)
+{
+    struct mgw_filter_stream *st = TAILQ_FIRST(&set->flushing);
+
+    if (st != NULL) {
+        TAILQ_REMOVE(&set->flushing, st, flush_entry);
+        st->flush_pending = 0;
+    }
+    return st;
+}
+
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct mgw_filter_streams *set = arg;
     struct mgw_filter_stream *st;
 
-    while ((st = TAILQ_FIRST(&set->flushing)) != NULL) {
-        TAILQ_REMOVE(&set->flushing, st, flush_entry);
-        st->flush_pending = 0;
+    while ((st = flush_take(set)) != NULL) {
         send_next(st);
-        batch_done(st); /* the hold taken in send_soon */
+        batch_done(st);
     }
 }
 
@@ -723,11 +736,8 @@ void mgw_filter_streams_shutdown(struct mgw_filter_streams *set)
 
     set->shutting_down = 1;
     /* Nothing is sent from now on: what waited for the end of the turn lets go. */
-    while ((st = TAILQ_FIRST(&set->flushing)) != NULL) {
-        TAILQ_REMOVE(&set->flushing, st, flush_entry);
-        st->flush_pending = 0;
+    while ((st = flush_take(set)) != NULL)
         batch_done(st);
-    }
     if (set->flush_ev != NULL) {
         event_free(set->flush_ev);
         set->flush_ev = NULL;
